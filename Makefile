@@ -1,0 +1,41 @@
+# eventq: the two commands (`make run`, `make test`) and the rest of the workflow.
+# Every target creates the project's own virtual environment first; that step is
+# skipped when setup.cfg and requirements.lock have not changed since the last install.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+EVENTQ_HOST ?= 127.0.0.1
+EVENTQ_PORT ?= 9993
+export EVENTQ_HOST EVENTQ_PORT
+
+.PHONY: run serve test check migrate bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+migrate: $(STAMP)
+	$(BIN)/eventq migrate
+
+run: migrate
+	@echo "Database migrated. The server is not built yet; use the eventq CLI: $(BIN)/eventq --help"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var/*.sqlite3 .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,30 @@
+"""Typed errors of the action layer, mapped to HTTP and CLI answers in one place each.
+
+`code` is Zulip's error code string, so the server can answer exactly as Zulip does.
+"""
+
+from __future__ import annotations
+
+
+class ActionError(Exception):
+    """Base of every refusal by an action; the message is a full sentence for the user."""
+
+    code = "BAD_REQUEST"
+
+
+class NotFound(ActionError):
+    """Raised when a realm, user or channel named by the caller does not exist."""
+
+
+class AlreadyExists(ActionError):
+    """Raised when a unique name (email, channel name, subdomain) is already taken."""
+
+
+class InvalidInput(ActionError):
+    """Raised for a value outside Zulip's limits or of the wrong form."""
+
+
+class NotAllowed(ActionError):
+    """Raised when the acting user lacks the role the action needs."""
+
+    code = "UNAUTHORIZED_PRINCIPAL"

@@ -1,0 +1,315 @@
+"""Subscription actions: subscribing and unsubscribing users in bulk, with peer events.
+
+Each call runs a fixed number of statements whatever the number of users and channels
+(bulk SELECT, INSERT and UPDATE; no statement per row). Events, in order:
+
+* subscribing: `stream` `create` to users who could not see a channel before (a
+  private channel, or a public one for a guest), `subscription` `add` to each new
+  subscriber, `subscription` `peer_add` to everyone else who sees the channel;
+* unsubscribing: `subscription` `remove` to each removed user, `stream` `delete` to
+  those who can no longer see the channel, `subscription` `peer_remove` to everyone
+  else who still sees it.
+
+Peer events are grouped, one event per set of identical recipients and users, with
+`stream_ids` and `user_ids` lists, as Zulip does. No user receives a peer event that
+names themselves (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from actions.errors import InvalidInput, NotFound
+from models.outbox import PendingEvent, append_events, lock_realm
+from models.state import stream_to_api, subscription_to_api
+from models.tables import Stream, Subscription, UserProfile
+from models.visibility import AudienceIndex, active_subscribers, active_user_roles, can_see_stream
+
+
+@dataclass
+class SubscriptionChange:
+    """What a bulk (un)subscribe did: `changed` pairs, and pairs already in that state."""
+
+    changed: list[tuple[int, int]] = field(default_factory=list)
+    unchanged: list[tuple[int, int]] = field(default_factory=list)
+
+    def changed_streams_of(self, user_id: int) -> list[int]:
+        """The channels whose subscription changed for this user."""
+        return [stream_id for uid, stream_id in self.changed if uid == user_id]
+
+
+class PeerEventGrouper:
+    """Collects (channel, changed users, recipients) and emits grouped peer events.
+
+    Channels with the same changed users and the same recipients share one event.
+    Recipients are kept as audience keys until the end, so grouping 1,000 channels of a
+    10,000-user realm hashes a few small keys, not 1,000 large sets.
+    """
+
+    def __init__(self, op: str, audience: AudienceIndex, *, tell_changed_users: bool) -> None:
+        self.op = op
+        self.audience = audience
+        # peer_add: new subscribers get the full list in their `add` event, so they need
+        # no peer event. peer_remove: a removed user who still sees the channel must
+        # learn of the others removed with them.
+        self.tell_changed_users = tell_changed_users
+        self._groups: dict[tuple[frozenset[int], object], list[int]] = defaultdict(list)
+
+    def add(self, stream: Stream, subscribers_after: Collection[int], changed: set[int]) -> None:
+        """Record that `changed` users joined or left `stream`."""
+        key = self.audience.key(stream, subscribers_after)
+        audience_users = self.audience.users(key)
+        frozen_changed = frozenset(changed)
+        # Everyone in the audience except the changed users learns of all of them.
+        self._groups[(frozen_changed, ("audience", key, frozen_changed))].append(stream.id)
+        # A changed user who still sees the channel (say an administrator who left it
+        # together with others) learns of the others, never of themselves.
+        if self.tell_changed_users and len(changed) > 1:
+            for user_id in changed & audience_users:
+                others = frozen_changed - {user_id}
+                self._groups[(others, ("user", user_id))].append(stream.id)
+
+    def events(self) -> list[PendingEvent]:
+        """One event per set of identical (users, recipients), in a deterministic order."""
+        # Different audience keys can stand for the same users (a private channel whose
+        # subscribers are all administrators, say), so merge on the materialized sets.
+        merged: dict[tuple[frozenset[int], frozenset[int]], list[int]] = defaultdict(list)
+        for (user_ids, recipients_key), stream_ids in self._groups.items():
+            recipients = self._recipients(recipients_key)
+            if recipients:
+                merged[(user_ids, recipients)].extend(stream_ids)
+        result = []
+        for (user_ids, recipients), stream_ids in sorted(
+            merged.items(), key=lambda item: (sorted(item[1]), sorted(item[0][0]))
+        ):
+            event = {
+                "type": "subscription",
+                "op": self.op,
+                "stream_ids": sorted(stream_ids),
+                "user_ids": sorted(user_ids),
+            }
+            result.append(PendingEvent(event, recipients))
+        return result
+
+    def _recipients(self, recipients_key: object) -> frozenset[int]:
+        assert isinstance(recipients_key, tuple), "grouper keys are tuples"
+        if recipients_key[0] == "user":
+            return frozenset({recipients_key[1]})
+        _, audience_key, excluded = recipients_key
+        return self.audience.users(audience_key) - excluded
+
+
+def _group_by_stream_set(per_user: dict[int, list[Stream]]) -> list[tuple[list[Stream], set[int]]]:
+    """Users with identical channel lists share one event: [(channels, users)]."""
+    groups: dict[tuple[int, ...], set[int]] = defaultdict(set)
+    streams_by_id: dict[int, Stream] = {}
+    for user_id, streams in per_user.items():
+        for stream in streams:
+            streams_by_id[stream.id] = stream
+        groups[tuple(sorted({s.id for s in streams}))].add(user_id)
+    return [([streams_by_id[sid] for sid in key], users) for key, users in sorted(groups.items())]
+
+
+def _load_targets(
+    session: Session, realm_id: int, user_ids: Iterable[int], stream_ids: Iterable[int]
+) -> tuple[dict[int, UserProfile], dict[int, Stream]]:
+    """The users and channels named, all of this realm, in two statements."""
+    wanted_users = set(user_ids)
+    wanted_streams = set(stream_ids)
+    users = {
+        u.id: u
+        for u in session.scalars(
+            select(UserProfile).where(
+                UserProfile.realm_id == realm_id, UserProfile.id.in_(wanted_users)
+            )
+        )
+    }
+    streams = {
+        s.id: s
+        for s in session.scalars(
+            select(Stream).where(Stream.realm_id == realm_id, Stream.id.in_(wanted_streams))
+        )
+    }
+    if missing := wanted_users - users.keys():
+        raise NotFound(f"No such user: {sorted(missing)}.")
+    if missing := wanted_streams - streams.keys():
+        raise NotFound(f"No such channel: {sorted(missing)}.")
+    if inactive := sorted(u.email for u in users.values() if not u.is_active):
+        raise InvalidInput(f"User is deactivated: {', '.join(inactive)}.")
+    return users, streams
+
+
+def _existing_rows(
+    session: Session, user_ids: Collection[int], stream_ids: Collection[int]
+) -> dict[tuple[int, int], tuple[int, bool]]:
+    """`{(user_id, stream_id): (row id, active)}` for the pairs that have a row."""
+    rows = session.execute(
+        select(
+            Subscription.user_profile_id,
+            Subscription.stream_id,
+            Subscription.id,
+            Subscription.active,
+        ).where(
+            Subscription.user_profile_id.in_(list(user_ids)),
+            Subscription.stream_id.in_(list(stream_ids)),
+        )
+    )
+    return {(int(u), int(s)): (int(row_id), bool(active)) for u, s, row_id, active in rows}
+
+
+def bulk_add_subscriptions(
+    session: Session, realm_id: int, user_ids: Collection[int], stream_ids: Collection[int]
+) -> SubscriptionChange:
+    """Subscribe every user to every channel; pairs already subscribed are left alone."""
+    lock_realm(session, realm_id)
+    users, streams = _load_targets(session, realm_id, user_ids, stream_ids)
+    existing = _existing_rows(session, users.keys(), streams.keys())
+    change = SubscriptionChange()
+    to_insert: list[dict[str, Any]] = []
+    to_reactivate: list[int] = []
+    for user_id in sorted(users):
+        for stream_id in sorted(streams):
+            row = existing.get((user_id, stream_id))
+            if row is not None and row[1]:
+                change.unchanged.append((user_id, stream_id))
+                continue
+            change.changed.append((user_id, stream_id))
+            if row is None:
+                to_insert.append(
+                    {
+                        "user_profile_id": user_id,
+                        "stream_id": stream_id,
+                        "active": True,
+                        "is_user_active": True,
+                    }
+                )
+            else:
+                to_reactivate.append(row[0])
+    if not change.changed:
+        return change
+    if to_insert:
+        session.execute(insert(Subscription), to_insert)
+    if to_reactivate:
+        session.execute(
+            update(Subscription).where(Subscription.id.in_(to_reactivate)).values(active=True)
+        )
+
+    audience = AudienceIndex(active_user_roles(session, realm_id))
+    changed_streams = {stream_id for _, stream_id in change.changed}
+    subscribers = active_subscribers(session, changed_streams)
+    added_by_user: dict[int, list[Stream]] = defaultdict(list)
+    added_by_stream: dict[int, set[int]] = defaultdict(set)
+    newly_visible: dict[int, list[Stream]] = defaultdict(list)
+    for user_id, stream_id in change.changed:
+        stream = streams[stream_id]
+        added_by_user[user_id].append(stream)
+        added_by_stream[stream_id].add(user_id)
+        if not can_see_stream(users[user_id].role, stream, is_subscribed=False):
+            newly_visible[user_id].append(stream)
+
+    events: list[PendingEvent] = []
+    for group_streams, recipients in _group_by_stream_set(newly_visible):
+        events.append(
+            PendingEvent(
+                {
+                    "type": "stream",
+                    "op": "create",
+                    "streams": [stream_to_api(s) for s in group_streams],
+                },
+                recipients,
+            )
+        )
+    for group_streams, recipients in _group_by_stream_set(added_by_user):
+        events.append(
+            PendingEvent(
+                {
+                    "type": "subscription",
+                    "op": "add",
+                    "subscriptions": [
+                        subscription_to_api(s, subscribers.get(s.id, set())) for s in group_streams
+                    ],
+                },
+                recipients,
+            )
+        )
+    peers = PeerEventGrouper("peer_add", audience, tell_changed_users=False)
+    for stream_id in sorted(changed_streams):
+        peers.add(streams[stream_id], subscribers.get(stream_id, set()), added_by_stream[stream_id])
+    events.extend(peers.events())
+    append_events(session, realm_id, events)
+    return change
+
+
+def bulk_remove_subscriptions(
+    session: Session, realm_id: int, user_ids: Collection[int], stream_ids: Collection[int]
+) -> SubscriptionChange:
+    """Unsubscribe every user from every channel; pairs not subscribed are left alone."""
+    lock_realm(session, realm_id)
+    users, streams = _load_targets(session, realm_id, user_ids, stream_ids)
+    existing = _existing_rows(session, users.keys(), streams.keys())
+    change = SubscriptionChange()
+    to_deactivate: list[int] = []
+    for user_id in sorted(users):
+        for stream_id in sorted(streams):
+            row = existing.get((user_id, stream_id))
+            if row is None or not row[1]:
+                change.unchanged.append((user_id, stream_id))
+                continue
+            change.changed.append((user_id, stream_id))
+            to_deactivate.append(row[0])
+    if not change.changed:
+        return change
+    session.execute(
+        update(Subscription).where(Subscription.id.in_(to_deactivate)).values(active=False)
+    )
+
+    audience = AudienceIndex(active_user_roles(session, realm_id))
+    changed_streams = {stream_id for _, stream_id in change.changed}
+    subscribers = active_subscribers(session, changed_streams)
+    removed_by_user: dict[int, list[Stream]] = defaultdict(list)
+    removed_by_stream: dict[int, set[int]] = defaultdict(set)
+    no_longer_visible: dict[int, list[Stream]] = defaultdict(list)
+    for user_id, stream_id in change.changed:
+        stream = streams[stream_id]
+        removed_by_user[user_id].append(stream)
+        removed_by_stream[stream_id].add(user_id)
+        if not can_see_stream(users[user_id].role, stream, is_subscribed=False):
+            no_longer_visible[user_id].append(stream)
+
+    events: list[PendingEvent] = []
+    for group_streams, recipients in _group_by_stream_set(removed_by_user):
+        events.append(
+            PendingEvent(
+                {
+                    "type": "subscription",
+                    "op": "remove",
+                    "subscriptions": [{"name": s.name, "stream_id": s.id} for s in group_streams],
+                },
+                recipients,
+            )
+        )
+    for group_streams, recipients in _group_by_stream_set(no_longer_visible):
+        events.append(
+            PendingEvent(
+                {
+                    "type": "stream",
+                    "op": "delete",
+                    "streams": [stream_to_api(s) for s in group_streams],
+                },
+                recipients,
+            )
+        )
+    peers = PeerEventGrouper("peer_remove", audience, tell_changed_users=True)
+    for stream_id in sorted(changed_streams):
+        peers.add(
+            streams[stream_id], subscribers.get(stream_id, set()), removed_by_stream[stream_id]
+        )
+    events.extend(peers.events())
+    append_events(session, realm_id, events)
+    return change

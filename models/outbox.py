@@ -1,0 +1,156 @@
+"""The transactional outbox (DESIGN.md §4): the realm lock, appending events, reading them.
+
+Every action calls `lock_realm` before it reads anything and `append_events` once it
+knows its events. The lock serializes the writers of one realm, so sequence numbers
+are gap-free and their order is commit order; the outbox row *is* the event, so a
+committed event cannot be lost between commit and delivery.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from models.tables import OutboxEvent, Realm
+
+# The PostgreSQL channel the outbox consumer LISTENs on; the payload is the realm id.
+NOTIFY_CHANNEL = "eventq_outbox"
+
+
+class RealmNotFound(LookupError):
+    """Raised by `lock_realm` when the realm id does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An event an action wants to write, with the users who must receive it."""
+
+    event: dict[str, Any]
+    user_ids: Collection[int]
+    # True for the deactivation peer_remove events that legacy clients must not get.
+    legacy_skip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One outbox row as the consumer reads it."""
+
+    realm_id: int
+    seq: int
+    event_json: str
+    user_ids: tuple[int, ...] = field(default=())
+    legacy_skip: bool = False
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The decoded event (a fresh dict each call; the hot path uses `event_json`)."""
+        decoded: dict[str, Any] = json.loads(self.event_json)
+        return decoded
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """The compact JSON form stored in the outbox and sent on the wire."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def lock_realm(session: Session, realm_id: int) -> int:
+    """Take the realm's writer lock and return its current `last_event_seq`.
+
+    On PostgreSQL this is a row lock (`SELECT ... FOR UPDATE`); on SQLite the write
+    transaction already holds the database lock since `BEGIN IMMEDIATE`.
+    """
+    seq = session.execute(
+        select(Realm.last_event_seq).where(Realm.id == realm_id).with_for_update()
+    ).scalar_one_or_none()
+    if seq is None:
+        raise RealmNotFound(f"no realm with id {realm_id}")
+    return int(seq)
+
+
+def append_events(session: Session, realm_id: int, events: Sequence[PendingEvent]) -> list[int]:
+    """Write `events` to the outbox in order and advance the realm counter.
+
+    The caller must hold the realm lock (`lock_realm`). Events with no recipient are
+    dropped: nobody could ever receive them. Runs three statements whatever the number
+    of events: the counter update, one bulk insert, and on PostgreSQL one NOTIFY
+    (delivered at commit, never for a rolled-back transaction).
+    """
+    kept = [pending for pending in events if pending.user_ids]
+    if not kept:
+        return []
+    last = session.execute(
+        update(Realm)
+        .where(Realm.id == realm_id)
+        .values(last_event_seq=Realm.last_event_seq + len(kept))
+        .returning(Realm.last_event_seq)
+    ).scalar_one()
+    first = int(last) - len(kept) + 1
+    seqs = list(range(first, int(last) + 1))
+    session.execute(
+        insert(OutboxEvent),
+        [
+            {
+                "realm_id": realm_id,
+                "seq": seq,
+                "event": encode_event(pending.event),
+                "user_ids": json.dumps(sorted(set(pending.user_ids)), separators=(",", ":")),
+                "legacy_skip": pending.legacy_skip,
+            }
+            for seq, pending in zip(seqs, kept, strict=True)
+        ],
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": NOTIFY_CHANNEL, "payload": str(realm_id)},
+        )
+    return seqs
+
+
+def realm_positions(session: Session) -> dict[int, int]:
+    """Every realm's `last_event_seq`: what the SQLite consumer polls."""
+    rows = session.execute(select(Realm.id, Realm.last_event_seq)).all()
+    return {int(realm_id): int(seq) for realm_id, seq in rows}
+
+
+def read_events(
+    session: Session,
+    realm_id: int,
+    after_seq: int,
+    up_to_seq: int | None = None,
+    limit: int | None = None,
+) -> list[StoredEvent]:
+    """The realm's outbox rows with `after_seq < seq <= up_to_seq`, in sequence order."""
+    query = (
+        select(OutboxEvent.seq, OutboxEvent.event, OutboxEvent.user_ids, OutboxEvent.legacy_skip)
+        .where(OutboxEvent.realm_id == realm_id, OutboxEvent.seq > after_seq)
+        .order_by(OutboxEvent.seq)
+    )
+    if up_to_seq is not None:
+        query = query.where(OutboxEvent.seq <= up_to_seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [
+        StoredEvent(
+            realm_id=realm_id,
+            seq=int(seq),
+            event_json=event_json,
+            user_ids=tuple(json.loads(user_ids)),
+            legacy_skip=bool(legacy_skip),
+        )
+        for seq, event_json, user_ids, legacy_skip in session.execute(query)
+    ]
+
+
+def outbox_count(session: Session, realm_id: int) -> int:
+    """How many outbox rows the realm holds (for tests and admin output)."""
+    return int(
+        session.execute(
+            select(func.count()).select_from(OutboxEvent).where(OutboxEvent.realm_id == realm_id)
+        ).scalar_one()
+    )

@@ -1,0 +1,185 @@
+"""The tables: realms, users, channels, subscriptions, the outbox and queue descriptors.
+
+Field names and limits follow Zulip's models (`Realm`, `UserProfile`, `Stream`,
+`Subscription`), so the wire format can be produced without renaming. Roles use
+Zulip's numbers. The outbox (`OutboxEvent`) and the durable queue descriptors
+(`QueueDescriptorRow`) are described in DESIGN.md sections 4 and 5.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+# Zulip's limits (zerver/models): names longer than these are refused at the action layer.
+MAX_REALM_NAME_LENGTH = 40
+MAX_REALM_SUBDOMAIN_LENGTH = 40
+MAX_FULL_NAME_LENGTH = 100
+MAX_EMAIL_LENGTH = 254
+MAX_STREAM_NAME_LENGTH = 60
+MAX_STREAM_DESCRIPTION_LENGTH = 1024
+# 32 characters of a 62-letter alphabet: about 190 bits, as Zulip's generate_api_key.
+API_KEY_LENGTH = 32
+
+
+class Role(enum.IntEnum):
+    """Zulip's role numbers; a lower number has more power."""
+
+    OWNER = 100
+    ADMINISTRATOR = 200
+    MODERATOR = 300
+    MEMBER = 400
+    GUEST = 600
+
+    @classmethod
+    def from_name(cls, name: str) -> Role:
+        """Parse `owner`, `admin`/`administrator`, `moderator`, `member` or `guest`."""
+        aliases = {"admin": cls.ADMINISTRATOR}
+        key = name.strip().lower()
+        if key in aliases:
+            return aliases[key]
+        try:
+            return cls[key.upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown role {name!r}; expected owner, admin, moderator, member or guest"
+            ) from None
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, for `date_created`-style columns."""
+    return datetime.now(UTC)
+
+
+class Realm(Base):
+    """An organization. `last_event_seq` is the realm's outbox counter (DESIGN.md §4)."""
+
+    __tablename__ = "realm"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    string_id: Mapped[str] = mapped_column(String(MAX_REALM_SUBDOMAIN_LENGTH), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_REALM_NAME_LENGTH))
+    # The sequence number of the newest outbox event of this realm; advanced by every
+    # action in the same transaction that inserts the events, under the row lock.
+    last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    date_created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserProfile(Base):
+    """A user of one realm; `email` is unique within the realm (stored lower-case)."""
+
+    __tablename__ = "user_profile"
+    __table_args__ = (UniqueConstraint("realm_id", "email"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    realm_id: Mapped[int] = mapped_column(ForeignKey("realm.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(MAX_EMAIL_LENGTH))
+    full_name: Mapped[str] = mapped_column(String(MAX_FULL_NAME_LENGTH))
+    role: Mapped[int] = mapped_column(Integer, default=int(Role.MEMBER))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    api_key: Mapped[str] = mapped_column(String(API_KEY_LENGTH), unique=True)
+    date_joined: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Stream(Base):
+    """A channel. Zulip's API still calls it a stream, so the code does too."""
+
+    __tablename__ = "stream"
+    __table_args__ = (UniqueConstraint("realm_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    realm_id: Mapped[int] = mapped_column(ForeignKey("realm.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(MAX_STREAM_NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(MAX_STREAM_DESCRIPTION_LENGTH), default="")
+    invite_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_web_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    date_created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Subscription(Base):
+    """One user's membership of one channel.
+
+    A row counts as a subscriber only when `active` (not unsubscribed) and
+    `is_user_active` (the user is not deactivated) are both true; deactivation
+    flips `is_user_active` and keeps the row so reactivation restores it.
+    """
+
+    __tablename__ = "subscription"
+    __table_args__ = (
+        UniqueConstraint("user_profile_id", "stream_id"),
+        # Subscriber lists are read per channel, so index the channel side too.
+        Index("ix_subscription_stream_id_active", "stream_id", "active", "is_user_active"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_profile_id: Mapped[int] = mapped_column(ForeignKey("user_profile.id", ondelete="CASCADE"))
+    stream_id: Mapped[int] = mapped_column(ForeignKey("stream.id", ondelete="CASCADE"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_user_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class OutboxEvent(Base):
+    """One event, written by the action that caused it in the same transaction.
+
+    `seq` is gap-free per realm and equals commit order (DESIGN.md §4). `event` is the
+    compact JSON the clients receive (without the per-queue `id`), `user_ids` the JSON
+    list of recipients computed at write time. `legacy_skip` marks events that queues
+    on the legacy deactivation path do not receive.
+    """
+
+    __tablename__ = "outbox_event"
+
+    realm_id: Mapped[int] = mapped_column(
+        ForeignKey("realm.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event: Mapped[str] = mapped_column(Text)
+    user_ids: Mapped[str] = mapped_column(Text)
+    legacy_skip: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QueueDescriptorRow(Base):
+    """The durable part of an event queue (DESIGN.md §5).
+
+    With the outbox it is enough to rebuild the queue: replaying the realm's outbox
+    after `checkpoint_seq` through the same filter, numbering from
+    `checkpoint_event_id + 1`, reproduces the same event IDs.
+    """
+
+    __tablename__ = "queue_descriptor"
+
+    queue_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    realm_id: Mapped[int] = mapped_column(ForeignKey("realm.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_profile.id", ondelete="CASCADE"), index=True
+    )
+    # JSON list of accepted event types, or NULL for every type.
+    event_types: Mapped[str | None] = mapped_column(Text, nullable=True)
+    capabilities: Mapped[str] = mapped_column(Text, default="{}")
+    client_name: Mapped[str] = mapped_column(String(100))
+    client_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    legacy_deactivation: Mapped[bool] = mapped_column(Boolean, default=False)
+    lifespan_secs: Mapped[int] = mapped_column(Integer)
+    # Unix time of the last poll or register; the queue expires lifespan_secs after it.
+    last_active: Mapped[float] = mapped_column(Float)
+    checkpoint_seq: Mapped[int] = mapped_column(BigInteger)
+    checkpoint_event_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,142 @@
+"""Shared vocabulary of the queues package: JSON payloads, client
+capabilities, and the committed event that many queues share.
+
+A `SharedEvent` is created once per committed outbox row and referenced by
+every queue that accepts it; it is never copied per queue. Its JSON body is
+encoded once, lazily, and each queue splices its own event id onto that
+encoding. Treat ``SharedEvent.data`` as immutable once the event exists:
+mutating it would change what every queue delivers and would not refresh the
+cached encoding.
+
+Not thread-safe; call from the IOLoop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+JsonDict = dict[str, Any]
+
+# Compact separators: the body goes on the wire to every accepting client, so
+# the spaces json.dumps adds by default would be paid thousands of times.
+_JSON_SEPARATORS = (",", ":")
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a client declared it understands at register time
+    (Zulip's ``client_capabilities``). One small frozen object instead of a
+    constructor flag per capability."""
+
+    # The client handles subscription peer_remove events about a user who is
+    # being deactivated (written before the realm_user deactivation event).
+    deactivation_peer_events: bool = False
+
+    @classmethod
+    def from_client_capabilities(cls, raw: Mapping[str, object]) -> Capabilities:
+        """Build from the decoded ``client_capabilities`` object.
+
+        Unknown keys are ignored, as Zulip does, so newer clients keep working
+        against an older server. A known key with a non-bool value raises
+        `ValueError`: a client sending ``"deactivation_peer_events": 1`` has a
+        bug we would rather report than guess about.
+        """
+        values: dict[str, bool] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in raw:
+                continue
+            value = raw[field.name]
+            # isinstance(1, bool) is False, so integers are rejected too.
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"client_capabilities.{field.name} must be a boolean, "
+                    f"got {type(value).__name__}"
+                )
+            values[field.name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, bool]:
+        """Every capability by name, for summaries and durable storage."""
+        return {field.name: bool(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
+class SharedEvent:
+    """One committed outbox event, shared by every queue that receives it.
+
+    ``data`` is the event body without ``"id"``: ids are per queue and are
+    added at encoding time by `encode_with_id`. ``user_ids`` are the target
+    users computed by the action at write time. ``legacy_skip`` marks events
+    that clients using the legacy deactivation sequence must not receive (the
+    peer_remove events written by a user deactivation).
+    """
+
+    __slots__ = ("realm_id", "seq", "data", "user_ids", "legacy_skip", "_encoded")
+
+    def __init__(
+        self,
+        realm_id: int,
+        seq: int,
+        data: JsonDict,
+        user_ids: frozenset[int] | Collection[int],
+        legacy_skip: bool = False,
+    ) -> None:
+        if "id" in data:
+            # encode_with_id appends "id"; a second one would give a JSON
+            # object with a duplicate key that parsers resolve differently.
+            raise ValueError("SharedEvent data must not contain 'id'; ids are per queue")
+        self.realm_id = realm_id
+        self.seq = seq
+        self.data = data
+        # frozenset: membership tests are O(1) and the set cannot change
+        # under the router's feet. Avoid a copy when we already have one.
+        self.user_ids: frozenset[int] = (
+            user_ids if isinstance(user_ids, frozenset) else frozenset(user_ids)
+        )
+        self.legacy_skip = legacy_skip
+        self._encoded: bytes | None = None
+
+    @property
+    def type(self) -> str:
+        """The event's ``type`` field, used by queue filters."""
+        event_type: str = self.data["type"]
+        return event_type
+
+    @property
+    def encoded(self) -> bytes:
+        """Compact JSON of ``data``, encoded on first use and then cached.
+
+        Lazy because an event that no waiting poll asks for right away may
+        never be encoded in this process (e.g. its queues are dropped first).
+        ``allow_nan=False``: NaN/Infinity are not JSON and clients reject them.
+        """
+        if self._encoded is None:
+            self._encoded = json.dumps(
+                self.data, separators=_JSON_SEPARATORS, allow_nan=False
+            ).encode("utf-8")
+        return self._encoded
+
+    def encode_with_id(self, event_id: int) -> bytes:
+        """The JSON object of ``data`` with ``"id": event_id`` as its last key.
+
+        Built by splicing onto the cached encoding, so delivering the same
+        event to N queues encodes it once, not N times. Equal, once decoded,
+        to ``json.dumps({**data, "id": event_id})``.
+        """
+        body = self.encoded
+        id_bytes = str(event_id).encode("ascii")
+        if body == b"{}":
+            # No existing key, so no separating comma.
+            return b'{"id":' + id_bytes + b"}"
+        # body is a JSON object, so it ends with "}": drop it and append.
+        return body[:-1] + b',"id":' + id_bytes + b"}"
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedEvent(realm_id={self.realm_id}, seq={self.seq}, "
+            f"type={self.data.get('type')!r}, targets={len(self.user_ids)}, "
+            f"legacy_skip={self.legacy_skip})"
+        )

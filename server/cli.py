@@ -1,0 +1,316 @@
+"""The `eventq` admin command line: migrate, create and list state, serve.
+
+Every command prints a readable answer, or JSON with `--json`. Bad input (unknown
+realm, user or channel, a duplicate, a value outside Zulip's limits) prints one line
+`eventq: error: ...` on stderr and exits with status 1, having changed nothing: each
+command runs in one transaction that commits only when the whole command succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+
+from actions.errors import ActionError, InvalidInput, NotFound
+from actions.realms import do_create_realm
+from actions.streams import do_create_stream
+from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
+from actions.users import do_create_user
+from models.database import Database
+from models.queries import (
+    get_realm,
+    get_streams_by_names,
+    get_user_by_email,
+    realm_streams,
+    realm_users,
+)
+from models.tables import Realm, Role, Stream, UserProfile
+from models.visibility import active_subscribers
+from server.config import Settings
+
+log = logging.getLogger("eventq.cli")
+
+
+def _realm(session: Any, subdomain: str) -> Realm:
+    realm = get_realm(session, subdomain)
+    if realm is None:
+        raise NotFound(f"No realm with subdomain {subdomain!r}.")
+    return realm
+
+
+def _user(session: Any, realm: Realm, email: str) -> UserProfile:
+    user = get_user_by_email(session, realm.id, email)
+    if user is None:
+        raise NotFound(f"No user {email!r} in realm {realm.string_id!r}.")
+    return user
+
+
+def _streams(session: Any, realm: Realm, names: Sequence[str]) -> list[Stream]:
+    found = get_streams_by_names(session, realm.id, names)
+    missing = [name for name in names if name.strip().lower() not in found]
+    if missing:
+        raise NotFound(f"No channel {', '.join(map(repr, missing))} in realm {realm.string_id!r}.")
+    return [found[name.strip().lower()] for name in names]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from migrations import upgrade
+
+    upgrade(Database(settings.database_url).url)
+    _emit(
+        args, {"migrated": True}, f"Database migrated to the newest schema: {_safe_url(settings)}"
+    )
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def cmd_create_realm(args: argparse.Namespace, db: Database) -> None:
+    with db.write() as session:
+        realm = do_create_realm(session, args.subdomain, args.name)
+        data = {"realm_id": realm.id, "string_id": realm.string_id, "name": realm.name}
+    _emit(args, data, f"Created realm {data['string_id']!r} (id {data['realm_id']}).")
+
+
+def cmd_create_user(args: argparse.Namespace, db: Database) -> None:
+    try:
+        role = Role.from_name(args.role)
+    except ValueError as error:
+        raise InvalidInput(str(error).capitalize() + ".") from None
+    with db.write() as session:
+        realm = _realm(session, args.realm)
+        user = do_create_user(session, realm.id, args.email, args.full_name, role, args.bot)
+        data = {"user_id": user.id, "email": user.email, "api_key": user.api_key}
+    _emit(
+        args,
+        data,
+        f"Created user {data['email']} (id {data['user_id']}).\nAPI key: {data['api_key']}",
+    )
+
+
+def cmd_create_stream(args: argparse.Namespace, db: Database) -> None:
+    with db.write() as session:
+        realm = _realm(session, args.realm)
+        stream = do_create_stream(
+            session,
+            realm.id,
+            args.name,
+            invite_only=args.private,
+            is_web_public=args.web_public,
+            description=args.description,
+        )
+        data = {"stream_id": stream.id, "name": stream.name}
+    _emit(args, data, f"Created channel {data['name']!r} (id {data['stream_id']}).")
+
+
+def _change_subscriptions(args: argparse.Namespace, db: Database, subscribe: bool) -> None:
+    action = bulk_add_subscriptions if subscribe else bulk_remove_subscriptions
+    with db.write() as session:
+        realm = _realm(session, args.realm)
+        user = _user(session, realm, args.email)
+        streams = _streams(session, realm, args.streams)
+        names = {s.id: s.name for s in streams}
+        change = action(session, realm.id, [user.id], [s.id for s in streams])
+        changed = [names[sid] for _, sid in change.changed]
+        unchanged = [names[sid] for _, sid in change.unchanged]
+    verb, already = (
+        ("Subscribed", "already subscribed") if subscribe else ("Unsubscribed", "not subscribed")
+    )
+    lines = []
+    if changed:
+        lines.append(
+            f"{verb} {args.email} to {', '.join(changed)}."
+            if subscribe
+            else f"{verb} {args.email} from {', '.join(changed)}."
+        )
+    if unchanged:
+        lines.append(f"{args.email} was {already}: {', '.join(unchanged)}.")
+    key = "subscribed" if subscribe else "unsubscribed"
+    _emit(args, {key: changed, already.replace(" ", "_"): unchanged}, "\n".join(lines))
+
+
+def cmd_subscribe(args: argparse.Namespace, db: Database) -> None:
+    _change_subscriptions(args, db, subscribe=True)
+
+
+def cmd_unsubscribe(args: argparse.Namespace, db: Database) -> None:
+    _change_subscriptions(args, db, subscribe=False)
+
+
+def cmd_users(args: argparse.Namespace, db: Database) -> None:
+    with db.snapshot() as session:
+        realm = _realm(session, args.realm)
+        users = [
+            {
+                "user_id": u.id,
+                "email": u.email,
+                "full_name": u.full_name,
+                "role": Role(u.role).name.lower(),
+                "is_active": u.is_active,
+                "is_bot": u.is_bot,
+            }
+            for u in realm_users(session, realm.id)
+        ]
+    rows = [
+        [
+            u["user_id"],
+            u["email"],
+            u["full_name"],
+            u["role"],
+            "active" if u["is_active"] else "deactivated",
+            "bot" if u["is_bot"] else "",
+        ]
+        for u in users
+    ]
+    _emit(args, users, _table(["ID", "EMAIL", "FULL NAME", "ROLE", "STATE", "BOT"], rows))
+
+
+def cmd_streams(args: argparse.Namespace, db: Database) -> None:
+    with db.snapshot() as session:
+        realm = _realm(session, args.realm)
+        streams = realm_streams(session, realm.id)
+        members = active_subscribers(session, [s.id for s in streams])
+        emails = {u.id: u.email for u in realm_users(session, realm.id)}
+        data: list[dict[str, Any]] = [
+            {
+                "stream_id": s.id,
+                "name": s.name,
+                "visibility": "private"
+                if s.invite_only
+                else ("web-public" if s.is_web_public else "public"),
+                "subscribers": sorted(emails[uid] for uid in members.get(s.id, set())),
+            }
+            for s in streams
+        ]
+    rows = [
+        [
+            d["stream_id"],
+            d["name"],
+            d["visibility"],
+            len(d["subscribers"]),
+            ", ".join(d["subscribers"]),
+        ]
+        for d in data
+    ]
+    _emit(args, data, _table(["ID", "NAME", "VISIBILITY", "N", "SUBSCRIBERS"], rows))
+
+
+DataCommand = Callable[[argparse.Namespace, Database], None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `eventq` with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="eventq",
+        description="eventq: a Zulip-compatible real-time event-queue server and its admin "
+        "tools. Every command works on the database named by --database-url, else "
+        "EVENTQ_DATABASE_URL, else the SQLite file var/eventq.sqlite3.",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="SQLAlchemy database URL (overrides EVENTQ_DATABASE_URL)",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[..., None], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        return command
+
+    add("migrate", cmd_migrate, "Create or upgrade the database schema to the newest revision.")
+    p = add("create-realm", cmd_create_realm, "Create a realm (an organization).")
+    p.add_argument("subdomain", help="the realm's subdomain: lower-case letters, digits, hyphens")
+    p.add_argument("--name", help="display name (default: the subdomain)")
+    p = add("create-user", cmd_create_user, "Create a user and print their API key.")
+    p.add_argument("realm", help="realm subdomain")
+    p.add_argument("email")
+    p.add_argument("--full-name", help="display name (default: the part of EMAIL before @)")
+    p.add_argument(
+        "--role", default="member", help="owner, admin, moderator, member (default) or guest"
+    )
+    p.add_argument("--bot", action="store_true", help="create a bot user")
+    p = add("create-stream", cmd_create_stream, "Create a channel (public by default).")
+    p.add_argument("realm", help="realm subdomain")
+    p.add_argument("name", help="channel name (at most 60 characters)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--private", action="store_true", help="invite-only channel")
+    kind.add_argument("--web-public", action="store_true", help="visible to every user and guest")
+    p.add_argument("--description", default="", help="channel description")
+    for name, func, verb in (
+        ("subscribe", cmd_subscribe, "Subscribe a user to channels."),
+        ("unsubscribe", cmd_unsubscribe, "Unsubscribe a user from channels."),
+    ):
+        p = add(name, func, verb)
+        p.add_argument("realm", help="realm subdomain")
+        p.add_argument("email", help="the user's email")
+        p.add_argument("streams", nargs="+", metavar="STREAM", help="channel names")
+    p = add("users", cmd_users, "List the realm's users.")
+    p.add_argument("realm", help="realm subdomain")
+    p = add("streams", cmd_streams, "List the realm's channels with their subscribers.")
+    p.add_argument("realm", help="realm subdomain")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `eventq` command; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Admin commands print their own answer; only the server logs at INFO.
+    logging.basicConfig(
+        level=logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env(args.database_url)
+        if args.func is cmd_migrate:
+            cmd_migrate(args, settings)
+            return 0
+        db = Database(settings.database_url)
+        try:
+            args.func(args, db)
+        finally:
+            db.dispose()
+    except (ActionError, ValueError) as error:
+        print(f"eventq: error: {error}", file=sys.stderr)
+        return 1
+    except (OperationalError, ProgrammingError) as error:
+        message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        if "no such table" in message or "does not exist" in message:
+            message = "the database is not migrated; run `eventq migrate` first"
+        print(f"eventq: error: database: {message}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as error:
+        print(f"eventq: error: database: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Configuration from the environment (`EVENTQ_*`), overridable by CLI options.
+
+| variable | default | meaning |
+|---|---|---|
+| `EVENTQ_DATABASE_URL` | `sqlite:///var/eventq.sqlite3` | SQLAlchemy URL of the database |
+| `EVENTQ_HOST` | `127.0.0.1` | address `eventq serve` listens on |
+| `EVENTQ_PORT` | `9993` | port `eventq serve` listens on |
+| `EVENTQ_LEGACY_CLIENTS` | empty | client versions that predate deactivation peer events |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from models.database import default_database_url
+
+DEFAULT_HOST = "127.0.0.1"
+# Zulip's Tornado listens on 9993 behind its proxy; eventq takes the same port.
+DEFAULT_PORT = 9993
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server and the CLI read from the environment."""
+
+    database_url: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    legacy_clients: str = ""
+
+    @classmethod
+    def from_env(cls, database_url: str | None = None) -> Settings:
+        """Settings from `EVENTQ_*` variables; `database_url` (from `--database-url`) wins."""
+        port_text = os.environ.get("EVENTQ_PORT", str(DEFAULT_PORT))
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"EVENTQ_PORT must be a port number, not {port_text!r}") from None
+        return cls(
+            database_url=database_url or default_database_url(),
+            host=os.environ.get("EVENTQ_HOST", DEFAULT_HOST),
+            port=port,
+            legacy_clients=os.environ.get("EVENTQ_LEGACY_CLIENTS", ""),
+        )

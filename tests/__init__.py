@@ -1,0 +1,1 @@
+"""eventq's test suite: unit tests beside integration tests that start a real server."""

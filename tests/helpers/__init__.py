@@ -1,0 +1,1 @@
+"""Shared test machinery: databases, statement counting, verify_action."""
