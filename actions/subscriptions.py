@@ -25,11 +25,19 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from actions.errors import InvalidInput, NotFound
+from actions.errors import InvalidInput, NotAllowed, NotFound
+from actions.streams import do_create_stream
 from models.outbox import PendingEvent, append_events, lock_realm
+from models.queries import get_stream_by_name
 from models.state import stream_to_api, subscription_to_api
-from models.tables import Stream, Subscription, UserProfile
-from models.visibility import AudienceIndex, active_subscribers, active_user_roles, can_see_stream
+from models.tables import Role, Stream, Subscription, UserProfile
+from models.visibility import (
+    AudienceIndex,
+    active_subscribers,
+    active_user_roles,
+    can_see_stream,
+    is_realm_admin,
+)
 
 
 @dataclass
@@ -313,3 +321,141 @@ def bulk_remove_subscriptions(
     events.extend(peers.events())
     append_events(session, realm_id, events)
     return change
+
+
+@dataclass
+class SubscriptionRequestResult:
+    """What `check_add_subscriptions` / `check_remove_subscriptions` did, by name."""
+
+    changed: dict[int, list[str]] = field(default_factory=dict)
+    unchanged: dict[int, list[str]] = field(default_factory=dict)
+
+
+def _resolve_principals(
+    session: Session, actor: UserProfile, principals: Collection[str | int] | None
+) -> list[UserProfile]:
+    """Users named by email or id (default: the actor), all of the actor's realm."""
+    if not principals:
+        return [actor]
+    found: dict[int, UserProfile] = {}
+    for principal in principals:
+        if isinstance(principal, bool) or not isinstance(principal, str | int):
+            raise InvalidInput("principals must be emails or user ids.")
+        if isinstance(principal, int):
+            user = session.get(UserProfile, principal)
+        else:
+            user = session.scalars(
+                select(UserProfile).where(
+                    UserProfile.realm_id == actor.realm_id,
+                    UserProfile.email == principal.strip().lower(),
+                )
+            ).first()
+        if user is None or user.realm_id != actor.realm_id or not user.is_active:
+            raise NotFound(f"No such user: {principal}.")
+        found[user.id] = user
+    return list(found.values())
+
+
+def _by_name_visible_to(
+    session: Session, actor: UserProfile, names: Collection[str]
+) -> tuple[dict[str, Stream], list[str]]:
+    """Existing channels the actor may see, by lower-case name, and the missing names.
+
+    A private channel the actor cannot see counts as missing, so its existence is not
+    revealed.
+    """
+    wanted = {name.strip().lower(): name.strip() for name in names}
+    rows = session.scalars(select(Stream).where(Stream.realm_id == actor.realm_id)).all()
+    subscribed = set(
+        session.scalars(
+            select(Subscription.stream_id).where(
+                Subscription.user_profile_id == actor.id, Subscription.active.is_(True)
+            )
+        )
+    )
+    found: dict[str, Stream] = {}
+    hidden: list[str] = []
+    for stream in rows:
+        key = stream.name.lower()
+        if key not in wanted:
+            continue
+        if can_see_stream(actor.role, stream, stream.id in subscribed):
+            found[key] = stream
+        else:
+            hidden.append(wanted[key])
+    missing = [original for key, original in wanted.items() if key not in found]
+    return found, missing + [h for h in hidden if h not in missing]
+
+
+def check_add_subscriptions(
+    session: Session,
+    actor_id: int,
+    names: list[str],
+    principals: list[str | int] | None = None,
+    *,
+    invite_only: bool = False,
+    is_web_public: bool = False,
+) -> SubscriptionRequestResult:
+    """`POST /users/me/subscriptions`: subscribe principals, creating missing channels.
+
+    Guests may only subscribe themselves and may not create channels; only owners and
+    administrators create web-public channels (Zulip's defaults).
+    """
+    actor = session.get(UserProfile, actor_id)
+    assert actor is not None and actor.is_active, "the server authenticated an active user"
+    lock_realm(session, actor.realm_id)
+    if not names:
+        raise InvalidInput("Nothing to subscribe to: subscriptions is empty.")
+    users = _resolve_principals(session, actor, principals)
+    if actor.role == Role.GUEST and any(u.id != actor.id for u in users):
+        raise NotAllowed("Guests cannot subscribe other users.")
+    found, missing = _by_name_visible_to(session, actor, names)
+    for name in missing:
+        if actor.role == Role.GUEST:
+            raise NotAllowed("Guests cannot create channels.")
+        if is_web_public and not is_realm_admin(actor.role):
+            raise NotAllowed("Only administrators can create web-public channels.")
+        if get_stream_by_name(session, actor.realm_id, name) is not None:
+            # It exists but is private and invisible to the actor: do not reveal it.
+            raise NotFound(f"Channel '{name}' does not exist.")
+        stream = do_create_stream(
+            session, actor.realm_id, name, invite_only=invite_only, is_web_public=is_web_public
+        )
+        found[stream.name.lower()] = stream
+    streams = [found[name.strip().lower()] for name in names]
+    change = bulk_add_subscriptions(
+        session, actor.realm_id, [u.id for u in users], list({s.id for s in streams})
+    )
+    return _by_name(change, streams)
+
+
+def check_remove_subscriptions(
+    session: Session, actor_id: int, names: list[str], principals: list[str | int] | None = None
+) -> SubscriptionRequestResult:
+    """`DELETE /users/me/subscriptions`: only administrators may remove other users."""
+    actor = session.get(UserProfile, actor_id)
+    assert actor is not None and actor.is_active, "the server authenticated an active user"
+    lock_realm(session, actor.realm_id)
+    if not names:
+        raise InvalidInput("Nothing to unsubscribe from: subscriptions is empty.")
+    users = _resolve_principals(session, actor, principals)
+    if any(u.id != actor.id for u in users) and not is_realm_admin(actor.role):
+        raise NotAllowed("Insufficient permission to unsubscribe other users.")
+    found, missing = _by_name_visible_to(session, actor, names)
+    if missing:
+        raise NotFound(f"Channel '{missing[0]}' does not exist.")
+    streams = [found[name.strip().lower()] for name in names]
+    change = bulk_remove_subscriptions(
+        session, actor.realm_id, [u.id for u in users], list({s.id for s in streams})
+    )
+    return _by_name(change, streams)
+
+
+def _by_name(change: SubscriptionChange, streams: list[Stream]) -> SubscriptionRequestResult:
+    names = {s.id: s.name for s in streams}
+    result = SubscriptionRequestResult()
+    for user_id, stream_id in change.changed:
+        result.changed.setdefault(user_id, []).append(names[stream_id])
+    for user_id, stream_id in change.unchanged:
+        result.unchanged.setdefault(user_id, []).append(names[stream_id])
+    return result

@@ -104,12 +104,13 @@ class Database:
 
     @contextmanager
     def snapshot(self) -> Iterator[Session]:
-        """A read-only transaction whose queries all see one snapshot; never commits."""
+        """A read-only transaction whose queries all see one snapshot; never commits.
+
+        Closing the session ends the transaction (the pool rolls the connection back)
+        without expiring the objects read, so callers may use them afterwards.
+        """
         with self._snapshot_sessions() as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.queries import get_stream_by_name
 from models.tables import Role, Stream, Subscription, UserProfile
 from models.visibility import active_subscribers, can_see_stream
 
@@ -158,3 +159,59 @@ def fetch_initial_state(
             never.append(entry)
         state["never_subscribed"] = never
     return state
+
+
+def realm_members(session: Session, realm_id: int) -> list[dict[str, Any]]:
+    """Every user of the realm, active or not (`GET /users`)."""
+    users = session.scalars(
+        select(UserProfile).where(UserProfile.realm_id == realm_id).order_by(UserProfile.id)
+    ).all()
+    return [user_to_api(u) for u in users]
+
+
+def member(session: Session, realm_id: int, user_id: int) -> dict[str, Any] | None:
+    """One user of the realm (`GET /users/{id}`), or None."""
+    user = session.get(UserProfile, user_id)
+    if user is None or user.realm_id != realm_id:
+        return None
+    return user_to_api(user)
+
+
+def _visible_stream(session: Session, viewer: UserProfile, stream: Stream | None) -> bool:
+    if stream is None or stream.realm_id != viewer.realm_id:
+        return False
+    subscribed = session.scalars(
+        select(Subscription.id).where(
+            Subscription.user_profile_id == viewer.id,
+            Subscription.stream_id == stream.id,
+            Subscription.active.is_(True),
+        )
+    ).first()
+    return can_see_stream(viewer.role, stream, subscribed is not None)
+
+
+def visible_stream_id(session: Session, viewer_id: int, name: str) -> int | None:
+    """The id of the channel named `name` if the viewer may see it (`GET /get_stream_id`)."""
+    viewer = session.get(UserProfile, viewer_id)
+    assert viewer is not None, "the server authenticated this user"
+    stream = get_stream_by_name(session, viewer.realm_id, name)
+    return stream.id if stream is not None and _visible_stream(session, viewer, stream) else None
+
+
+def visible_stream_members(session: Session, viewer_id: int, stream_id: int) -> list[int] | None:
+    """The channel's subscribers if the viewer may see them (`GET /streams/{id}/members`)."""
+    viewer = session.get(UserProfile, viewer_id)
+    assert viewer is not None, "the server authenticated this user"
+    stream = session.get(Stream, stream_id)
+    if stream is None or not _visible_stream(session, viewer, stream):
+        return None
+    return sorted(active_subscribers(session, [stream_id]).get(stream_id, set()))
+
+
+def state_for(
+    session: Session, user_id: int, event_types: Collection[str], include_subscribers: bool
+) -> dict[str, Any]:
+    """`fetch_initial_state` for a user id (the REST endpoints' shortcut)."""
+    user = session.get(UserProfile, user_id)
+    assert user is not None, "the server authenticated this user"
+    return fetch_initial_state(session, user, event_types, include_subscribers)

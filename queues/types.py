@@ -83,6 +83,7 @@ class SharedEvent:
         data: JsonDict,
         user_ids: frozenset[int] | Collection[int],
         legacy_skip: bool = False,
+        encoded: bytes | None = None,
     ) -> None:
         if "id" in data:
             # encode_with_id appends "id"; a second one would give a JSON
@@ -97,7 +98,8 @@ class SharedEvent:
             user_ids if isinstance(user_ids, frozenset) else frozenset(user_ids)
         )
         self.legacy_skip = legacy_skip
-        self._encoded: bytes | None = None
+        # The outbox already stores the compact JSON; passing it in saves the encoding.
+        self._encoded: bytes | None = encoded
 
     @property
     def type(self) -> str:

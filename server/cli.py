@@ -219,6 +219,24 @@ def cmd_streams(args: argparse.Namespace, db: Database) -> None:
     _emit(args, data, _table(["ID", "NAME", "VISIBILITY", "N", "SUBSCRIBERS"], rows))
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import asyncio
+
+    from server.app import run_server
+    from server.demo import ensure_demo_realm, print_connection_help
+
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+
+    async def on_ready(service: object, bound_port: int) -> None:
+        demo = None
+        if args.demo:
+            demo = ensure_demo_realm(settings.database_url)
+        print_connection_help(host, bound_port, demo)
+
+    asyncio.run(run_server(settings, host, port, on_ready))
+
+
 DataCommand = Callable[[argparse.Namespace, Database], None]
 
 
@@ -245,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add("migrate", cmd_migrate, "Create or upgrade the database schema to the newest revision.")
+    p = add(
+        "serve",
+        cmd_serve,
+        "Run the event-queue server (Zulip-compatible API under /api/v1) until SIGTERM or "
+        "SIGINT; queues survive a restart.",
+    )
+    p.add_argument("--host", help="address to listen on (default: EVENTQ_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: EVENTQ_PORT or 9993)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a demo realm with users and channels if missing and print a login",
+    )
     p = add("create-realm", cmd_create_realm, "Create a realm (an organization).")
     p.add_argument("subdomain", help="the realm's subdomain: lower-case letters, digits, hyphens")
     p.add_argument("--name", help="display name (default: the subdomain)")
@@ -289,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         settings = Settings.from_env(args.database_url)
-        if args.func is cmd_migrate:
-            cmd_migrate(args, settings)
+        if args.func in (cmd_migrate, cmd_serve):
+            args.func(args, settings)
             return 0
         db = Database(settings.database_url)
         try:

@@ -1,0 +1,153 @@
+"""Durable queue descriptors (DESIGN.md §5): create, load, checkpoint, delete, expire.
+
+A descriptor plus the outbox is enough to rebuild a queue with the same event IDs,
+so the server writes one at register, refreshes its checkpoint and `last_active` as
+clients acknowledge events, and deletes it when the queue is deleted or expires.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from models.tables import QueueDescriptorRow
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorRecord:
+    """A descriptor as plain values, detached from any session."""
+
+    queue_id: str
+    realm_id: int
+    user_id: int
+    event_types: tuple[str, ...] | None
+    capabilities: dict[str, bool]
+    client_name: str
+    client_version: str | None
+    legacy_deactivation: bool
+    lifespan_secs: int
+    last_active: float
+    checkpoint_seq: int
+    checkpoint_event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointUpdate:
+    """A newer acknowledged position and activity time of one queue."""
+
+    queue_id: str
+    checkpoint_seq: int
+    checkpoint_event_id: int
+    last_active: float
+
+
+def _record(row: QueueDescriptorRow) -> DescriptorRecord:
+    return DescriptorRecord(
+        queue_id=row.queue_id,
+        realm_id=row.realm_id,
+        user_id=row.user_id,
+        event_types=tuple(json.loads(row.event_types)) if row.event_types is not None else None,
+        capabilities=json.loads(row.capabilities),
+        client_name=row.client_name,
+        client_version=row.client_version,
+        legacy_deactivation=row.legacy_deactivation,
+        lifespan_secs=row.lifespan_secs,
+        last_active=row.last_active,
+        checkpoint_seq=row.checkpoint_seq,
+        checkpoint_event_id=row.checkpoint_event_id,
+    )
+
+
+def create_descriptor(session: Session, record: DescriptorRecord) -> None:
+    """Insert a new descriptor."""
+    session.add(
+        QueueDescriptorRow(
+            queue_id=record.queue_id,
+            realm_id=record.realm_id,
+            user_id=record.user_id,
+            event_types=json.dumps(list(record.event_types))
+            if record.event_types is not None
+            else None,
+            capabilities=json.dumps(record.capabilities, sort_keys=True),
+            client_name=record.client_name[:100],
+            client_version=record.client_version[:100] if record.client_version else None,
+            legacy_deactivation=record.legacy_deactivation,
+            lifespan_secs=record.lifespan_secs,
+            last_active=record.last_active,
+            checkpoint_seq=record.checkpoint_seq,
+            checkpoint_event_id=record.checkpoint_event_id,
+        )
+    )
+
+
+def load_descriptor(session: Session, queue_id: str) -> DescriptorRecord | None:
+    """The descriptor of `queue_id`, or None."""
+    row = session.get(QueueDescriptorRow, queue_id)
+    return _record(row) if row is not None else None
+
+
+def load_descriptors(session: Session, realm_id: int | None = None) -> list[DescriptorRecord]:
+    """Every descriptor (of one realm, if given), oldest first."""
+    query = select(QueueDescriptorRow).order_by(QueueDescriptorRow.created_at)
+    if realm_id is not None:
+        query = query.where(QueueDescriptorRow.realm_id == realm_id)
+    return [_record(row) for row in session.scalars(query)]
+
+
+def save_checkpoints(session: Session, updates: Iterable[CheckpointUpdate]) -> None:
+    """Write acknowledged positions in one executemany statement."""
+    rows = [
+        {
+            "queue_id": u.queue_id,
+            "checkpoint_seq": u.checkpoint_seq,
+            "checkpoint_event_id": u.checkpoint_event_id,
+            "last_active": u.last_active,
+        }
+        for u in updates
+    ]
+    if rows:
+        session.execute(update(QueueDescriptorRow), rows)
+
+
+def delete_descriptors(session: Session, queue_ids: Collection[str]) -> None:
+    """Delete these descriptors (deleted, expired or overflowed queues)."""
+    if queue_ids:
+        session.execute(
+            delete(QueueDescriptorRow).where(QueueDescriptorRow.queue_id.in_(list(queue_ids)))
+        )
+
+
+def delete_user_descriptors(session: Session, user_id: int) -> None:
+    """Delete every descriptor of a user (deactivation)."""
+    session.execute(delete(QueueDescriptorRow).where(QueueDescriptorRow.user_id == user_id))
+
+
+def delete_expired_descriptors(session: Session, now: float, keep: Collection[str]) -> list[str]:
+    """Delete descriptors idle past their lifespan, except the `keep` ids (live queues).
+
+    Returns the deleted ids. Queues in memory are expired by `queues.gc`; this covers
+    the descriptors of queues that are not (evicted, or never polled since a restart).
+    """
+    rows = session.execute(
+        select(QueueDescriptorRow.queue_id).where(
+            QueueDescriptorRow.last_active + QueueDescriptorRow.lifespan_secs < now
+        )
+    ).scalars()
+    expired = [queue_id for queue_id in rows if queue_id not in keep]
+    delete_descriptors(session, expired)
+    return expired
+
+
+def oldest_checkpoint_seq(session: Session, realm_id: int) -> int | None:
+    """The lowest checkpoint of the realm's live descriptors (what outbox retention keeps)."""
+    rows = session.execute(
+        select(QueueDescriptorRow.checkpoint_seq)
+        .where(QueueDescriptorRow.realm_id == realm_id)
+        .order_by(QueueDescriptorRow.checkpoint_seq)
+        .limit(1)
+    ).scalar_one_or_none()
+    return int(rows) if rows is not None else None

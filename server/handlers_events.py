@@ -1,0 +1,116 @@
+"""Handlers of the event system: server settings, register, long-poll, delete, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
+from queues.types import Capabilities
+from server.errors import BadRequest
+from server.http import ApiHandler
+from server.params import check_bool, check_dict, check_int, check_list, check_str_list
+from server.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION, RegisterRequest
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+VERSION_FIELDS = {
+    "zulip_version": ZULIP_VERSION,
+    "zulip_feature_level": ZULIP_FEATURE_LEVEL,
+    "zulip_merge_base": ZULIP_VERSION,
+}
+
+
+class ServerSettingsHandler(ApiHandler):
+    """`GET /api/v1/server_settings`: what a client checks before it logs in."""
+
+    def get(self) -> None:
+        self.send_success(
+            {
+                **VERSION_FIELDS,
+                "push_notifications_enabled": False,
+                "is_incompatible": False,
+                "email_auth_enabled": True,
+                "require_email_format_usernames": True,
+                "authentication_methods": {"password": False, "dev": False, "email": False},
+            }
+        )
+
+    post = get
+
+
+class OpenApiHandler(ApiHandler):
+    """`GET /api/v1/openapi.json`: the document describing this API."""
+
+    def get(self) -> None:
+        self.finish(OPENAPI_PATH.read_bytes())
+
+
+class RegisterHandler(ApiHandler):
+    """`POST /api/v1/register`: a new queue and the state it starts from."""
+
+    async def post(self) -> None:
+        user = await self.authenticate()
+        event_types = self.param_json("event_types", check_str_list, None)
+        fetch_event_types = self.param_json("fetch_event_types", check_str_list, None)
+        raw_capabilities = self.param_json("client_capabilities", check_dict, {})
+        try:
+            capabilities = Capabilities.from_client_capabilities(raw_capabilities)
+        except ValueError as error:
+            raise BadRequest(f"Invalid client_capabilities: {error}") from None
+        lifespan = self.param_json("queue_lifespan_secs", check_int, None)
+        if lifespan is not None and not 0 <= lifespan <= MAX_QUEUE_LIFESPAN_SECS:
+            raise BadRequest(f"queue_lifespan_secs must be between 0 and {MAX_QUEUE_LIFESPAN_SECS}")
+        # Accepted for compatibility; eventq has no messages to narrow or render.
+        self.param_json("narrow", check_list, [])
+        for ignored in ("apply_markdown", "client_gravatar", "slim_presence", "all_public_streams"):
+            self.param_json(ignored, check_bool, False)
+        request = RegisterRequest(
+            event_types=frozenset(event_types) if event_types is not None else None,
+            fetch_event_types=frozenset(fetch_event_types)
+            if fetch_event_types is not None
+            else None,
+            capabilities=capabilities,
+            include_subscribers=self.param_json("include_subscribers", check_bool, False),
+            queue_lifespan_secs=lifespan,
+            user_agent=self.request.headers.get("User-Agent"),
+        )
+        answer = await self.service.register(user, request)
+        self.send_success({**VERSION_FIELDS, **answer})
+
+
+class EventsHandler(ApiHandler):
+    """`GET /api/v1/events` (long-poll) and `DELETE /api/v1/events`."""
+
+    _queue_id: str | None = None
+    _waiter: asyncio.Future[str] | None = None
+
+    async def get(self) -> None:
+        user = await self.authenticate()
+        queue_id = self.param_str("queue_id")
+        last_event_id = self.param_json("last_event_id", check_int, None)
+        dont_block = self.param_json("dont_block", check_bool, False)
+        self._queue_id = queue_id
+        self._waiter = asyncio.get_running_loop().create_future()
+        answer = await self.service.get_events(
+            user, queue_id, last_event_id, dont_block, self._waiter
+        )
+        self.quiet = answer.heartbeat
+        if self.request.connection is None or self._finished:
+            return
+        # Each event was encoded once when it was committed; only the id is spliced in.
+        body = b'{"result":"success","msg":"","events":[%s],"queue_id":%s}' % (
+            b",".join(answer.events),
+            json.dumps(answer.queue_id).encode(),
+        )
+        self.finish(body)
+
+    async def delete(self) -> None:
+        user = await self.authenticate()
+        await self.service.delete_queue(user, self.param_str("queue_id"))
+        self.send_success()
+
+    def on_connection_close(self) -> None:
+        # The client went away mid-poll: free the queue's waiting slot.
+        if self._queue_id is not None and self._waiter is not None:
+            self.service.cancel_wait(self._queue_id, self._waiter)
