@@ -1,13 +1,15 @@
-"""User actions: creating users (deactivation and reactivation join them here)."""
+"""User actions: creating, deactivating and reactivating users."""
 
 from __future__ import annotations
 
 import secrets
 import string
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from actions.errors import AlreadyExists
+from actions.errors import AlreadyExists, InvalidInput, NotAllowed, NotFound
+from actions.peer_events import PeerEventGrouper
 from actions.validation import check_email, check_name
 from models.outbox import PendingEvent, append_events, lock_realm
 from models.queries import get_user_by_email
@@ -17,9 +19,11 @@ from models.tables import (
     MAX_EMAIL_LENGTH,
     MAX_FULL_NAME_LENGTH,
     Role,
+    Stream,
+    Subscription,
     UserProfile,
 )
-from models.visibility import active_user_roles
+from models.visibility import AudienceIndex, active_subscribers, active_user_roles
 
 _API_KEY_ALPHABET = string.ascii_letters + string.digits
 
@@ -68,4 +72,119 @@ def do_create_user(
             )
         ],
     )
+    return user
+
+
+def _subscribed_streams(session: Session, user_id: int) -> list[Stream]:
+    """The channels the user is actively subscribed to (whatever is_user_active says)."""
+    return list(
+        session.scalars(
+            select(Stream)
+            .join(Subscription, Subscription.stream_id == Stream.id)
+            .where(Subscription.user_profile_id == user_id, Subscription.active.is_(True))
+            .order_by(Stream.id)
+        )
+    )
+
+
+def _locked_user(session: Session, realm_id: int, user_id: int) -> UserProfile:
+    lock_realm(session, realm_id)
+    user = session.get(UserProfile, user_id)
+    if user is None or user.realm_id != realm_id:
+        raise NotFound(f"No user with id {user_id} in this realm.")
+    return user
+
+
+def _set_active(session: Session, user: UserProfile, active: bool) -> None:
+    """Flip the user and the copy of the flag on every subscription row (rows are kept)."""
+    session.execute(update(UserProfile).where(UserProfile.id == user.id).values(is_active=active))
+    session.execute(
+        update(Subscription)
+        .where(Subscription.user_profile_id == user.id)
+        .values(is_user_active=active)
+    )
+    user.is_active = active
+
+
+def do_deactivate_user(
+    session: Session, realm_id: int, user_id: int, acting_user_id: int | None = None
+) -> UserProfile:
+    """Deactivate a user: `peer_remove` for each of their channels, then `realm_user` update.
+
+    Peer events are grouped by identical recipients and marked `legacy_skip`: queues on
+    the legacy sequence get the `realm_user` update alone. Runs the same number of
+    statements for 10 channels as for 1,000.
+    """
+    user = _locked_user(session, realm_id, user_id)
+    if not user.is_active:
+        raise InvalidInput(f"User {user.email} is already deactivated.")
+    if acting_user_id is not None:
+        actor = session.get(UserProfile, acting_user_id)
+        if user.role == Role.OWNER and (actor is None or actor.role != Role.OWNER):
+            raise NotAllowed("Must be an organization owner to deactivate an owner.")
+    if user.role == Role.OWNER:
+        other_owners = session.scalars(
+            select(UserProfile.id)
+            .where(
+                UserProfile.realm_id == realm_id,
+                UserProfile.role == Role.OWNER,
+                UserProfile.is_active.is_(True),
+                UserProfile.id != user.id,
+            )
+            .limit(1)
+        ).first()
+        if other_owners is None:
+            raise InvalidInput("Cannot deactivate the only organization owner.")
+    streams = _subscribed_streams(session, user.id)
+    _set_active(session, user, False)
+    roles = active_user_roles(session, realm_id)
+    audience = AudienceIndex(roles)
+    subscribers = active_subscribers(session, [s.id for s in streams])
+    peers = PeerEventGrouper("peer_remove", audience, tell_changed_users=False)
+    for stream in streams:
+        peers.add(stream, subscribers.get(stream.id, set()), {user.id})
+    events = [
+        PendingEvent(pending.event, pending.user_ids, legacy_skip=True)
+        for pending in peers.events()
+    ]
+    events.append(
+        PendingEvent(
+            {
+                "type": "realm_user",
+                "op": "update",
+                "person": {"user_id": user.id, "is_active": False},
+            },
+            roles.keys(),
+        )
+    )
+    append_events(session, realm_id, events)
+    return user
+
+
+def do_reactivate_user(session: Session, realm_id: int, user_id: int) -> UserProfile:
+    """Reactivate a user: `realm_user` update, then `peer_add` for the channels they are
+    subscribed to again (the rows kept at deactivation). Every client gets both."""
+    user = _locked_user(session, realm_id, user_id)
+    if user.is_active:
+        raise InvalidInput(f"User {user.email} is already active.")
+    streams = _subscribed_streams(session, user.id)
+    _set_active(session, user, True)
+    roles = active_user_roles(session, realm_id)
+    audience = AudienceIndex(roles)
+    subscribers = active_subscribers(session, [s.id for s in streams])
+    peers = PeerEventGrouper("peer_add", audience, tell_changed_users=False)
+    for stream in streams:
+        peers.add(stream, subscribers.get(stream.id, set()), {user.id})
+    events = [
+        PendingEvent(
+            {
+                "type": "realm_user",
+                "op": "update",
+                "person": {"user_id": user.id, "is_active": True},
+            },
+            roles.keys(),
+        ),
+        *peers.events(),
+    ]
+    append_events(session, realm_id, events)
     return user

@@ -21,7 +21,7 @@ from actions.errors import ActionError, InvalidInput, NotFound
 from actions.realms import do_create_realm
 from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
-from actions.users import do_create_user
+from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.queries import (
     get_realm,
@@ -32,7 +32,7 @@ from models.queries import (
 )
 from models.tables import Realm, Role, Stream, UserProfile
 from models.visibility import active_subscribers
-from server.config import Settings
+from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 log = logging.getLogger("eventq.cli")
 
@@ -161,6 +161,24 @@ def cmd_unsubscribe(args: argparse.Namespace, db: Database) -> None:
     _change_subscriptions(args, db, subscribe=False)
 
 
+def cmd_deactivate_user(args: argparse.Namespace, db: Database) -> None:
+    with db.write() as session:
+        realm = _realm(session, args.realm)
+        user = _user(session, realm, args.email)
+        do_deactivate_user(session, realm.id, user.id)
+        data = {"user_id": user.id, "email": user.email, "is_active": False}
+    _emit(args, data, f"Deactivated {data['email']}: their API key and queues stop working.")
+
+
+def cmd_reactivate_user(args: argparse.Namespace, db: Database) -> None:
+    with db.write() as session:
+        realm = _realm(session, args.realm)
+        user = _user(session, realm, args.email)
+        do_reactivate_user(session, realm.id, user.id)
+        data = {"user_id": user.id, "email": user.email, "is_active": True}
+    _emit(args, data, f"Reactivated {data['email']}; their channel subscriptions are back.")
+
+
 def cmd_users(args: argparse.Namespace, db: Database) -> None:
     with db.snapshot() as session:
         realm = _realm(session, args.realm)
@@ -237,6 +255,109 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(run_server(settings, host, port, on_ready))
 
 
+def _server_get(args: argparse.Namespace, db: Database, path: str) -> list[tuple[Realm, Any]]:
+    """GET an admin endpoint of the running server once per realm, as the realm's first
+    active owner or administrator (the CLI has the database, hence their API key)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from sqlalchemy import select
+
+    with db.snapshot() as session:
+        realms = (
+            [_realm(session, args.realm)]
+            if args.realm
+            else list(session.scalars(select(Realm).order_by(Realm.id)))
+        )
+        admins = {}
+        for realm in realms:
+            admin = session.scalars(
+                select(UserProfile)
+                .where(
+                    UserProfile.realm_id == realm.id,
+                    UserProfile.is_active.is_(True),
+                    UserProfile.role <= Role.ADMINISTRATOR,
+                )
+                .order_by(UserProfile.id)
+            ).first()
+            if admin is not None:
+                admins[realm.id] = (admin.email, admin.api_key)
+    answers = []
+    for realm in realms:
+        if realm.id not in admins:
+            continue  # a realm without an administrator has no queue anyone could list
+        email, key = admins[realm.id]
+        token = base64.b64encode(f"{email}:{key}".encode()).decode()
+        request = urllib.request.Request(
+            f"{args.server.rstrip('/')}/api/v1/{path}",
+            headers={"Authorization": f"Basic {token}", "User-Agent": "eventq-cli"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answers.append((realm, json.loads(response.read())))
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ValueError(f"cannot reach the server at {args.server}: {reason}") from None
+    return answers
+
+
+def cmd_queues(args: argparse.Namespace, db: Database) -> None:
+    import time
+
+    now = time.time()
+    data = []
+    for realm, answer in _server_get(args, db, "eventq/queues"):
+        for queue in answer["queues"]:
+            data.append({"realm": realm.string_id, **queue})
+    rows = [
+        [
+            q["realm"],
+            q["queue_id"],
+            q["user_id"],
+            f"{q['client_name']}/{q['client_version'] or '-'}",
+            ",".join(k for k, v in q["capabilities"].items() if v) or "-",
+            ",".join(q["event_types"]) if q["event_types"] is not None else "all",
+            q["pending"],
+            "waiting" if q["waiting"] else f"{now - q['last_active']:.0f}s ago",
+            f"{q['expires_in']:.0f}s",
+        ]
+        for q in data
+    ]
+    _emit(
+        args,
+        data,
+        _table(
+            [
+                "REALM",
+                "QUEUE",
+                "USER",
+                "CLIENT",
+                "CAPABILITIES",
+                "EVENT TYPES",
+                "PENDING",
+                "LAST POLL",
+                "EXPIRES IN",
+            ],
+            rows,
+        ),
+    )
+
+
+def cmd_clients(args: argparse.Namespace, db: Database) -> None:
+    data = []
+    for realm, answer in _server_get(args, db, "eventq/clients"):
+        for client in answer["clients"]:
+            data.append({"realm": realm.string_id, **client})
+    rows = [
+        [c["realm"], c["client_name"], c["client_version"] or "-", c["sequence"], c["queues"]]
+        for c in data
+    ]
+    _emit(
+        args, data, _table(["REALM", "CLIENT", "VERSION", "DEACTIVATION SEQUENCE", "QUEUES"], rows)
+    )
+
+
 DataCommand = Callable[[argparse.Namespace, Database], None]
 
 
@@ -302,6 +423,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("realm", help="realm subdomain")
         p.add_argument("email", help="the user's email")
         p.add_argument("streams", nargs="+", metavar="STREAM", help="channel names")
+    for name, func, text in (
+        (
+            "deactivate-user",
+            cmd_deactivate_user,
+            "Deactivate a user: peers get peer_remove events, then the realm_user update; the "
+            "user's API key and queues stop working at once.",
+        ),
+        (
+            "reactivate-user",
+            cmd_reactivate_user,
+            "Reactivate a user: the realm_user update, then peer_add for their channels.",
+        ),
+    ):
+        p = add(name, func, text)
+        p.add_argument("realm", help="realm subdomain")
+        p.add_argument("email", help="the user's email")
+    try:
+        env = Settings.from_env()
+        default_server = f"http://{env.host}:{env.port}"
+    except ValueError:  # a bad EVENTQ_PORT is reported when a command runs
+        default_server = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    for name, func, text in (
+        (
+            "queues",
+            cmd_queues,
+            "List the live queues of a running server: id, user, client, capabilities, event "
+            "types, pending events, last poll, expiry.",
+        ),
+        (
+            "clients",
+            cmd_clients,
+            "Count a running server's live queues per client name and version, and which "
+            "deactivation sequence (full or legacy) each gets.",
+        ),
+    ):
+        p = add(name, func, text)
+        p.add_argument("realm", nargs="?", help="realm subdomain (default: every realm)")
+        p.add_argument(
+            "--server",
+            default=default_server,
+            help=f"URL of the running server (default: {default_server})",
+        )
     p = add("users", cmd_users, "List the realm's users.")
     p.add_argument("realm", help="realm subdomain")
     p = add("streams", cmd_streams, "List the realm's channels with their subscribers.")

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from actions.subscriptions import check_add_subscriptions, check_remove_subscriptions
-from actions.users import do_create_user
+from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.state import (
     member,
     realm_members,
@@ -62,7 +62,14 @@ class UsersHandler(ApiHandler):
 
 
 class UserHandler(ApiHandler):
-    """`GET /users/{id}`."""
+    """`GET /users/{id}`, and `DELETE /users/{id}` (deactivate; administrators only)."""
+
+    async def delete(self, raw_id: str) -> None:
+        user = await self.authenticate()
+        self.require_admin()
+        target = parse_int_text("user_id", raw_id)
+        await self.act(do_deactivate_user, user.realm_id, target, user.id)
+        self.send_success()
 
     async def get(self, raw_id: str) -> None:
         user = await self.authenticate()
@@ -70,6 +77,16 @@ class UserHandler(ApiHandler):
         if found is None:
             raise BadRequest("No such user")
         self.send_success({"user": found})
+
+
+class ReactivateUserHandler(ApiHandler):
+    """`POST /users/{id}/reactivate` (administrators only)."""
+
+    async def post(self, raw_id: str) -> None:
+        user = await self.authenticate()
+        self.require_admin()
+        await self.act(do_reactivate_user, user.realm_id, parse_int_text("user_id", raw_id))
+        self.send_success()
 
 
 class StreamsHandler(ApiHandler):
@@ -189,6 +206,7 @@ REST_ROUTES: list[tuple[str, type[ApiHandler]]] = [
     (r"/api/v1/users", UsersHandler),
     (r"/api/v1/users/me/subscriptions", SubscriptionsHandler),
     (r"/api/v1/users/(-?\d+)", UserHandler),
+    (r"/api/v1/users/(-?\d+)/reactivate", ReactivateUserHandler),
     (r"/api/v1/streams", StreamsHandler),
     (r"/api/v1/get_stream_id", StreamIdHandler),
     (r"/api/v1/streams/(-?\d+)/members", StreamMembersHandler),
