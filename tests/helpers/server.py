@@ -31,10 +31,12 @@ class LiveServer:
         self._changed = threading.Condition()
         self.url = ""
         self.port = 0
+        self._eof = False
 
     def start(self) -> LiveServer:
         """Start the process and wait until it listens."""
         self.lines = []
+        self._eof = False
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTQ_")}
         env.update(self.extra_env)
         env["PYTHONUNBUFFERED"] = "1"
@@ -69,6 +71,7 @@ class LiveServer:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
+            self._eof = True
             self._changed.notify_all()
 
     def wait_for_log(self, pattern: re.Pattern[str] | str, timeout: float) -> str:
@@ -103,7 +106,12 @@ class LiveServer:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout)
+        status = self.process.wait(timeout)
+        with self._changed:  # the reader thread sees EOF; close our end of the pipe
+            self._changed.wait_for(lambda: self.process is None or self._eof, timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return status
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

@@ -1,0 +1,567 @@
+"""The OpenAPI document (`server/openapi.json`) and the validator the tests use with it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+import server.errors
+from tests.helpers.openapi import (
+    DOCUMENT_PATH,
+    iter_refs,
+    load_document,
+    match_path,
+    operations,
+    resolve_ref,
+    validate_event,
+    validate_response,
+)
+
+EXPECTED_OPERATIONS = {
+    ("GET", "/server_settings"),
+    ("GET", "/openapi.json"),
+    ("POST", "/register"),
+    ("GET", "/events"),
+    ("DELETE", "/events"),
+    ("GET", "/users"),
+    ("POST", "/users"),
+    ("GET", "/users/{user_id}"),
+    ("DELETE", "/users/{user_id}"),
+    ("POST", "/users/{user_id}/reactivate"),
+    ("GET", "/streams"),
+    ("GET", "/get_stream_id"),
+    ("GET", "/streams/{stream_id}/members"),
+    ("GET", "/users/me/subscriptions"),
+    ("POST", "/users/me/subscriptions"),
+    ("DELETE", "/users/me/subscriptions"),
+    ("GET", "/eventq/queues"),
+    ("GET", "/eventq/clients"),
+}
+UNAUTHENTICATED = {("GET", "/server_settings"), ("GET", "/openapi.json")}
+
+
+# -- examples -----------------------------------------------------------------------------
+
+
+def user(user_id: int = 10, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "user_id": user_id,
+        "email": f"user{user_id}@example.com",
+        "delivery_email": None,
+        "full_name": f"User {user_id}",
+        "role": 400,
+        "is_owner": False,
+        "is_admin": False,
+        "is_moderator": False,
+        "is_guest": False,
+        "is_bot": False,
+        "is_active": True,
+        "is_billing_admin": False,
+        "bot_type": None,
+        "bot_owner_id": None,
+        "timezone": "",
+        "avatar_url": None,
+        "avatar_version": 1,
+        "date_joined": "2025-01-02T03:04:05+00:00",
+        "profile_data": {},
+    }
+    data.update(changes)
+    return data
+
+
+def stream(stream_id: int = 3, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "stream_id": stream_id,
+        "name": f"channel {stream_id}",
+        "description": "",
+        "rendered_description": "",
+        "invite_only": False,
+        "is_web_public": False,
+        "is_archived": False,
+        "history_public_to_subscribers": True,
+        "is_announcement_only": False,
+        "stream_post_policy": 1,
+        "message_retention_days": None,
+        "first_message_id": None,
+        "stream_weekly_traffic": None,
+        "date_created": 1735787045,
+    }
+    data.update(changes)
+    return data
+
+
+def subscription(stream_id: int = 3, **changes: Any) -> dict[str, Any]:
+    data = stream(stream_id)
+    data.update(
+        color="#76ce90",
+        is_muted=False,
+        in_home_view=True,
+        pin_to_top=False,
+        desktop_notifications=None,
+        audible_notifications=None,
+        push_notifications=None,
+        email_notifications=None,
+        wildcard_mentions_notify=None,
+    )
+    data.update(changes)
+    return data
+
+
+def register_answer() -> dict[str, Any]:
+    return {
+        "result": "success",
+        "msg": "",
+        "queue_id": "1733-abcdef",
+        "last_event_id": -1,
+        "zulip_version": "11.0-eventq",
+        "zulip_feature_level": 377,
+        "zulip_merge_base": "11.0-eventq",
+        "realm_users": [user(10), user(11, role=200, is_admin=True)],
+        "realm_non_active_users": [user(12, is_active=False)],
+        "subscriptions": [subscription(3, subscribers=[10, 11])],
+        "unsubscribed": [subscription(4, subscribers=[])],
+        "never_subscribed": [{**stream(5), "subscribers": [11]}, stream(6)],
+        "streams": [stream(3), stream(4), stream(5), stream(6, invite_only=True)],
+    }
+
+
+def one_event_of_each_kind() -> list[dict[str, Any]]:
+    return [
+        {"type": "heartbeat", "id": 0},
+        {"type": "realm_user", "op": "add", "person": user(13), "id": 1},
+        {
+            "type": "realm_user",
+            "op": "update",
+            "person": {"user_id": 12, "is_active": False},
+            "id": 2,
+        },
+        {
+            "type": "realm_user",
+            "op": "update",
+            "person": {"user_id": 12, "full_name": "X", "role": 300, "email": "x@example.com"},
+            "id": 3,
+        },
+        {"type": "stream", "op": "create", "streams": [stream(7)], "id": 4},
+        {"type": "stream", "op": "delete", "streams": [stream(7)], "id": 5},
+        {
+            "type": "subscription",
+            "op": "add",
+            "subscriptions": [subscription(8), subscription(9, subscribers=[10])],
+            "id": 6,
+        },
+        {
+            "type": "subscription",
+            "op": "remove",
+            "subscriptions": [{"name": "channel 8", "stream_id": 8}],
+            "id": 7,
+        },
+        {"type": "subscription", "op": "peer_add", "stream_ids": [3, 4], "user_ids": [12], "id": 8},
+        {
+            "type": "subscription",
+            "op": "peer_remove",
+            "stream_ids": [3],
+            "user_ids": [12, 13],
+            "id": 9,
+        },
+    ]
+
+
+def events_answer() -> dict[str, Any]:
+    return {
+        "result": "success",
+        "msg": "",
+        "events": one_event_of_each_kind(),
+        "queue_id": "1733-abcdef",
+    }
+
+
+def error(code: str, **extra: Any) -> dict[str, Any]:
+    return {"result": "error", "msg": "Something is wrong", "code": code, **extra}
+
+
+def without(data: dict[str, Any], key: str) -> dict[str, Any]:
+    copied = copy.deepcopy(data)
+    del copied[key]
+    return copied
+
+
+# -- the document ------------------------------------------------------------------------
+
+
+def test_document_is_json_of_openapi_3_1() -> None:
+    document = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
+    assert document["openapi"] == "3.1.0"
+    assert document["info"]["title"] == "eventq"
+    assert document["servers"] == [{"url": "/api/v1"}]
+    assert document["components"]["securitySchemes"]["basicAuth"] == {
+        "type": "http",
+        "scheme": "basic",
+        "description": document["components"]["securitySchemes"]["basicAuth"]["description"],
+    }
+    assert document["security"] == [{"basicAuth": []}]
+
+
+def test_the_document_covers_exactly_the_endpoints() -> None:
+    assert {(method, path) for method, path, _ in operations()} == EXPECTED_OPERATIONS
+    ids = [operation["operationId"] for _, _, operation in operations()]
+    assert len(ids) == len(set(ids)), "operationIds are unique"
+
+
+def test_every_ref_resolves() -> None:
+    refs = list(iter_refs())
+    assert len(refs) > 50
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:test", DRAFT202012.create_resource(load_document())
+    )
+    resolver = registry.resolver()
+    for where, ref in refs:
+        assert ref.startswith("#/"), f"{where}: only local refs: {ref}"
+        resolve_ref(ref)  # KeyError if dangling
+        resolver.lookup("urn:test" + ref)
+
+
+def test_resolve_ref_refuses_a_dangling_ref() -> None:
+    with pytest.raises(KeyError):
+        resolve_ref("#/components/schemas/NoSuchSchema")
+
+
+def test_every_schema_is_valid_draft_2020_12() -> None:
+    for name, schema in load_document()["components"]["schemas"].items():
+        try:
+            Draft202012Validator.check_schema(schema)
+        except Exception as exc:  # pragma: no cover - the message is the point
+            raise AssertionError(f"schema {name}: {exc}") from exc
+
+
+def test_every_operation_documents_its_answers() -> None:
+    for method, path, operation in operations():
+        responses = operation["responses"]
+        for code in ("200", "400", "405", "413"):
+            assert code in responses, f"{method} {path} lacks {code}"
+        if (method, path) in UNAUTHENTICATED:
+            assert operation["security"] == [], f"{method} {path} needs no authentication"
+            assert "401" not in responses
+        else:
+            assert "security" not in operation, f"{method} {path} uses the global basicAuth"
+            assert "401" in responses, f"{method} {path} lacks 401"
+        for code, response in responses.items():
+            if code != "200":
+                target = resolve_ref(response["$ref"])
+                schema = target["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/JsonError"}, (method, path, code)
+        success = responses["200"]["content"]["application/json"]["schema"]
+        if path != "/openapi.json":
+            assert {"$ref": "#/components/schemas/JsonSuccessBase"} in resolve_ref(success["$ref"])[
+                "allOf"
+            ], (method, path)
+
+
+def test_request_bodies_are_form_encoded_and_json_fields_have_valid_examples() -> None:
+    for method, path, operation in operations():
+        if method == "GET":
+            assert "requestBody" not in operation, (method, path)
+            continue
+        body = operation.get("requestBody")
+        if body is None:
+            continue
+        assert list(body["content"]) == ["application/x-www-form-urlencoded"], (method, path)
+        schema = body["content"]["application/x-www-form-urlencoded"]["schema"]
+        for name, field in schema["properties"].items():
+            assert field["type"] == "string", f"{method} {path} {name}: strings on the wire"
+            assert "pattern" not in field
+            if "contentSchema" in field:
+                assert field["contentMediaType"] == "application/json"
+                assert field["examples"], f"{method} {path} {name} has examples"
+                for example in field["examples"]:
+                    Draft202012Validator(field["contentSchema"]).validate(json.loads(example))
+
+
+def test_error_codes_cover_the_server_errors() -> None:
+    codes = set(load_document()["components"]["schemas"]["JsonError"]["properties"]["code"]["enum"])
+    assert codes == {
+        "BAD_REQUEST",
+        "REQUEST_VARIABLE_MISSING",
+        "BAD_EVENT_QUEUE_ID",
+        "UNAUTHORIZED",
+        "INVALID_API_KEY",
+        "USER_DEACTIVATED",
+        "REALM_DEACTIVATED",
+        "STREAM_DOES_NOT_EXIST",
+        "UNAUTHORIZED_PRINCIPAL",
+    }
+    pending = [server.errors.ApiError]
+    while pending:
+        cls = pending.pop()
+        assert cls.code in codes, f"{cls.__name__}.code {cls.code} is not documented"
+        pending.extend(cls.__subclasses__())
+
+
+# -- path matching -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/api/v1/users/12/reactivate", "/users/{user_id}/reactivate"),
+        ("/users/12/reactivate", "/users/{user_id}/reactivate"),
+        ("/api/v1/users/12", "/users/{user_id}"),
+        ("/api/v1/users/-1", "/users/{user_id}"),
+        ("/api/v1/users", "/users"),
+        ("/api/v1/users/me/subscriptions", "/users/me/subscriptions"),
+        ("/api/v1/streams/7/members", "/streams/{stream_id}/members"),
+        ("/api/v1/events?queue_id=abc&last_event_id=3", "/events"),
+        ("http://127.0.0.1:9991/api/v1/get_stream_id?stream=x", "/get_stream_id"),
+        ("/api/v1/openapi.json", "/openapi.json"),
+        ("/api/v1/users/me", None),
+        ("/api/v1/users/abc/reactivate", None),
+        ("/api/v1/streams//members", None),
+        ("/api/v1/messages", None),
+        ("/api/v1/users/12/reactivate/now", None),
+    ],
+)
+def test_match_path(path: str, template: str | None) -> None:
+    assert match_path(path) == template
+
+
+# -- validate_response accepts -----------------------------------------------------------
+
+
+def test_accepts_a_register_answer() -> None:
+    validate_response("POST", "/api/v1/register", 200, register_answer())
+    minimal = {
+        key: value
+        for key, value in register_answer().items()
+        if key
+        in {
+            "result",
+            "msg",
+            "queue_id",
+            "last_event_id",
+            "zulip_version",
+            "zulip_feature_level",
+            "zulip_merge_base",
+        }
+    }
+    validate_response("POST", "/api/v1/register", 200, minimal)
+
+
+def test_accepts_an_events_answer_with_every_kind_of_event() -> None:
+    validate_response("GET", "/api/v1/events?queue_id=1733-abcdef", 200, events_answer())
+    validate_response("GET", "/api/v1/events", 200, json.dumps(events_answer()).encode())
+    for event in one_event_of_each_kind():
+        validate_event(event)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "body"),
+    [
+        ("GET", "/api/v1/events", 400, error("BAD_EVENT_QUEUE_ID", queue_id="nope")),
+        ("GET", "/api/v1/events", 400, error("REQUEST_VARIABLE_MISSING", var_name="queue_id")),
+        ("GET", "/api/v1/events", 401, error("UNAUTHORIZED")),
+        ("GET", "/api/v1/get_stream_id", 400, error("STREAM_DOES_NOT_EXIST", stream="x")),
+        ("DELETE", "/api/v1/users/12", 400, error("UNAUTHORIZED_PRINCIPAL")),
+        ("GET", "/api/v1/server_settings", 405, error("BAD_REQUEST")),
+        ("POST", "/api/v1/register", 413, error("BAD_REQUEST")),
+        ("DELETE", "/api/v1/events", 200, {"result": "success", "msg": ""}),
+        ("POST", "/api/v1/users/12/reactivate", 200, {"result": "success", "msg": ""}),
+        (
+            "GET",
+            "/api/v1/server_settings",
+            200,
+            {
+                "result": "success",
+                "msg": "",
+                "zulip_version": "11.0-eventq",
+                "zulip_feature_level": 377,
+                "zulip_merge_base": "11.0-eventq",
+                "push_notifications_enabled": False,
+                "is_incompatible": False,
+                "email_auth_enabled": True,
+                "require_email_format_usernames": True,
+                "authentication_methods": {"password": False, "dev": False},
+                "realm_name": "extra fields are allowed here",
+            },
+        ),
+        ("GET", "/api/v1/users", 200, {"result": "success", "msg": "", "members": [user()]}),
+        ("POST", "/api/v1/users", 200, {"result": "success", "msg": "", "user_id": 14}),
+        ("GET", "/api/v1/users/10", 200, {"result": "success", "msg": "", "user": user()}),
+        ("GET", "/api/v1/streams", 200, {"result": "success", "msg": "", "streams": [stream()]}),
+        ("GET", "/api/v1/get_stream_id", 200, {"result": "success", "msg": "", "stream_id": 3}),
+        (
+            "GET",
+            "/api/v1/streams/3/members",
+            200,
+            {"result": "success", "msg": "", "subscribers": [10, 11]},
+        ),
+        (
+            "GET",
+            "/api/v1/users/me/subscriptions",
+            200,
+            {"result": "success", "msg": "", "subscriptions": [subscription()]},
+        ),
+        (
+            "POST",
+            "/api/v1/users/me/subscriptions",
+            200,
+            {
+                "result": "success",
+                "msg": "",
+                "subscribed": {"10": ["design"]},
+                "already_subscribed": {},
+            },
+        ),
+        (
+            "POST",
+            "/api/v1/users/me/subscriptions",
+            200,
+            {
+                "result": "success",
+                "msg": "",
+                "subscribed": {},
+                "already_subscribed": {"user@example.com": ["a", "b"]},
+                "unauthorized": ["c"],
+            },
+        ),
+        (
+            "DELETE",
+            "/api/v1/users/me/subscriptions",
+            200,
+            {"result": "success", "msg": "", "removed": ["a"], "not_removed": []},
+        ),
+        (
+            "GET",
+            "/api/v1/eventq/queues",
+            200,
+            {
+                "result": "success",
+                "msg": "",
+                "queues": [
+                    {
+                        "queue_id": "q1",
+                        "user_id": 10,
+                        "realm_id": 1,
+                        "client_name": "ZulipPython",
+                        "client_version": "0.9.0",
+                        "capabilities": {"notification_settings_null": True},
+                        "event_types": None,
+                        "pending": 0,
+                        "last_active": 1735787045.5,
+                        "expires_in": 599.5,
+                        "legacy_deactivation": False,
+                        "waiting": True,
+                    }
+                ],
+            },
+        ),
+        (
+            "GET",
+            "/api/v1/eventq/clients",
+            200,
+            {
+                "result": "success",
+                "msg": "",
+                "clients": [
+                    {
+                        "client_name": "ZulipPython",
+                        "client_version": None,
+                        "queues": 2,
+                        "sequence": "legacy",
+                    }
+                ],
+            },
+        ),
+        ("GET", "/api/v1/openapi.json", 200, load_document()),
+    ],
+)
+def test_accepts_valid_answers(method: str, path: str, status: int, body: object) -> None:
+    validate_response(method, path, status, body)
+
+
+# -- validate_response rejects -----------------------------------------------------------
+
+
+def rejected(method: str, path: str, status: int, body: object) -> str:
+    with pytest.raises(AssertionError) as info:
+        validate_response(method, path, status, body)
+    return str(info.value)
+
+
+def test_rejects_a_missing_field() -> None:
+    message = rejected("POST", "/api/v1/register", 200, without(register_answer(), "queue_id"))
+    assert "POST /api/v1/register -> 200" in message
+    assert "'queue_id' is a required property" in message
+
+
+def test_rejects_a_missing_field_deep_inside() -> None:
+    answer = register_answer()
+    del answer["realm_users"][1]["timezone"]
+    message = rejected("POST", "/api/v1/register", 200, answer)
+    assert "$.realm_users[1]" in message and "'timezone'" in message
+
+
+def test_rejects_a_wrong_type() -> None:
+    answer = register_answer()
+    answer["last_event_id"] = "-1"
+    message = rejected("POST", "/api/v1/register", 200, answer)
+    assert "$.last_event_id" in message and "'integer'" in message
+
+
+def test_rejects_an_extra_field_in_an_answer() -> None:
+    answer = {"result": "success", "msg": "", "stream_id": 3, "name": "x"}
+    assert "'name' was unexpected" in rejected("GET", "/api/v1/get_stream_id", 200, answer)
+
+
+def test_rejects_an_extra_field_in_an_event_and_names_it() -> None:
+    answer = events_answer()
+    answer["events"][8]["stream_names"] = ["channel 3"]
+    message = rejected("GET", "/api/v1/events", 200, answer)
+    assert "$.events[8]" in message and "stream_names" in message
+    with pytest.raises(AssertionError, match="stream_names"):
+        validate_event(answer["events"][8])
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "heartbeat"},
+        {"type": "heartbeat", "id": "1"},
+        {"type": "realm_user", "op": "remove", "person": {"user_id": 1}, "id": 1},
+        {"type": "realm_user", "op": "update", "person": {"is_active": False}, "id": 1},
+        {"type": "realm_user", "op": "update", "person": {"user_id": 1, "x": 1}, "id": 1},
+        {"type": "realm_user", "op": "add", "person": {"user_id": 1}, "id": 1},
+        {"type": "stream", "op": "update", "streams": [], "id": 1},
+        {"type": "subscription", "op": "add", "subscriptions": [stream()], "id": 1},
+        {"type": "subscription", "op": "remove", "subscriptions": [{"name": "x"}], "id": 1},
+        {"type": "subscription", "op": "peer_add", "stream_ids": [], "user_ids": [1], "id": 1},
+        {"type": "subscription", "op": "peer_remove", "stream_ids": [1], "user_ids": [], "id": 1},
+        {"type": "message", "id": 1},
+    ],
+)
+def test_validate_event_rejects(event: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError, match="^event "):
+        validate_event(event)
+
+
+def test_rejects_an_unknown_error_code_and_a_success_shaped_error() -> None:
+    assert "NOT_FOUND" in rejected("GET", "/api/v1/users/1", 400, error("NOT_FOUND"))
+    assert rejected("GET", "/api/v1/users/1", 400, {"result": "success", "msg": ""})
+    assert "'code' is a required property" in rejected(
+        "GET", "/api/v1/users/1", 400, {"result": "error", "msg": "no code"}
+    )
+
+
+def test_rejects_undocumented_paths_methods_and_statuses() -> None:
+    ok = {"result": "success", "msg": ""}
+    assert "not in the OpenAPI document" in rejected("GET", "/api/v1/messages", 200, ok)
+    assert "documents no PATCH" in rejected("PATCH", "/api/v1/users/1", 200, ok)
+    assert "status 500 is not documented" in rejected("GET", "/api/v1/users", 500, ok)
+    assert "status 401 is not documented" in rejected(
+        "GET", "/api/v1/server_settings", 401, error("UNAUTHORIZED")
+    )
+    assert "not JSON" in rejected("GET", "/api/v1/users", 200, b"<html>")
