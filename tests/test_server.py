@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -45,10 +46,14 @@ def client(
 
 
 def poll_until(
-    api: ApiClient, queue_id: str, last_event_id: int, predicate: object, polls: int = 20
-) -> tuple[list[dict[str, object]], int]:
+    api: ApiClient,
+    queue_id: str,
+    last_event_id: int,
+    predicate: Callable[[list[dict[str, Any]]], bool],
+    polls: int = 20,
+) -> tuple[list[dict[str, Any]], int]:
     """Poll (each poll blocks until events arrive) until `predicate(events)` holds."""
-    received: list[dict[str, object]] = []
+    received: list[dict[str, Any]] = []
     for _ in range(polls):
         answer = api.poll(queue_id, last_event_id)
         assert answer.ok, answer.body
@@ -57,7 +62,7 @@ def poll_until(
             last_event_id = max(last_event_id, int(event["id"]))
             if event["type"] != "heartbeat":
                 received.append(event)
-        if predicate(received):  # type: ignore[operator]
+        if predicate(received):
             return received, last_event_id
     raise AssertionError(f"condition not met after {polls} polls: {received}")
 
@@ -312,7 +317,7 @@ def test_racing_registers_converge_with_a_stream_of_actions(
             lambda ev: any(
                 e["type"] == "realm_user" and e["op"] == "add" and e["person"]["user_id"] == marker
                 for e in ev
-            ),  # type: ignore[index]
+            ),
             polls=200,
         )
         cache = StateCache.from_register(state, realm.users[name])
