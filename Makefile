@@ -24,7 +24,7 @@ migrate: $(STAMP)
 	$(BIN)/eventq migrate
 
 run: migrate
-	@echo "Database migrated. The server is not built yet; use the eventq CLI: $(BIN)/eventq --help"
+	$(BIN)/eventq serve --host $(EVENTQ_HOST) --port $(EVENTQ_PORT) --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
