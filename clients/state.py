@@ -55,10 +55,21 @@ class StateCache:
 
     @classmethod
     def from_register(
-        cls, answer: Mapping[str, Any], user_id: int, *, removes_deactivated_users: bool = False
+        cls,
+        answer: Mapping[str, Any],
+        user_id: int,
+        *,
+        removes_deactivated_users: bool = False,
+        include_subscribers: bool | None = None,
     ) -> StateCache:
-        """A cache holding the state of a `register` answer (or `fetch_initial_state`)."""
+        """A cache holding the state of a `register` answer (or `fetch_initial_state`).
+
+        `include_subscribers` is what the register asked for; when not given it is
+        inferred from the answer, which fails for a user who sees no channel yet.
+        """
         cache = cls(user_id, removes_deactivated_users=removes_deactivated_users)
+        if include_subscribers is not None:
+            cache.include_subscribers = include_subscribers
         cache.present = {key for key in _STATE_KEYS if key in answer}
         for person in [*answer.get("realm_users", []), *answer.get("realm_non_active_users", [])]:
             cache.users[person["user_id"]] = dict(person)
@@ -72,7 +83,8 @@ class StateCache:
             for entry in answer.get(key, []):
                 entry = dict(entry)
                 if "subscribers" in entry:
-                    cache.include_subscribers = True
+                    if include_subscribers is None:
+                        cache.include_subscribers = True
                     cache.subscribers[entry["stream_id"]] = set(entry.pop("subscribers"))
                 target[entry["stream_id"]] = entry
         return cache

@@ -36,8 +36,6 @@ class ServerSettingsHandler(ApiHandler):
             }
         )
 
-    post = get
-
 
 class OpenApiHandler(ApiHandler):
     """`GET /api/v1/openapi.json`: the document describing this API."""

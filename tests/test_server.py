@@ -320,7 +320,7 @@ def test_racing_registers_converge_with_a_stream_of_actions(
             ),
             polls=200,
         )
-        cache = StateCache.from_register(state, realm.users[name])
+        cache = StateCache.from_register(state, realm.users[name], include_subscribers=True)
         cache.apply_all(events)
         fresh = api.register(include_subscribers=True)
         expected = {k: fresh[k] for k in cache.to_register_shape()}

@@ -125,7 +125,10 @@ def verify_action(
         if user_id not in after:
             continue  # deactivated by this action; its queues are gone
         cache = StateCache.from_register(
-            state, user_id, removes_deactivated_users=user_id in legacy_users
+            state,
+            user_id,
+            removes_deactivated_users=user_id in legacy_users,
+            include_subscribers=include_subscribers,
         )
         cache.apply_all(received)
         assert cache.to_register_shape() == after[user_id], (

@@ -565,3 +565,16 @@ def test_rejects_undocumented_paths_methods_and_statuses() -> None:
         "GET", "/api/v1/server_settings", 401, error("UNAUTHORIZED")
     )
     assert "not JSON" in rejected("GET", "/api/v1/users", 200, b"<html>")
+
+
+def test_every_path_template_variable_is_a_required_integer_path_parameter() -> None:
+    for method, path, operation in operations():
+        names = {segment[1:-1] for segment in path.split("/") if segment.startswith("{")}
+        declared = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "path"}
+        assert set(declared) == names, f"{method} {path}"
+        for parameter in declared.values():
+            assert parameter["required"] is True
+            assert parameter["schema"] == {"type": "integer"}
+        for parameter in operation.get("parameters", []):
+            assert parameter["in"] in ("path", "query"), f"{method} {path}"
+            assert parameter["schema"]["type"] in ("string", "integer", "boolean")

@@ -1,0 +1,85 @@
+"""The browser page: `clients/static/index.html` at `/` and its files under `/static/`.
+
+The page is plain files (no build step), so Tornado's `StaticFileHandler` serves them
+with its ETag and Last-Modified revalidation and its path-traversal guard. Every answer
+carries a strict Content-Security-Policy: scripts and styles only from this origin, no
+inline code, requests only to this origin. The page authenticates with an HTTP Basic
+header it builds itself and never with a cookie, so these handlers need no auth and no
+`ApiHandler` base.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tornado.web
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "clients" / "static"
+INDEX_FILENAME = "index.html"
+
+# 'none' by default so that anything the page does not name (frames, objects, fonts,
+# workers) is refused; the page needs only its own script, stylesheet and icon and
+# fetches only this origin's API.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+
+class PageFileHandler(tornado.web.StaticFileHandler):
+    """A file of the page, with the security headers every page answer carries."""
+
+    def initialize(
+        self,
+        path: str = str(STATIC_DIR),
+        default_filename: str | None = None,
+        allowed_symlink_directory: str | list[str] | None = None,
+    ) -> None:
+        # Defaults here, not in the route, so the routes are plain (pattern, handler) pairs.
+        super().initialize(path, default_filename, allowed_symlink_directory)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        # The URL never holds a secret, but the page has no reason to leak it either.
+        self.set_header("Referrer-Policy", "no-referrer")
+
+    def get_content_type(self) -> str:
+        content_type = super().get_content_type()
+        # The files are UTF-8; say so rather than leave the browser to guess.
+        if content_type.startswith("text/") and "charset" not in content_type:
+            content_type += "; charset=utf-8"
+        return content_type
+
+    def set_extra_headers(self, path: str) -> None:
+        # Revalidate on every load: the files change with the code, and the ETag makes an
+        # unchanged file a cheap 304, so a stale app.js never meets a newer server.
+        self.set_header("Cache-Control", "no-cache")
+
+
+class PageIndexHandler(PageFileHandler):
+    """`GET /`: the page itself."""
+
+    def initialize(
+        self,
+        path: str = str(STATIC_DIR),
+        default_filename: str | None = INDEX_FILENAME,
+        allowed_symlink_directory: str | list[str] | None = None,
+    ) -> None:
+        super().initialize(path, default_filename, allowed_symlink_directory)
+
+
+# Appended to the application's routes by `server.app.make_app`. `/()` captures an
+# empty path, which StaticFileHandler resolves to the folder's index.html.
+PAGE_ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+    (r"/()", PageIndexHandler),
+    (r"/static/(.*)", PageFileHandler),
+]
