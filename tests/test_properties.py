@@ -40,6 +40,23 @@ def _stream(session: Session, realm_id: int, kind: str, name: str) -> int:
     ).id
 
 
+def _action(
+    name: str, realm_id: int, user: int, stream: int, a: int, position: int
+) -> Callable[[Session], Any]:
+    """The action a drawn step stands for, bound to its values."""
+    calls: dict[str, Callable[[Session], Any]] = {
+        "subscribe": lambda s: bulk_add_subscriptions(s, realm_id, [user], [stream]),
+        "unsubscribe": lambda s: bulk_remove_subscriptions(s, realm_id, [user], [stream]),
+        "deactivate": lambda s: do_deactivate_user(s, realm_id, user),
+        "reactivate": lambda s: do_reactivate_user(s, realm_id, user),
+        "create_user": lambda s: do_create_user(
+            s, realm_id, f"n{position}@p.example.com", role=ROLES[a]
+        ),
+        "create_stream": lambda s: _stream(s, realm_id, CHANNEL_KINDS[a], f"n{position}"),
+    }
+    return calls[name]
+
+
 @settings(
     max_examples=20,
     deadline=None,
@@ -81,20 +98,15 @@ def test_random_actions_converge_for_every_observer(
     for position, (name, a, b) in enumerate(steps):
         user = users[a % len(users)]
         stream = streams[b % len(streams)]
-        calls: dict[str, Callable[[Session], Any]] = {
-            "subscribe": lambda s: bulk_add_subscriptions(s, realm_id, [user], [stream]),
-            "unsubscribe": lambda s: bulk_remove_subscriptions(s, realm_id, [user], [stream]),
-            "deactivate": lambda s: do_deactivate_user(s, realm_id, user),
-            "reactivate": lambda s: do_reactivate_user(s, realm_id, user),
-            "create_user": lambda s: do_create_user(
-                s, realm_id, f"n{position}@p.example.com", role=ROLES[a]
-            ),
-            "create_stream": lambda s: _stream(s, realm_id, CHANNEL_KINDS[a], f"n{position}"),
-        }
         # Every other user follows the legacy deactivation sequence.
         legacy = set(users[1::2])
         try:
-            verified = verify_action(db, realm_id, calls[name], legacy_users=legacy)
+            verified = verify_action(
+                db,
+                realm_id,
+                _action(name, realm_id, user, stream, a, position),
+                legacy_users=legacy,
+            )
         except ActionError:
             continue  # refused (say, reactivating an active user): verify_action wrote nothing
         if name == "create_user":
