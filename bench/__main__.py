@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bench import latency
+from bench import deactivation, latency
 
 
 def main() -> None:
@@ -32,6 +32,28 @@ def main() -> None:
                 f"(baseline: a plain request round trip, median "
                 f"{figures['baseline_round_trip_ms']:.1f} ms)"
             )
+    if args.only in (None, "deactivation"):
+        print(
+            f"== deactivating a user in {args.channels} channels, realm of {args.users} users,"
+            " PostgreSQL, every other user's long-poll parked"
+        )
+        f = deactivation.run(args.users, args.channels)
+        print(
+            f"action: {f['action_ms']:.0f} ms wall, {f['statements']} SQL statements; wrote "
+            f"{f['events']} events ({f['peer_remove_events']} grouped peer_remove) to "
+            f"{f['recipients']} recipients in all"
+        )
+        print(
+            f"parked polls: {f['parked_polls']}; all answered {f['all_answered_ms']:.0f} ms "
+            f"after commit (median {f['median_answered_ms']:.0f} ms); baseline: a bare "
+            f"Tornado process answers as many parked requests in {f['bare_tornado_ms']:.0f} ms "
+            f"(ratio {f['all_answered_ms'] / f['bare_tornado_ms']:.1f}x)"
+        )
+        print(
+            f"set-up: {f['register_per_sec']:.0f} registers/s; server memory per live queue "
+            f"{f['rss_per_live_queue_bytes']:.0f} bytes (RSS growth / queues, incl. parked "
+            "connections)"
+        )
 
 
 if __name__ == "__main__":

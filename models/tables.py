@@ -85,7 +85,11 @@ class UserProfile(Base):
     """A user of one realm; `email` is unique within the realm (stored lower-case)."""
 
     __tablename__ = "user_profile"
-    __table_args__ = (UniqueConstraint("realm_id", "email"),)
+    __table_args__ = (
+        UniqueConstraint("realm_id", "email"),
+        # Authentication looks a user up by email alone (the realm comes from the user).
+        Index("ix_user_profile_email", "email"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     realm_id: Mapped[int] = mapped_column(ForeignKey("realm.id", ondelete="CASCADE"), index=True)

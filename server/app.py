@@ -38,6 +38,7 @@ MAX_HEADER_BYTES = 64 * 1024
 
 def make_app(service: EventService) -> tornado.web.Application:
     """The application with every route of DESIGN.md §6."""
+    from server.handlers_page import PAGE_ROUTES
     from server.handlers_rest import REST_ROUTES
 
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
@@ -46,6 +47,7 @@ def make_app(service: EventService) -> tornado.web.Application:
         (r"/api/v1/register", RegisterHandler),
         (r"/api/v1/events", EventsHandler),
         *REST_ROUTES,
+        *PAGE_ROUTES,
     ]
     return tornado.web.Application(
         routes,

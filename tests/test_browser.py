@@ -16,22 +16,20 @@ import base64
 import os
 import re
 import socket
-import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
+from playwright.sync_api import ConsoleMessage, Locator, Page, Response, expect, sync_playwright
 
 from models.database import Database
 from tests.helpers.api import ApiClient
-from tests.helpers.cli import EVENTQ, run_eventq
+from tests.helpers.cli import run_eventq
 from tests.helpers.databases import IN_CI
 from tests.helpers.realms import SampleRealm, make_sample_realm
-from tests.helpers.server import _LISTENING, START_TIMEOUT_SECS, LiveServer, live_server
+from tests.helpers.server import LiveServer, live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -87,25 +85,19 @@ def browser_page() -> Iterator[BrowserPage]:
         page = context.new_page()
         page.set_default_timeout(SLOW_MS)
         watched = BrowserPage(page)
-        # Uncaught exceptions and CSP refusals are bugs; failed requests while the
-        # server is down are expected and are not collected.
-        page.on("pageerror", lambda error: watched.problems.append(f"page error: {error}"))
-        page.on(
-            "console",
-            lambda message: (
+
+        def on_console(message: ConsoleMessage) -> None:
+            # CSP refusals are bugs; failed requests while the server is down are not.
+            if "Content Security Policy" in message.text:
                 watched.problems.append(f"console: {message.text}")
-                if "Content Security Policy" in message.text
-                else None
-            ),
-        )
-        page.on(
-            "request",
-            lambda request: (
-                watched.registers.append(request)
-                if request.url.endswith("/api/v1/register")
-                else None
-            ),
-        )
+
+        def on_response(response: Response) -> None:
+            if response.url.endswith("/api/v1/register") and response.ok:
+                watched.registers.append(response)
+
+        page.on("pageerror", lambda error: watched.problems.append(f"page error: {error}"))
+        page.on("console", on_console)
+        page.on("response", on_response)
         try:
             yield watched
         finally:
@@ -121,33 +113,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-class FixedPortServer(LiveServer):
-    """A `LiveServer` on one chosen port, so a restarted server has the page's origin.
-
-    `LiveServer.start` always binds port 0; this is the same start with `--port`.
-    """
-
-    def __init__(self, database_url: str, port: int) -> None:
-        super().__init__(database_url)
-        self.fixed_port = port
-
-    def start(self) -> FixedPortServer:
-        self.lines = []
-        self._eof = False
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTQ_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        command = [EVENTQ, "--database-url", self.database_url, "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.fixed_port)]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        threading.Thread(target=self._read_log, args=(self.process,), daemon=True).start()
-        self.wait_for_log(_LISTENING, START_TIMEOUT_SECS)
-        self.port = self.fixed_port
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
 
 
 @pytest.fixture
@@ -183,7 +148,7 @@ def rows_of(page: Page, user_id: int) -> Locator:
 def expect_initial_lists(page: Page, realm: SampleRealm) -> None:
     """The owner sees the three channels, each with its subscribers Guest and Member."""
     channels = page.locator("#channel-list > [data-stream-id]")
-    expect(channels).to_have_count(3)
+    expect(channels).to_have_count(3, timeout=SLOW_MS)
     expect(channels.locator(".channel-name")).to_have_text(["private", "public", "web-public"])
     for stream_id in realm.streams.values():
         expect(member_names(page, stream_id)).to_have_text(["Guest", "Member"])
@@ -211,7 +176,7 @@ def test_page_signs_in_and_follows_deactivation(
 
         with page.expect_response(lambda r: r.url.endswith("/api/v1/register")) as registered:
             sign_in(page, owner_email, owner_key)
-        expect(state).to_have_text("connected")
+        expect(state).to_have_text("connected", timeout=SLOW_MS)
         expect_initial_lists(page, realm)
 
         # The credential travels only as a Basic header: no cookie, no storage, no DOM.
@@ -271,21 +236,21 @@ def test_page_survives_restart_and_lost_queue(
     page = browser_page.page
     state = page.locator("#connection-state")
     member = realm.users["member"]
-    server = FixedPortServer(database_url, free_port()).start()
+    server = LiveServer(database_url, port=free_port()).start()
     try:
         page.goto(server.url + "/")
         with page.expect_response(lambda r: r.url.endswith("/api/v1/register")) as registered:
             sign_in(page, realm.emails["owner"], realm.api_keys["owner"])
         queue_id = registered.value.json()["queue_id"]
-        expect(state).to_have_text("connected")
+        expect(state).to_have_text("connected", timeout=SLOW_MS)
         expect_initial_lists(page, realm)
 
         # Graceful restart on the same port: the page notices, retries, and resumes the
         # same durable queue without a reload and without registering again.
         assert server.stop() == 0, "\n".join(server.lines[-30:])
-        expect(state).to_have_text("reconnecting")
+        expect(state).to_have_text("reconnecting", timeout=SLOW_MS)
         server.start()
-        expect(state).to_have_text("connected")
+        expect(state).to_have_text("connected", timeout=SLOW_MS)
         assert len(browser_page.registers) == 1
         eventq(database_url, "deactivate-user", "zulip", realm.emails["member"])
         expect(rows_of(page, member)).to_have_count(0, timeout=LATENCY_MS)
@@ -296,7 +261,7 @@ def test_page_survives_restart_and_lost_queue(
         with page.expect_response(lambda r: r.url.endswith("/api/v1/register")) as again:
             owner.ok("DELETE", "/events", {"queue_id": queue_id})
         assert again.value.json()["queue_id"] != queue_id
-        expect(state).to_have_text("connected")
+        expect(state).to_have_text("connected", timeout=SLOW_MS)
         for stream_id in realm.streams.values():
             expect(member_names(page, stream_id)).to_have_text(["Guest"])
         eventq(database_url, "reactivate-user", "zulip", realm.emails["member"])
@@ -310,9 +275,7 @@ def test_page_survives_restart_and_lost_queue(
     browser_page.assert_no_problems()
 
 
-def test_page_files_carry_a_strict_content_security_policy(
-    database_url: str, realm: SampleRealm
-) -> None:
+def test_page_files_carry_a_strict_content_security_policy(database_url: str) -> None:
     with live_server(database_url) as server:
         for path in ("/", "/static/app.js", "/static/style.css"):
             response = requests.get(server.url + path, timeout=10)

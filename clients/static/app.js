@@ -537,6 +537,11 @@
       REQUEST_TIMEOUT_MS,
     );
     session.queueId = answer.queue_id;
+    if (session !== current) {
+      // Signed out while the answer was on its way: drop the queue, show nothing.
+      deleteQueue(session);
+      throw new Cancelled();
+    }
     session.lastEventId = answer.last_event_id;
     buildView(answer, session.email);
     dom.view.hidden = false;
@@ -550,11 +555,17 @@
       { queue_id: session.queueId, last_event_id: session.lastEventId, dont_block: dontBlock },
       dontBlock ? REQUEST_TIMEOUT_MS : POLL_TIMEOUT_MS,
     );
+    if (session !== current) throw new Cancelled(); // the view belongs to no one now
     for (const event of answer.events) {
       applyEvent(event);
       // Heartbeats carry an id too; acknowledging the largest one loses nothing.
       if (event.id > session.lastEventId) session.lastEventId = event.id;
     }
+  }
+
+  /** Worth repeating the same request: no answer, or a server briefly unavailable. */
+  function isTransient(error) {
+    return error instanceof NetworkError || (error instanceof ApiError && error.retryable);
   }
 
   /** The session's loop: runs until sign-out or until the server refuses the account. */
@@ -593,8 +604,10 @@
           badQueueInARow += 1;
           setConnectionState("reconnecting", error.message);
           if (badQueueInARow === 1) continue;
-        } else if (error instanceof ApiError && !error.retryable) {
-          // A refusal we cannot fix by repeating the same poll: start from a new queue.
+        } else if (!isTransient(error)) {
+          // A refusal that repeating the same poll cannot fix, or an event this page failed
+          // to apply (a bug): start again from a new queue and a fresh view.
+          if (!(error instanceof ApiError)) console.error("eventq: rebuilding the view:", error);
           needsRegister = true;
         }
         failures += 1;

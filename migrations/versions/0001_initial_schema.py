@@ -85,6 +85,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("user_profile", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_user_profile_realm_id"), ["realm_id"], unique=False)
+        batch_op.create_index("ix_user_profile_email", ["email"], unique=False)
 
     op.create_table(
         "queue_descriptor",
@@ -167,6 +168,7 @@ def downgrade() -> None:
 
     op.drop_table("queue_descriptor")
     with op.batch_alter_table("user_profile", schema=None) as batch_op:
+        batch_op.drop_index("ix_user_profile_email")
         batch_op.drop_index(batch_op.f("ix_user_profile_realm_id"))
 
     op.drop_table("user_profile")

@@ -23,8 +23,11 @@ START_TIMEOUT_SECS = 30.0
 class LiveServer:
     """One server process; `url` is set once it listens."""
 
-    def __init__(self, database_url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, database_url: str, env: dict[str, str] | None = None, port: int = 0) -> None:
         self.database_url = database_url
+        # 0: a free port chosen by the kernel, which changes at every start. A test that
+        # restarts the server under a browser page passes a fixed one (same origin).
+        self.requested_port = port
         self.extra_env = env or {}
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []

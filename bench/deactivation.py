@@ -1,0 +1,197 @@
+"""Deactivating a user subscribed to 1,000 channels in a realm of 10,000 users, on
+PostgreSQL, with every user's long-poll parked on the server: the action's wall time and
+statement count, the events and recipients it wrote, and the time until every parked
+poll has been answered. The baseline beside it is the same number of parked polls
+answered by a heartbeat-free no-op: the time to answer them when one event wakes all."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from actions.realms import do_create_realm
+from actions.users import do_deactivate_user, generate_api_key
+from bench.support import ServerProcess, basic_auth, fresh_database, http_request
+from models.database import Database
+from models.outbox import read_events
+from models.tables import Realm, Role, Stream, Subscription, UserProfile
+from tests.helpers.statements import count_statements
+
+# Connections opened at once while registering and parking: enough to keep the server's
+# database threads busy without exhausting the client's file descriptors.
+CONCURRENCY = 200
+OTHER_SUBSCRIBERS_PER_CHANNEL = 20
+
+
+def _populate(db: Database, users: int, channels: int) -> tuple[int, list[tuple[str, str]], int]:
+    """A realm of `users` users and a target subscribed to `channels` channels."""
+    rng = random.Random(377)
+    with db.write() as session:
+        realm_id = do_create_realm(session, "bench").id
+    rows = []
+    for index in range(users):
+        if index == 0:
+            role = Role.OWNER
+        elif index < 20:
+            role = Role.ADMINISTRATOR
+        elif index < users - users // 20:
+            role = Role.MEMBER
+        else:
+            role = Role.GUEST
+        rows.append(
+            {
+                "realm_id": realm_id,
+                "email": f"user{index}@bench.example.com",
+                "full_name": f"User {index}",
+                "role": int(role),
+                "api_key": generate_api_key(),
+            }
+        )
+    with db.write() as session:
+        session.execute(insert(UserProfile), rows)
+        session.execute(
+            insert(Stream),
+            [
+                {
+                    "realm_id": realm_id,
+                    "name": f"channel {i}",
+                    "invite_only": i % 10 < 2,
+                    "is_web_public": i % 10 == 9,
+                }
+                for i in range(channels)
+            ],
+        )
+    with db.snapshot() as session:
+        credentials = [
+            (u.id, u.email, u.api_key)
+            for u in session.scalars(
+                select(UserProfile).where(UserProfile.realm_id == realm_id).order_by(UserProfile.id)
+            )
+        ]
+        stream_ids = list(session.scalars(select(Stream.id).where(Stream.realm_id == realm_id)))
+    target = credentials[len(credentials) // 2][0]
+    user_ids = [c[0] for c in credentials]
+    subscriptions = [{"user_profile_id": target, "stream_id": sid} for sid in stream_ids]
+    for sid in stream_ids:
+        for uid in rng.sample(user_ids, OTHER_SUBSCRIBERS_PER_CHANNEL):
+            if uid != target:
+                subscriptions.append({"user_profile_id": uid, "stream_id": sid})
+    with db.write() as session:
+        session.execute(insert(Subscription), subscriptions)
+    others = [(email, key) for uid, email, key in credentials if uid != target]
+    return realm_id, others, target
+
+
+async def _register_and_park(
+    port: int, logins: list[tuple[str, str]]
+) -> tuple[list[asyncio.Task[float]], float]:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def register(email: str, key: str) -> tuple[str, str]:
+        async with limit:
+            status, body = await http_request(
+                port,
+                "POST",
+                "/api/v1/register",
+                basic_auth(email, key),
+                {"event_types": ["realm_user", "subscription"], "fetch_event_types": []},
+            )
+            assert status == 200, body
+            return basic_auth(email, key), body["queue_id"]
+
+    started = time.time()
+    queues = await asyncio.gather(*(register(e, k) for e, k in logins))
+    register_secs = time.time() - started
+
+    async def poll(auth: str, queue_id: str) -> float:
+        status, body = await http_request(
+            port, "GET", "/api/v1/events", auth, {"queue_id": queue_id, "last_event_id": -1}
+        )
+        assert status == 200 and body["events"], body
+        return time.time()
+
+    tasks = [asyncio.create_task(poll(auth, queue_id)) for auth, queue_id in queues]
+    return tasks, register_secs
+
+
+async def _parked_count(port: int, owner: tuple[str, str]) -> int:
+    _, body = await http_request(port, "GET", "/api/v1/eventq/queues", basic_auth(*owner))
+    return sum(1 for q in body["queues"] if q["waiting"])
+
+
+def bare_tornado_baseline(parked: int) -> float:
+    """Milliseconds for a bare Tornado process to answer `parked` parked requests."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_tornado"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+
+        async def measure() -> float:
+            async def park() -> float:
+                await http_request(port, "GET", "/park", "none")
+                return time.time()
+
+            tasks = [asyncio.create_task(park()) for _ in range(parked)]
+            await asyncio.sleep(max(1.0, parked / 1000))  # let them all connect and park
+            released = time.time()
+            await http_request(port, "POST", "/release", "none")
+            done = await asyncio.gather(*tasks)
+            return 1000 * (max(done) - released)
+
+        return asyncio.run(measure())
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def run(users: int, channels: int) -> dict[str, Any]:
+    with fresh_database("postgresql") as url:
+        db = Database(url)
+        realm_id, logins, target = _populate(db, users, channels)
+        server = ServerProcess(url)
+        rss_before = server.rss_kb()
+        try:
+            loop = asyncio.new_event_loop()
+            tasks, register_secs = loop.run_until_complete(_register_and_park(server.port, logins))
+            rss_after = server.rss_kb()
+            while loop.run_until_complete(_parked_count(server.port, logins[0])) < len(logins):
+                loop.run_until_complete(asyncio.sleep(0.2))  # benchmark set-up, not a test
+            with db.snapshot() as session:
+                before_seq = session.execute(
+                    select(Realm.last_event_seq).where(Realm.id == realm_id)
+                ).scalar_one()
+            with count_statements(db.engine) as statements:
+                started = time.time()
+                with db.write() as session:
+                    do_deactivate_user(session, realm_id, target)
+                committed = time.time()
+            answered = loop.run_until_complete(asyncio.gather(*tasks))
+            loop.close()
+            with db.snapshot() as session:
+                events = read_events(session, realm_id, before_seq)
+            return {
+                "users": users,
+                "channels": channels,
+                "action_ms": 1000 * (committed - started),
+                "statements": statements.count,
+                "events": len(events),
+                "peer_remove_events": sum(e.event["op"] == "peer_remove" for e in events),
+                "recipients": sum(len(e.user_ids) for e in events),
+                "parked_polls": len(tasks),
+                "all_answered_ms": 1000 * (max(answered) - committed),
+                "median_answered_ms": 1000 * (sorted(answered)[len(answered) // 2] - committed),
+                "register_per_sec": len(logins) / register_secs,
+                "bare_tornado_ms": bare_tornado_baseline(len(tasks)),
+                "rss_per_live_queue_bytes": 1024 * (rss_after - rss_before) / len(logins),
+            }
+        finally:
+            server.stop()
+            db.dispose()
