@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models.tables import QueueDescriptorRow
+from models.tables import OutboxEvent, QueueDescriptorRow, Realm
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +143,45 @@ def delete_expired_descriptors(session: Session, now: float, keep: Collection[st
     return expired
 
 
-def oldest_checkpoint_seq(session: Session, realm_id: int) -> int | None:
-    """The lowest checkpoint of the realm's live descriptors (what outbox retention keeps)."""
-    rows = session.execute(
-        select(QueueDescriptorRow.checkpoint_seq)
-        .where(QueueDescriptorRow.realm_id == realm_id)
-        .order_by(QueueDescriptorRow.checkpoint_seq)
-        .limit(1)
+def prunable_seq(
+    session: Session, realm_id: int, routed_seq: int, older_than: float, max_rows: int
+) -> int | None:
+    """The highest sequence number of the realm whose rows may be deleted, or None.
+
+    Never a row not yet routed (`routed_seq`), never one younger than `older_than` (Unix
+    time), never one after the oldest descriptor checkpoint, unless keeping it would
+    retain more than `max_rows` rows.
+    """
+    old_enough = session.execute(
+        select(func.max(OutboxEvent.seq)).where(
+            OutboxEvent.realm_id == realm_id,
+            OutboxEvent.created_at < datetime.fromtimestamp(older_than, UTC),
+        )
     ).scalar_one_or_none()
-    return int(rows) if rows is not None else None
+    if old_enough is None:
+        return None
+    limit = min(int(old_enough), routed_seq)
+    oldest_checkpoint = session.execute(
+        select(func.min(QueueDescriptorRow.checkpoint_seq)).where(
+            QueueDescriptorRow.realm_id == realm_id
+        )
+    ).scalar_one_or_none()
+    if oldest_checkpoint is not None:
+        limit = min(limit, max(int(oldest_checkpoint), routed_seq - max_rows))
+    pruned = session.execute(
+        select(Realm.outbox_pruned_seq).where(Realm.id == realm_id)
+    ).scalar_one()
+    return limit if limit > int(pruned) else None
+
+
+def delete_descriptors_behind(session: Session, realm_id: int, seq: int) -> list[str]:
+    """Delete the realm's descriptors whose checkpoint is before `seq` (history pruned)."""
+    behind = list(
+        session.execute(
+            select(QueueDescriptorRow.queue_id).where(
+                QueueDescriptorRow.realm_id == realm_id, QueueDescriptorRow.checkpoint_seq < seq
+            )
+        ).scalars()
+    )
+    delete_descriptors(session, behind)
+    return behind

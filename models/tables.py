@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
@@ -78,6 +79,9 @@ class Realm(Base):
     # The sequence number of the newest outbox event of this realm; advanced by every
     # action in the same transaction that inserts the events, under the row lock.
     last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Every outbox row with seq <= this has been pruned; a queue whose checkpoint is
+    # older cannot be rebuilt and is dropped (its client re-registers).
+    outbox_pruned_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     date_created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -158,6 +162,25 @@ class OutboxEvent(Base):
     user_ids: Mapped[str] = mapped_column(Text)
     legacy_skip: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OutboxRecipient(Base):
+    """One (recipient, event) pair: the index that rebuilds one user's queue.
+
+    A cold queue is rebuilt from its checkpoint by reading only the events addressed to
+    its user, not the realm's whole history after the checkpoint.
+    """
+
+    __tablename__ = "outbox_recipient"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["realm_id", "seq"], ["outbox_event.realm_id", "outbox_event.seq"], ondelete="CASCADE"
+        ),
+    )
+
+    realm_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
 class QueueDescriptorRow(Base):

@@ -25,13 +25,16 @@ from server.handlers_events import (
     RegisterHandler,
     ServerSettingsHandler,
 )
-from server.http import NotFoundHandler, log_request
-from server.service import EventService
+from server.http import MAX_BODY_BYTES, NotFoundHandler, log_request
+from server.service import HEARTBEAT_MAX_SECS, HEARTBEAT_MIN_SECS, EventService
 
 log = logging.getLogger("eventq.server")
 
-# No request of this API needs more; a larger body is refused before it is read.
-MAX_BODY_BYTES = 256 * 1024
+# Tornado reads bodies up to this size, so that one over MAX_BODY_BYTES (256 KiB) still
+# gets a JSON 413 from ApiHandler.prepare; a body over this hard cap is not read at all
+# (the connection is closed), which bounds the memory one request can take.
+MAX_READ_BODY_BYTES = 8 * 1024 * 1024
+assert MAX_READ_BODY_BYTES > MAX_BODY_BYTES, "oversized bodies must be read to be answered"
 # Request bodies are small; headers of more than this are not from a real client.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -66,11 +69,18 @@ async def run_server(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     db = Database(settings.database_url)
-    service = EventService(db, legacy_rules=parse_legacy_rules(settings.legacy_clients))
+    heartbeat = settings.heartbeat_secs
+    service = EventService(
+        db,
+        legacy_rules=parse_legacy_rules(settings.legacy_clients),
+        heartbeat_secs=(heartbeat, heartbeat)
+        if heartbeat is not None
+        else (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
+    )
     await service.start()
     app = make_app(service)
     server = tornado.httpserver.HTTPServer(
-        app, max_body_size=MAX_BODY_BYTES, max_header_size=MAX_HEADER_BYTES, xheaders=False
+        app, max_body_size=MAX_READ_BODY_BYTES, max_header_size=MAX_HEADER_BYTES, xheaders=False
     )
     sockets = tornado.netutil.bind_sockets(port, address=host)
     server.add_sockets(sockets)

@@ -6,6 +6,7 @@
 | `EVENTQ_HOST` | `127.0.0.1` | address `eventq serve` listens on |
 | `EVENTQ_PORT` | `9993` | port `eventq serve` listens on |
 | `EVENTQ_LEGACY_CLIENTS` | empty | client versions that predate deactivation peer events |
+| `EVENTQ_HEARTBEAT_SECS` | 45-55 random | seconds before an idle long-poll gets a heartbeat |
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     legacy_clients: str = ""
+    # None: Zulip's 45-55 s. Shorter behind proxies with short idle timeouts, and in tests.
+    heartbeat_secs: float | None = None
 
     @classmethod
     def from_env(cls, database_url: str | None = None) -> Settings:
@@ -37,7 +40,20 @@ class Settings:
             port = int(port_text)
         except ValueError:
             raise ValueError(f"EVENTQ_PORT must be a port number, not {port_text!r}") from None
+        heartbeat_text = os.environ.get("EVENTQ_HEARTBEAT_SECS", "")
+        heartbeat = None
+        if heartbeat_text:
+            try:
+                heartbeat = float(heartbeat_text)
+            except ValueError:
+                heartbeat = -1.0
+            if not 0.1 <= heartbeat <= 85:
+                raise ValueError(
+                    "EVENTQ_HEARTBEAT_SECS must be a number of seconds from 0.1 "
+                    f"to 85 (Zulip clients give up after 90), not {heartbeat_text!r}"
+                )
         return cls(
+            heartbeat_secs=heartbeat,
             database_url=database_url or default_database_url(),
             host=os.environ.get("EVENTQ_HOST", DEFAULT_HOST),
             port=port,

@@ -19,7 +19,7 @@ from models.state import (
 from models.tables import Role
 from server.errors import BadRequest, StreamNotFound
 from server.http import ApiHandler
-from server.params import check_bool, check_list, check_str_list, parse_int_text
+from server.params import check_bool, check_id, check_list, check_str_list, parse_id_text
 
 
 def _check_subscription_names(name: str, value: Any) -> list[str]:
@@ -41,6 +41,8 @@ def _check_principals(name: str, value: Any) -> list[str | int]:
     for index, item in enumerate(items):
         if isinstance(item, bool) or not isinstance(item, str | int):
             raise BadRequest(f"{name}[{index}] is not an email or a user id")
+        if isinstance(item, int):
+            check_id(f"{name}[{index}]", item)
     return items
 
 
@@ -67,13 +69,13 @@ class UserHandler(ApiHandler):
     async def delete(self, raw_id: str) -> None:
         user = await self.authenticate()
         self.require_admin()
-        target = parse_int_text("user_id", raw_id)
+        target = parse_id_text("user_id", raw_id)
         await self.act(do_deactivate_user, user.realm_id, target, user.id)
         self.send_success()
 
     async def get(self, raw_id: str) -> None:
         user = await self.authenticate()
-        found = await self.query(member, user.realm_id, parse_int_text("user_id", raw_id))
+        found = await self.query(member, user.realm_id, parse_id_text("user_id", raw_id))
         if found is None:
             raise BadRequest("No such user")
         self.send_success({"user": found})
@@ -85,7 +87,7 @@ class ReactivateUserHandler(ApiHandler):
     async def post(self, raw_id: str) -> None:
         user = await self.authenticate()
         self.require_admin()
-        await self.act(do_reactivate_user, user.realm_id, parse_int_text("user_id", raw_id))
+        await self.act(do_reactivate_user, user.realm_id, parse_id_text("user_id", raw_id))
         self.send_success()
 
 
@@ -125,7 +127,7 @@ class StreamMembersHandler(ApiHandler):
     async def get(self, raw_id: str) -> None:
         user = await self.authenticate()
         members = await self.query(
-            visible_stream_members, user.id, parse_int_text("stream_id", raw_id)
+            visible_stream_members, user.id, parse_id_text("stream_id", raw_id)
         )
         if members is None:
             raise BadRequest("Invalid channel ID")
@@ -202,14 +204,18 @@ class ClientsAdminHandler(ApiHandler):
         self.send_success({"clients": clients})
 
 
+# Any segment is routed for an id, so that a malformed one ("abc", "1.5") is a JSON 400
+# from `parse_id_text` like any other malformed parameter, not a 404 for the whole path.
+_ID = r"([^/]+)"
+
 REST_ROUTES: list[tuple[str, type[ApiHandler]]] = [
     (r"/api/v1/users", UsersHandler),
     (r"/api/v1/users/me/subscriptions", SubscriptionsHandler),
-    (r"/api/v1/users/(-?\d+)", UserHandler),
-    (r"/api/v1/users/(-?\d+)/reactivate", ReactivateUserHandler),
+    (rf"/api/v1/users/{_ID}", UserHandler),
+    (rf"/api/v1/users/{_ID}/reactivate", ReactivateUserHandler),
     (r"/api/v1/streams", StreamsHandler),
     (r"/api/v1/get_stream_id", StreamIdHandler),
-    (r"/api/v1/streams/(-?\d+)/members", StreamMembersHandler),
+    (rf"/api/v1/streams/{_ID}/members", StreamMembersHandler),
     (r"/api/v1/eventq/queues", QueuesAdminHandler),
     (r"/api/v1/eventq/clients", ClientsAdminHandler),
 ]

@@ -10,7 +10,6 @@ handler only parses, calls one function and returns a dict.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import logging
@@ -34,6 +33,7 @@ from server.errors import (
     Unauthorized,
 )
 from server.errors import UserDeactivated as UserDeactivatedError
+from server.params import check_json_value, check_text
 from server.service import AuthenticatedUser, EventService
 
 log = logging.getLogger("eventq.http")
@@ -44,13 +44,30 @@ R = TypeVar("R")
 P = ParamSpec("P")
 _MISSING: Any = object()
 
+# No request of this API needs a larger body; a larger one gets a JSON 413 from
+# `ApiHandler.prepare` (`server.app` reads bodies up to a higher hard cap so that it can).
+MAX_BODY_BYTES = 256 * 1024
+
+
+class PayloadTooLarge(ApiError):
+    """The request body is over MAX_BODY_BYTES (the OpenAPI document's 413)."""
+
+    status = 413
+
+    def __init__(self) -> None:
+        super().__init__(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+
 
 def parse_json_param(name: str, raw: str) -> Any:
-    """Decode a JSON-encoded parameter value the way Zulip does."""
+    """Decode a JSON-encoded parameter value the way Zulip does, refusing what no
+    parameter can be: deep nesting, NUL characters and unpaired surrogates."""
     try:
-        return json.loads(raw)
-    except ValueError:
+        value = json.loads(raw)
+    except ValueError:  # also the int() digit limit of a huge number
         raise BadRequest(f'Argument "{name}" is not valid JSON.') from None
+    except RecursionError:  # the decoder recurses once per level of "[[[..."
+        raise BadRequest(f'Argument "{name}" is nested too deeply.') from None
+    return check_json_value(name, value)
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -68,6 +85,11 @@ class ApiHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        # Tornado has read the whole body (up to server.app's hard cap) by now.
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
 
     # -- parameters -----------------------------------------------------------------------
 
@@ -89,9 +111,8 @@ class ApiHandler(tornado.web.RequestHandler):
             if default is _MISSING:
                 raise MissingArgument(name)
             return default
-        if "\x00" in value:
-            raise BadRequest(f'Argument "{name}" contains a NUL character.')
-        return value
+        # Strict UTF-8 decoding already excludes surrogates; this refuses NUL.
+        return check_text(name, value)
 
     def param_json(
         self, name: str, check: Callable[[str, Any], T], default: Any = _MISSING
@@ -117,10 +138,11 @@ class ApiHandler(tornado.web.RequestHandler):
             raise InvalidApiKey()
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII base64 text
             raise InvalidApiKey() from None
         email, sep, api_key = decoded.partition(":")
-        if not sep:
+        # No account has a NUL in its email or key, and PostgreSQL refuses it in a query.
+        if not sep or "\x00" in decoded:
             raise InvalidApiKey()
         self.user = await self.service.run_db(self._lookup, email, api_key)
         return self.user

@@ -3,6 +3,7 @@ value typed, or raises `BadRequest` with Zulip's wording ("x is not a list")."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from server.errors import BadRequest
@@ -10,6 +11,16 @@ from server.errors import BadRequest
 # Larger values are not ids or counts any client sends; refusing them keeps integer
 # columns (64-bit on PostgreSQL) and arithmetic safe.
 MAX_INT_PARAM = 2**53
+# Ids are INTEGER columns, 32-bit on PostgreSQL, which refuses a larger bound value with
+# an error instead of finding nothing (and SQLite overflows past 64 bits): an id outside
+# this range names nothing, so it is refused before it reaches the database.
+MIN_ID = -(2**31)
+MAX_ID = 2**31 - 1
+# No parameter of this API nests deeper than three (a list of objects of lists, as a
+# `narrow` can be); the margin is for clients sending richer values we ignore.
+MAX_JSON_DEPTH = 16
+# ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+_INT_TEXT = re.compile(r"-?[0-9]{1,20}")
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -24,6 +35,14 @@ def check_int(name: str, value: Any) -> int:
     if abs(value) > MAX_INT_PARAM:
         raise BadRequest(f"{name} is too large")
     return value
+
+
+def check_id(name: str, value: Any) -> int:
+    """An integer that can be a row id (negative ones simply match nothing)."""
+    number = check_int(name, value)
+    if not MIN_ID <= number <= MAX_ID:
+        raise BadRequest(f"{name} is not a valid id")
+    return number
 
 
 def check_str_list(name: str, value: Any) -> list[str]:
@@ -47,9 +66,50 @@ def check_dict(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def check_text(name: str, text: str) -> str:
+    """A string the database can store: no NUL (PostgreSQL refuses it in text) and no
+    lone surrogate (which JSON's \\ud800 escapes can produce and UTF-8 cannot encode)."""
+    if "\x00" in text:
+        raise BadRequest(f'Argument "{name}" contains a NUL character.')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f'Argument "{name}" contains an unpaired surrogate.') from None
+    return text
+
+
+def _check_depth(name: str, depth: int) -> None:
+    if depth >= MAX_JSON_DEPTH:
+        raise BadRequest(f'Argument "{name}" is nested too deeply.')
+
+
+def check_json_value(name: str, value: Any) -> Any:
+    """A decoded JSON value whose strings (keys too) all pass `check_text` and whose
+    nesting is at most MAX_JSON_DEPTH; walked without recursion, so depth cannot hurt."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            check_text(name, item)
+        elif isinstance(item, dict):
+            _check_depth(name, depth)
+            for key, child in item.items():
+                check_text(name, key)
+                pending.append((child, depth + 1))
+        elif isinstance(item, list):
+            _check_depth(name, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return value
+
+
 def parse_int_text(name: str, raw: str) -> int:
     """An integer given as plain text (path segments, `last_event_id`)."""
     text = raw.strip()
-    if not text.lstrip("-").isdigit() or len(text) > 20:
+    if not _INT_TEXT.fullmatch(text):
         raise BadRequest(f"{name} is not an integer")
     return check_int(name, int(text))
+
+
+def parse_id_text(name: str, raw: str) -> int:
+    """A row id given as plain text (path segments)."""
+    return check_id(name, parse_int_text(name, raw))

@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -41,12 +41,22 @@ from models.descriptors import (
     DescriptorRecord,
     create_descriptor,
     delete_descriptors,
+    delete_descriptors_behind,
     delete_expired_descriptors,
     delete_user_descriptors,
     load_descriptor,
+    prunable_seq,
     save_checkpoints,
 )
-from models.outbox import NOTIFY_CHANNEL, StoredEvent, read_events, realm_positions
+from models.outbox import (
+    NOTIFY_CHANNEL,
+    StoredEvent,
+    outbox_pruned_seq,
+    prune_outbox,
+    read_events,
+    read_user_events,
+    realm_positions,
+)
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import Realm, UserProfile
 from queues.descriptor import (
@@ -91,6 +101,16 @@ OUTBOX_BATCH_SIZE = 1000
 DATABASE_THREADS = 8
 # After an error (database down), the consumer and the listener retry this often.
 RECONNECT_DELAY_SECS = 1.0
+# A queue with no poll for this long leaves memory (its descriptor stays); its next poll
+# rebuilds it from the outbox. A minute keeps active clients, which poll at least every
+# 55 s, in memory, while idle ones cost nothing.
+COLD_QUEUE_IDLE_SECS = 60.0
+# Outbox rows stay at least this long even when no queue needs them: a short audit trail
+# of what every action wrote.
+OUTBOX_MIN_RETENTION_SECS = 3600.0
+# At most this many rows per realm are kept for queues that fall behind: about a week of
+# a busy realm. A queue further behind is dropped and its client re-registers.
+OUTBOX_MAX_EVENTS_PER_REALM = 1_000_000
 # Zulip's feature level whose deactivation sequence eventq implements (DESIGN.md §4).
 ZULIP_FEATURE_LEVEL = 377
 ZULIP_VERSION = "11.0-eventq"
@@ -154,8 +174,10 @@ class EventService:
         *,
         legacy_rules: Iterable[LegacyClientRule] = (),
         clock: Callable[[], float] = time.time,
+        heartbeat_secs: tuple[float, float] = (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
     ) -> None:
         self.db = db
+        self.heartbeat_secs = heartbeat_secs
         self.legacy_rules = tuple(legacy_rules)
         self.clock = clock
         self.registry = QueueRegistry()
@@ -167,6 +189,7 @@ class EventService:
         self._activating: dict[str, asyncio.Future[ClientDescriptor]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[Any]] = set()
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
         self._polls_in_flight = 0
@@ -206,12 +229,13 @@ class EventService:
         for client in list(self.registry):
             self._wake_client(client, WAKE_SHUTDOWN)
         try:
-            await asyncio.wait_for(self._no_polls.wait(), drain_timeout)
+            async with asyncio.timeout(drain_timeout):
+                await self._no_polls.wait()
         except TimeoutError:
             log.warning("%d polls still open at shutdown", self._polls_in_flight)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
         await self.flush_checkpoints()
         self._executor.shutdown(wait=True)
         log.info("event service stopped; %d queues kept for the next start", len(self.registry))
@@ -321,16 +345,19 @@ class EventService:
                 target = self._delivered.get(client.realm_id)
                 if target is None or client.queue.last_seq >= target:
                     break
-                after = client.queue.last_seq
                 rows = await self.run_db(
-                    self._read_outbox, client.realm_id, after, target, OUTBOX_BATCH_SIZE
+                    self._read_user_outbox,
+                    client.realm_id,
+                    client.user_id,
+                    client.queue.last_seq,
+                    target,
                 )
                 for row in rows:
-                    if client.user_id in row.user_ids:
+                    if row.seq > client.queue.last_seq:
                         client.deliver(self._shared(row))
-                last = rows[-1].seq if rows else target
-                if last > client.queue.last_seq:
-                    client.queue.skip(last)
+                # A short page means nothing else up to `target` is addressed to this user.
+                if len(rows) < OUTBOX_BATCH_SIZE and target > client.queue.last_seq:
+                    client.queue.skip(target)
             # No await between the check above and this line: nothing can be missed.
             self.registry.add(client)
             future.set_result(client)
@@ -346,6 +373,12 @@ class EventService:
             del self._activating[client.queue_id]
             if future.done() and future.exception() is not None:
                 future.exception()  # retrieved: no "never retrieved" warning
+
+    def _read_user_outbox(
+        self, realm_id: int, user_id: int, after: int, up_to: int
+    ) -> list[StoredEvent]:
+        with self.db.snapshot() as session:
+            return read_user_events(session, realm_id, user_id, after, up_to, OUTBOX_BATCH_SIZE)
 
     def _read_outbox(
         self, realm_id: int, after: int, up_to: int | None, limit: int
@@ -380,8 +413,17 @@ class EventService:
         return client
 
     def _load_descriptor(self, queue_id: str) -> DescriptorRecord | None:
+        """The descriptor, or None when there is none or its history was pruned."""
         with self.db.snapshot() as session:
-            return load_descriptor(session, queue_id)
+            record = load_descriptor(session, queue_id)
+            if record is None:
+                return None
+            if record.checkpoint_seq < outbox_pruned_seq(session, record.realm_id):
+                log.info(
+                    "queue %s is behind the retained outbox; its client must re-register", queue_id
+                )
+                return None
+            return record
 
     def _client_from_record(self, record: DescriptorRecord) -> ClientDescriptor:
         checkpoint_id = record.checkpoint_event_id
@@ -443,9 +485,10 @@ class EventService:
         self._polls_in_flight += 1
         self._no_polls.clear()
         try:
-            timeout = random.uniform(HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS)
+            timeout = random.uniform(*self.heartbeat_secs)
             try:
-                outcome = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                async with asyncio.timeout(timeout):
+                    outcome = await asyncio.shield(waiter)
             except TimeoutError:
                 outcome = WAKE_SHUTDOWN  # answered like a heartbeat
         finally:
@@ -473,9 +516,17 @@ class EventService:
             self._wake_client(client, WAKE_CLOSED)
 
     async def delete_queue(self, user: AuthenticatedUser, queue_id: str) -> None:
-        """Delete the caller's queue (`DELETE /events`)."""
+        """Delete the caller's queue (`DELETE /events`); durable before it answers."""
         client = await self._client_for(user, queue_id)
         self._drop(client, "deleted by its owner")
+        await self._delete_descriptors([queue_id])
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` as a task the service holds until it ends (the loop keeps only weak
+        references, and stop() waits for these)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _wake_client(self, client: ClientDescriptor, outcome: str) -> None:
         waiter = client.waiter
@@ -495,7 +546,7 @@ class EventService:
             self._dropped.add(queue_id)
             self._checkpoints.pop(queue_id, None)
             self._dirty.discard(queue_id)
-        asyncio.get_running_loop().create_task(self._delete_descriptors(queue_ids))
+        self._background(self._delete_descriptors(queue_ids))
 
     async def _delete_descriptors(self, queue_ids: list[str]) -> None:
         def work() -> None:
@@ -523,8 +574,12 @@ class EventService:
                 log.warning("outbox consumer: %s; retrying in %ss", error, RECONNECT_DELAY_SECS)
                 await asyncio.sleep(RECONNECT_DELAY_SECS)  # a back-off timer
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stop() sends when the wake-up lands in the same loop turn,
+            # and the consumer would never exit.
             try:
-                await asyncio.wait_for(self._wake.wait(), SAFETY_POLL_SECS)
+                async with asyncio.timeout(SAFETY_POLL_SECS):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -582,7 +637,7 @@ class EventService:
             with self.db.write() as session:
                 delete_user_descriptors(session, user_id)
 
-        asyncio.get_running_loop().create_task(self.run_db(work))
+        self._background(self.run_db(work))
         log.info("user %d deactivated: %d live queues deleted", user_id, len(removed))
 
     def _listen_forever(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -649,7 +704,80 @@ class EventService:
         if updates:
             await self.run_db(work)
 
+    async def evict_cold_queues(self) -> int:
+        """Forget idle queues in memory; their descriptors and the outbox rebuild them.
+
+        A queue without a waiting poll for COLD_QUEUE_IDLE_SECS leaves memory after its
+        checkpoint is saved, so an idle registered queue costs no server memory.
+        """
+        now = self.clock()
+        cold = [
+            c
+            for c in self.registry
+            if c.waiter is None and now - c.last_active >= COLD_QUEUE_IDLE_SECS
+        ]
+        if not cold:
+            return 0
+        self._dirty.update(c.queue_id for c in cold)
+        await self.flush_checkpoints()
+        evicted = 0
+        for client in cold:
+            # A poll may have arrived while the checkpoints were written: keep that one.
+            if client.waiter is None and self.registry.get(client.queue_id) is client:
+                self.registry.remove(client.queue_id)
+                self._checkpoints.pop(client.queue_id, None)
+                evicted += 1
+        log.info("evicted %d cold queues from memory", evicted)
+        return evicted
+
+    async def prune_outbox_history(self) -> int:
+        """Delete outbox rows no queue can need any more (README: retention).
+
+        A row is kept while it is newer than OUTBOX_MIN_RETENTION_SECS, or not yet
+        routed, or after the checkpoint of some queue's descriptor. A realm keeps at most
+        OUTBOX_MAX_EVENTS_PER_REALM rows: descriptors further behind are dropped, so
+        their clients get BAD_EVENT_QUEUE_ID and re-register instead of missing events.
+        """
+        now = self.clock()
+        delivered = dict(self._delivered)
+
+        def work() -> tuple[int, list[str]]:
+            pruned, dropped = 0, []
+            with self.db.write() as session:
+                for realm_id, routed in delivered.items():
+                    limit = prunable_seq(
+                        session,
+                        realm_id,
+                        routed,
+                        now - OUTBOX_MIN_RETENTION_SECS,
+                        OUTBOX_MAX_EVENTS_PER_REALM,
+                    )
+                    if limit is None:
+                        continue
+                    dropped += delete_descriptors_behind(session, realm_id, limit)
+                    pruned += prune_outbox(session, realm_id, limit)
+            return pruned, dropped
+
+        pruned, dropped = await self.run_db(work)
+        for queue_id in dropped:
+            client = self.registry.remove(queue_id)
+            if client is not None:
+                self._wake_client(client, WAKE_DROPPED)
+            self._checkpoints.pop(queue_id, None)
+            self._dirty.discard(queue_id)
+        if pruned or dropped:
+            log.info(
+                "outbox: pruned %d events; dropped %d queues too far behind", pruned, len(dropped)
+            )
+        return pruned
+
     async def collect_garbage(self) -> None:
+        """Drop queues idle past their lifespan, evict cold ones, prune the outbox."""
+        await self._expire_queues()
+        await self.evict_cold_queues()
+        await self.prune_outbox_history()
+
+    async def _expire_queues(self) -> None:
         """Drop queues idle past their lifespan, in memory and on disk."""
         now = self.clock()
         expired = collect_garbage(self.registry, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -24,10 +25,10 @@ def realm(db: Database) -> SampleRealm:
 
 
 class FakeClock:
-    """Wall-clock time the test moves by hand."""
+    """Wall-clock time the test moves by hand (from the real time: rows carry real dates)."""
 
     def __init__(self) -> None:
-        self.now = 1_000_000.0
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
