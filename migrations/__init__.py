@@ -27,3 +27,27 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Upgrade the database at `url` to `revision`."""
     command.upgrade(alembic_config(url), revision)
+
+
+class SchemaOutOfDate(RuntimeError):
+    """Raised by `check_schema` when the database is not at the newest revision."""
+
+
+def check_schema(url: str) -> None:
+    """Refuse to run against a database that is not migrated to the newest revision."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine, pool
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"the database schema is at revision {current or 'none'}, this eventq needs "
+            f"{head}: run `eventq migrate` first"
+        )

@@ -16,6 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from migrations import check_schema
 from models.database import Database
 from queues.descriptor import parse_legacy_rules
 from server.config import Settings
@@ -69,6 +70,7 @@ async def run_server(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     db = Database(settings.database_url)
+    check_schema(db.url)
     heartbeat = settings.heartbeat_secs
     service = EventService(
         db,

@@ -32,6 +32,7 @@ from models.queries import (
 )
 from models.tables import Realm, Role, Stream, UserProfile
 from models.visibility import active_subscribers
+from migrations import SchemaOutOfDate, check_schema
 from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 log = logging.getLogger("eventq.cli")
@@ -358,6 +359,30 @@ def cmd_clients(args: argparse.Namespace, db: Database) -> None:
     )
 
 
+def cmd_watch(args: argparse.Namespace, db: Database) -> None:
+    import asyncio
+    import signal
+
+    from clients.client import EventClientError
+    from clients.watch import watch
+
+    with db.snapshot() as session:
+        user = _user(session, _realm(session, args.realm), args.email)
+        email, api_key = user.email, user.api_key
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await watch(args.server, email, api_key, sys.stdout, stop=stop, max_events=args.max_events)
+
+    try:
+        asyncio.run(run())
+    except EventClientError as error:
+        raise ValueError(str(error)) from None
+
+
 DataCommand = Callable[[argparse.Namespace, Database], None]
 
 
@@ -465,6 +490,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=default_server,
             help=f"URL of the running server (default: {default_server})",
         )
+    p = add(
+        "watch",
+        cmd_watch,
+        "Print the live events a user's client receives, with a one-line summary of "
+        "each change of channel members (Ctrl-C stops).",
+    )
+    p.add_argument("realm", help="realm subdomain")
+    p.add_argument("email", help="whose view to watch")
+    p.add_argument(
+        "--server",
+        default=default_server,
+        help=f"URL of the running server (default: {default_server})",
+    )
+    p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
     p = add("users", cmd_users, "List the realm's users.")
     p.add_argument("realm", help="realm subdomain")
     p = add("streams", cmd_streams, "List the realm's channels with their subscribers.")
@@ -481,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.command == "serve" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env(args.database_url)
         if args.func in (cmd_migrate, cmd_serve):
@@ -488,16 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         db = Database(settings.database_url)
         try:
+            check_schema(db.url)
             args.func(args, db)
         finally:
             db.dispose()
-    except (ActionError, ValueError) as error:
+    except (ActionError, ValueError, SchemaOutOfDate) as error:
         print(f"eventq: error: {error}", file=sys.stderr)
         return 1
     except (OperationalError, ProgrammingError) as error:
         message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        if "no such table" in message or "does not exist" in message:
-            message = "the database is not migrated; run `eventq migrate` first"
         print(f"eventq: error: database: {message}", file=sys.stderr)
         return 1
     except SQLAlchemyError as error:

@@ -138,3 +138,4 @@ def test_unmigrated_database_is_a_clear_error(tmp_path: object) -> None:
     result = run_eventq(f"sqlite:///{tmp_path}/empty.sqlite3", "users", "x")
     assert result.returncode == 1
     assert "run `eventq migrate` first" in result.stderr
+    assert result.stderr.count("\n") == 1
