@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bench import deactivation, latency
+from bench import deactivation, latency, memory
 
 
 def main() -> None:
@@ -54,6 +54,19 @@ def main() -> None:
             f"{f['rss_per_live_queue_bytes']:.0f} bytes (RSS growth / queues, incl. parked "
             "connections)"
         )
+    if args.only in (None, "memory"):
+        print(
+            f"== memory per registered queue ({memory.QUEUES} queues) and cold rebuild "
+            f"({memory.PENDING_EVENTS} pending events)"
+        )
+        for backend in ("postgresql", "sqlite"):
+            m = memory.run(backend)
+            print(
+                f"{backend:>10}: live queue {m['live_bytes_per_queue']:.0f} B, evicted (idle) "
+                f"queue {m['cold_bytes_per_queue']:.0f} B; rebuilding a cold queue "
+                f"{m['rebuild_ms']:.1f} ms median (baseline: the same poll of a warm queue "
+                f"{m['warm_poll_ms']:.2f} ms)"
+            )
 
 
 if __name__ == "__main__":

@@ -86,9 +86,8 @@ def check_client(db: Database, realm_id: int, user_id: int, after_seq: int, c: C
     ids = [event["id"] for event in c.received]
     if ids != list(range(len(ids))):
         wrong = next(i for i, event_id in enumerate(ids) if event_id != i)
-        pytest.fail(
-            f"{c.viewpoint}: event {wrong} has id {ids[wrong]}: {ids[max(0, wrong - 3) : wrong + 3]}"
-        )
+        around = ids[max(0, wrong - 3) : wrong + 3]
+        pytest.fail(f"{c.viewpoint}: event {wrong} has id {ids[wrong]}: ids {around}")
     bodies = [{k: v for k, v in event.items() if k != "id"} for event in c.received]
     difference = first_difference(bodies, [row.event for row in rows], [row.seq for row in rows])
     if difference is not None:
