@@ -15,9 +15,21 @@ def test_watch_prints_events_and_member_changes(database_url: str, db: Database)
     realm = make_sample_realm(db)
     with live_server(database_url) as server:
         watcher = subprocess.Popen(
-            [EVENTQ, "--database-url", database_url, "watch", "zulip", realm.emails["admin"],
-             "--server", server.url, "--max-events", "4"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                EVENTQ,
+                "--database-url",
+                database_url,
+                "watch",
+                "zulip",
+                realm.emails["admin"],
+                "--server",
+                server.url,
+                "--max-events",
+                "4",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert watcher.stdout is not None
         first = watcher.stdout.readline()
