@@ -106,6 +106,31 @@ def _set_active(session: Session, user: UserProfile, active: bool) -> None:
     user.is_active = active
 
 
+def _flip_active(
+    session: Session, realm_id: int, user: UserProfile, *, active: bool
+) -> tuple[list[PendingEvent], PendingEvent]:
+    """Set the user's active flag (and its copy on their subscriptions); return the
+    grouped peer events for their channels and the `realm_user` update, unordered.
+
+    Recipients are computed after the flip: a deactivated user receives nothing, and
+    nobody receives a peer event about themselves.
+    """
+    streams = _subscribed_streams(session, user.id)
+    _set_active(session, user, active)
+    roles = active_user_roles(session, realm_id)
+    subscribers = active_subscribers(session, [s.id for s in streams])
+    peers = PeerEventGrouper(
+        "peer_add" if active else "peer_remove", AudienceIndex(roles), tell_changed_users=False
+    )
+    for stream in streams:
+        peers.add(stream, subscribers.get(stream.id, set()), {user.id})
+    update_event = PendingEvent(
+        {"type": "realm_user", "op": "update", "person": {"user_id": user.id, "is_active": active}},
+        roles.keys(),
+    )
+    return peers.events(), update_event
+
+
 def do_deactivate_user(
     session: Session, realm_id: int, user_id: int, acting_user_id: int | None = None
 ) -> UserProfile:
@@ -135,29 +160,12 @@ def do_deactivate_user(
         ).first()
         if other_owners is None:
             raise InvalidInput("Cannot deactivate the only organization owner.")
-    streams = _subscribed_streams(session, user.id)
-    _set_active(session, user, False)
-    roles = active_user_roles(session, realm_id)
-    audience = AudienceIndex(roles)
-    subscribers = active_subscribers(session, [s.id for s in streams])
-    peers = PeerEventGrouper("peer_remove", audience, tell_changed_users=False)
-    for stream in streams:
-        peers.add(stream, subscribers.get(stream.id, set()), {user.id})
-    events = [
-        PendingEvent(pending.event, pending.user_ids, legacy_skip=True)
-        for pending in peers.events()
+    peer_events, update_event = _flip_active(session, realm_id, user, active=False)
+    # Legacy clients get the update alone and clean their member lists themselves.
+    legacy_peer_events = [
+        PendingEvent(pending.event, pending.user_ids, legacy_skip=True) for pending in peer_events
     ]
-    events.append(
-        PendingEvent(
-            {
-                "type": "realm_user",
-                "op": "update",
-                "person": {"user_id": user.id, "is_active": False},
-            },
-            roles.keys(),
-        )
-    )
-    append_events(session, realm_id, events)
+    append_events(session, realm_id, [*legacy_peer_events, update_event])
     return user
 
 
@@ -167,24 +175,6 @@ def do_reactivate_user(session: Session, realm_id: int, user_id: int) -> UserPro
     user = _locked_user(session, realm_id, user_id)
     if user.is_active:
         raise InvalidInput(f"User {user.email} is already active.")
-    streams = _subscribed_streams(session, user.id)
-    _set_active(session, user, True)
-    roles = active_user_roles(session, realm_id)
-    audience = AudienceIndex(roles)
-    subscribers = active_subscribers(session, [s.id for s in streams])
-    peers = PeerEventGrouper("peer_add", audience, tell_changed_users=False)
-    for stream in streams:
-        peers.add(stream, subscribers.get(stream.id, set()), {user.id})
-    events = [
-        PendingEvent(
-            {
-                "type": "realm_user",
-                "op": "update",
-                "person": {"user_id": user.id, "is_active": True},
-            },
-            roles.keys(),
-        ),
-        *peers.events(),
-    ]
-    append_events(session, realm_id, events)
+    peer_events, update_event = _flip_active(session, realm_id, user, active=True)
+    append_events(session, realm_id, [update_event, *peer_events])
     return user

@@ -9,6 +9,8 @@ import pytest
 from migrations import upgrade
 from models.database import Database
 from tests.helpers.databases import BACKENDS, database_url_for
+from tests.helpers.realms import SampleRealm, make_sample_realm
+from tests.helpers.server import LiveServer, live_server
 
 
 @pytest.fixture(params=BACKENDS)
@@ -31,3 +33,16 @@ def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def realm(db: Database) -> SampleRealm:
+    """The sample realm: a user of every viewpoint, a channel of every kind."""
+    return make_sample_realm(db)
+
+
+@pytest.fixture
+def server(database_url: str, realm: SampleRealm) -> Iterator[LiveServer]:
+    """A real `eventq serve` process on the sample realm's database."""
+    with live_server(database_url) as running:
+        yield running

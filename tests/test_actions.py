@@ -15,13 +15,8 @@ from actions.users import do_create_user
 from models.database import Database
 from models.outbox import outbox_count
 from models.tables import Role, Stream, Subscription, UserProfile
-from tests.helpers.realms import CHANNEL_KINDS, VIEWPOINTS, SampleRealm, make_sample_realm
+from tests.helpers.realms import CHANNEL_KINDS, VIEWPOINTS, SampleRealm
 from tests.helpers.verify import verify_action
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
 
 
 def test_create_user_tells_every_active_user(db: Database, realm: SampleRealm) -> None:

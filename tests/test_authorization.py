@@ -3,28 +3,15 @@ everywhere, administrator endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
+from typing import Any
 
 from actions.realms import do_create_realm
 from actions.users import do_create_user, do_deactivate_user
 from models.database import Database
 from models.tables import Role
 from tests.helpers.api import ApiClient
-from tests.helpers.realms import SampleRealm, make_sample_realm
-from tests.helpers.server import LiveServer, live_server
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
-
-
-@pytest.fixture
-def server(database_url: str, realm: SampleRealm) -> Iterator[LiveServer]:
-    with live_server(database_url) as running:
-        yield running
+from tests.helpers.realms import SampleRealm
+from tests.helpers.server import LiveServer
 
 
 def test_a_queue_of_another_realm_is_unknown(
@@ -58,7 +45,7 @@ def test_a_queue_of_another_realm_is_unknown(
     assert outsider.call("DELETE", f"/users/{realm.users['member']}").status == 400
 
 
-ENDPOINTS = [
+ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/register", {}),
     ("GET", "/events", {"queue_id": "x", "dont_block": True}),
     ("GET", "/users", {}),

@@ -24,11 +24,10 @@ import pytest
 import requests
 from playwright.sync_api import ConsoleMessage, Locator, Page, Response, expect, sync_playwright
 
-from models.database import Database
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
 from tests.helpers.databases import IN_CI
-from tests.helpers.realms import SampleRealm, make_sample_realm
+from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer, live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -113,11 +112,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
 
 
 # -- helpers --------------------------------------------------------------------------------------

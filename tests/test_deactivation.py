@@ -11,14 +11,8 @@ from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.outbox import outbox_count
 from models.tables import Role, Stream, Subscription
-from tests.helpers.realms import VIEWPOINTS, SampleRealm, make_sample_realm
+from tests.helpers.realms import VIEWPOINTS, SampleRealm
 from tests.helpers.verify import verify_action
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
-
 
 DEACTIVATABLE = [v for v in VIEWPOINTS if v != "owner"]
 

@@ -13,16 +13,11 @@ from models.descriptors import load_descriptor
 from models.outbox import outbox_count, outbox_pruned_seq
 from server.errors import BadEventQueueId
 from server.service import COLD_QUEUE_IDLE_SECS, OUTBOX_MIN_RETENTION_SECS, EventService
-from tests.helpers.realms import SampleRealm, make_sample_realm
+from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements
 from tests.test_service import FakeClock, create_stream, owner, request
 
 DAY = 24 * 3600
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
 
 
 def ids(answer: server.service.PollAnswer) -> list[int]:

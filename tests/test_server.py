@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,21 +22,10 @@ from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import UserProfile
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
-from tests.helpers.realms import SampleRealm, make_sample_realm
+from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer, live_server
 
 ALL_TYPES = sorted(STATE_EVENT_TYPES)
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
-
-
-@pytest.fixture
-def server(database_url: str, realm: SampleRealm) -> Iterator[LiveServer]:
-    with live_server(database_url) as running:
-        yield running
 
 
 def client(

@@ -16,12 +16,7 @@ from models.descriptors import load_descriptor
 from queues.types import Capabilities
 from server.errors import BadEventQueueId
 from server.service import AuthenticatedUser, EventService, RegisterRequest
-from tests.helpers.realms import SampleRealm, make_sample_realm
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
+from tests.helpers.realms import SampleRealm
 
 
 class FakeClock:

@@ -24,8 +24,8 @@ from actions.users import do_create_user, do_deactivate_user
 from models.database import Database
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
-from tests.helpers.realms import VIEWPOINTS, SampleRealm, make_sample_realm
-from tests.helpers.server import LiveServer, live_server
+from tests.helpers.realms import VIEWPOINTS, SampleRealm
+from tests.helpers.server import LiveServer
 
 REALM = "zulip"
 # How long an event committed now may take to reach a waiting poll (it takes milliseconds).
@@ -60,17 +60,6 @@ class ObservedClient(zulip.Client):
         if answer.get("result") == "success":
             self.registered.put(answer["queue_id"])
         return answer
-
-
-@pytest.fixture
-def realm(db: Database) -> SampleRealm:
-    return make_sample_realm(db)
-
-
-@pytest.fixture
-def server(database_url: str, realm: SampleRealm) -> Iterator[LiveServer]:
-    with live_server(database_url) as running:
-        yield running
 
 
 @pytest.fixture

@@ -34,9 +34,9 @@ from models.database import Database
 from models.tables import Role
 from tests.helpers.api import ApiClient
 
-# Between two actions the writer pauses this long: about 40 transactions a second keeps
+# Between two actions the writer pauses this long: about 20 transactions a second keeps
 # the outbox growing while the server is down without burying the clients.
-WRITER_PACE_SECS = 0.025
+WRITER_PACE_SECS = 0.05
 NEW_USER_ROLES = (Role.ADMINISTRATOR, Role.MODERATOR, Role.MEMBER, Role.MEMBER, Role.GUEST)
 
 
@@ -205,7 +205,7 @@ class WriterProcess:
             self._changed.notify_all()
 
     def wait_for_actions(self, count: int, timeout: float) -> None:
-        """Wait until the writer has done `count` actions in all (it acts ~40 times a second)."""
+        """Wait until the writer has done `count` actions in all (it acts ~20 times a second)."""
         with self._changed:
             done = self._changed.wait_for(lambda: self.actions >= count or self._eof, timeout)
             assert done and not self._eof, f"the writer stopped:\n{self.log.read_text()}"
