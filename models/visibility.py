@@ -96,6 +96,10 @@ class AudienceIndex:
         extra = frozenset(u for u in subscribers if u in self.active_roles and u not in members)
         return AudienceKey(base, extra)
 
+    def base(self, name: str) -> frozenset[int]:
+        """One base set: "everyone", "non_guests" or "admins"."""
+        return self._bases[name]
+
     def users(self, key: AudienceKey) -> frozenset[int]:
         """Every user in the audience `key` stands for."""
         if not key.extra:

@@ -106,6 +106,8 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
 ) -> None:
     rng = random.Random(SEED)
     realm = make_sample_realm(db)
+    # One fixed port for every restart; the clients still take the URL from `link` after
+    # each start, so they follow the server wherever it listens.
     server = LiveServer(database_url, port=free_port())
     link = ServerLink()
     progress = Progress()
@@ -114,6 +116,7 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
     writer: WriterProcess | None = None
     pause = threading.Event()  # never set: its wait() is a timed pause
     written_while_down = 0
+    kills = 0
     try:
         server.start()
         link.up(server.url)
@@ -151,6 +154,7 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
                 break
             link.down()
             server.kill()
+            kills += 1
             at_kill = last_event_seq(db, realm.realm_id)
             # The writer goes on while the server is dead; the restarted server must
             # deliver what it committed meanwhile.
@@ -170,6 +174,8 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
         assert server.stop() == 0, "\n".join(server.lines[-30:])
     finally:
         link.close()
+        for client in clients:
+            client.api.session.close()
         if writer is not None:
             writer.kill()
         if server.process is not None and server.process.stdout is not None:
@@ -181,6 +187,7 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
     errors = {c.viewpoint: c.errors for c in clients if c.errors}
     assert not errors, f"clients failed: {errors}"
     assert all(c.done for c in clients), "a client never saw the marker"
+    assert kills == KILLS
     assert sum(counts.values()) > 100, counts
     assert written_while_down > 0, "no event was committed while the server was down"
     assert sum(c.connection_errors for c in clients) >= KILLS // 2, "the kills went unnoticed"

@@ -10,6 +10,7 @@ from actions.errors import InvalidInput, NotAllowed
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.outbox import outbox_count
+from models.queries import realm_streams
 from models.tables import Role, Stream, Subscription
 from tests.helpers.realms import VIEWPOINTS, SampleRealm
 from tests.helpers.verify import verify_action
@@ -40,12 +41,16 @@ def test_deactivate_then_reactivate_converges_for_everyone(
             assert stored.legacy_skip and stored.event["user_ids"] == [target]
     # A subscribed user's removal reaches exactly those who see each channel.
     if viewpoint in ("member", "guest"):
-        by_stream = {
-            sid: set(e.user_ids)
-            for e in deactivated.events
-            if e.event["op"] == "peer_remove"
-            for sid in e.event["stream_ids"]
-        }
+        by_stream: dict[int, set[int]] = {}
+        for e in deactivated.events:
+            if e.event["op"] == "peer_remove":
+                for sid in e.event["stream_ids"]:
+                    by_stream.setdefault(sid, set()).update(e.user_ids)
+        # Each recipient gets exactly one peer_remove, listing every channel it sees.
+        peer_recipients = [
+            u for e in deactivated.events if e.event["op"] == "peer_remove" for u in e.user_ids
+        ]
+        assert len(peer_recipients) == len(set(peer_recipients))
         others = {n: realm.users[n] for n in VIEWPOINTS if n != viewpoint}
         sub = {"member", "guest"} - {viewpoint}
         assert by_stream[realm.streams["private"]] == {
@@ -71,14 +76,12 @@ def test_deactivate_then_reactivate_converges_for_everyone(
 
 
 def test_peer_events_are_grouped_by_recipients(db: Database, realm: SampleRealm) -> None:
-    """Several public channels with one audience give a single peer_remove event."""
+    """Users who see the same channels share one peer_remove event listing all of them."""
     with db.write() as session:
         session.execute(
             insert(Stream), [{"realm_id": realm.realm_id, "name": f"extra {i}"} for i in range(5)]
         )
     with db.snapshot() as session:
-        from models.queries import realm_streams
-
         extra = [s.id for s in realm_streams(session, realm.realm_id) if s.name.startswith("extra")]
     with db.write() as session:
         session.execute(
@@ -88,11 +91,24 @@ def test_peer_events_are_grouped_by_recipients(db: Database, realm: SampleRealm)
     verified = verify_action(
         db, realm.realm_id, lambda s: do_deactivate_user(s, realm.realm_id, realm.users["member"])
     )
-    peer = [e.event for e in verified.events if e.event["op"] == "peer_remove"]
-    public_group = [e for e in peer if set(extra) <= set(e["stream_ids"])]
-    assert len(public_group) == 1
-    # "public" also has the guest among its subscribers: another audience, another group.
-    assert realm.streams["public"] not in public_group[0]["stream_ids"]
+    peer = [
+        (e.event["stream_ids"], set(e.user_ids))
+        for e in verified.events
+        if e.event["op"] == "peer_remove"
+    ]
+    streams = realm.streams
+    users = realm.users
+    assert sorted(peer, key=lambda p: len(p[0])) == [
+        # Guests see the web-public channel, and the channels they are subscribed to.
+        ([streams["web_public"]], {users["outsider_guest"]}),
+        (sorted([streams["public"], streams["private"], streams["web_public"]]), {users["guest"]}),
+        # Members see the public ones; administrators also see the private one.
+        (sorted([streams["public"], streams["web_public"], *extra]), {users["loner"]}),
+        (
+            sorted([streams["public"], streams["private"], streams["web_public"], *extra]),
+            {users["owner"], users["admin"]},
+        ),
+    ]
 
 
 def _deactivation_statements(db: Database, realm: SampleRealm, channels: int) -> int:
@@ -107,8 +123,6 @@ def _deactivation_statements(db: Database, realm: SampleRealm, channels: int) ->
             ],
         )
     with db.snapshot() as session:
-        from models.queries import realm_streams
-
         ids = [
             s.id
             for s in realm_streams(session, realm.realm_id)
