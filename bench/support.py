@@ -62,9 +62,10 @@ def fresh_database(backend: str) -> Iterator[str]:
 class ServerProcess:
     """`eventq serve` on a free port; `rss_kb()` reads its resident memory."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, env_extra: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTQ_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(env_extra or {})
         self.process = subprocess.Popen(
             [EVENTQ, "--database-url", database_url, "serve", "--port", "0"],
             stdout=subprocess.PIPE,

@@ -36,6 +36,9 @@ log = logging.getLogger("eventq.server")
 # (the connection is closed), which bounds the memory one request can take.
 MAX_READ_BODY_BYTES = 8 * 1024 * 1024
 assert MAX_READ_BODY_BYTES > MAX_BODY_BYTES, "oversized bodies must be read to be answered"
+# Pending connections the kernel queues for us: after a restart every client of a large
+# realm reconnects at once, and Tornado's default (128) would reset most of them.
+LISTEN_BACKLOG = 4096
 # Request bodies are small; headers of more than this are not from a real client.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -84,7 +87,7 @@ async def run_server(
     server = tornado.httpserver.HTTPServer(
         app, max_body_size=MAX_READ_BODY_BYTES, max_header_size=MAX_HEADER_BYTES, xheaders=False
     )
-    sockets = tornado.netutil.bind_sockets(port, address=host)
+    sockets = tornado.netutil.bind_sockets(port, address=host, backlog=LISTEN_BACKLOG)
     server.add_sockets(sockets)
     bound_port = sockets[0].getsockname()[1]
     stop = asyncio.Event()
