@@ -162,22 +162,27 @@ def cmd_unsubscribe(args: argparse.Namespace, db: Database) -> None:
     _change_subscriptions(args, db, subscribe=False)
 
 
-def cmd_deactivate_user(args: argparse.Namespace, db: Database) -> None:
+def _set_user_active(args: argparse.Namespace, db: Database, active: bool) -> None:
+    action = do_reactivate_user if active else do_deactivate_user
     with db.write() as session:
         realm = _realm(session, args.realm)
         user = _user(session, realm, args.email)
-        do_deactivate_user(session, realm.id, user.id)
-        data = {"user_id": user.id, "email": user.email, "is_active": False}
-    _emit(args, data, f"Deactivated {data['email']}: their API key and queues stop working.")
+        action(session, realm.id, user.id)
+        data = {"user_id": user.id, "email": user.email, "is_active": active}
+    done = (
+        f"Reactivated {user.email}; their channel subscriptions are back."
+        if active
+        else f"Deactivated {user.email}: their API key and queues stop working."
+    )
+    _emit(args, data, done)
+
+
+def cmd_deactivate_user(args: argparse.Namespace, db: Database) -> None:
+    _set_user_active(args, db, active=False)
 
 
 def cmd_reactivate_user(args: argparse.Namespace, db: Database) -> None:
-    with db.write() as session:
-        realm = _realm(session, args.realm)
-        user = _user(session, realm, args.email)
-        do_reactivate_user(session, realm.id, user.id)
-        data = {"user_id": user.id, "email": user.email, "is_active": True}
-    _emit(args, data, f"Reactivated {data['email']}; their channel subscriptions are back.")
+    _set_user_active(args, db, active=True)
 
 
 def cmd_users(args: argparse.Namespace, db: Database) -> None:

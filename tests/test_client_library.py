@@ -203,7 +203,8 @@ async def fresh_state(site: str, realm: SampleRealm, name: str) -> dict[str, Any
 
 
 async def fast_sleep(delay: float) -> None:
-    await asyncio.sleep(min(delay, FAST_RETRY_SECS))
+    """The client's injected back-off sleep, shortened: a deliberate wait under test."""
+    await asyncio.sleep(min(delay, FAST_RETRY_SECS))  # deliberate: the back-off itself
 
 
 def closed_port() -> int:
@@ -242,7 +243,7 @@ async def test_connection_errors_are_retried_with_backoff_until_stop() -> None:
         delays.append(delay)
         if len(delays) == 7:
             refused.stop()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # deliberate: yield once, as the real back-off would
 
     refused = EventClient(
         f"http://127.0.0.1:{closed_port()}",
