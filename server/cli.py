@@ -22,6 +22,7 @@ from actions.realms import do_create_realm
 from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
+from migrations import SchemaOutOfDate, check_schema
 from models.database import Database
 from models.queries import (
     get_realm,
@@ -32,7 +33,6 @@ from models.queries import (
 )
 from models.tables import Realm, Role, Stream, UserProfile
 from models.visibility import active_subscribers
-from migrations import SchemaOutOfDate, check_schema
 from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 log = logging.getLogger("eventq.cli")
