@@ -52,7 +52,7 @@ class LiveServer:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                str(self.requested_port),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
