@@ -17,7 +17,7 @@ from models.database import Database
 from models.outbox import outbox_count
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
-from tests.helpers.databases import postgres_schema_url, require_postgres
+from tests.helpers.databases import IN_CI, postgres_schema_url, require_postgres
 from tests.helpers.realms import make_sample_realm
 from tests.helpers.server import live_server
 
@@ -37,6 +37,8 @@ def _cluster(action: str) -> None:
 def postgres_url() -> Iterator[str]:
     require_postgres()
     if not Path("/etc/postgresql").is_dir():
+        if IN_CI:
+            pytest.fail("CI=true requires the local PostgreSQL cluster this test restarts")
         pytest.skip("no local PostgreSQL cluster to restart")
     with postgres_schema_url() as url:
         upgrade(url)
