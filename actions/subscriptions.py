@@ -327,6 +327,14 @@ def _by_name_visible_to(
     return found, missing + [h for h in hidden if h not in missing]
 
 
+def _locked_actor(session: Session, actor_id: int) -> UserProfile:
+    """The acting user, with their realm's writer lock taken before anything else is read."""
+    actor = session.get(UserProfile, actor_id)
+    assert actor is not None and actor.is_active, "the server authenticated an active user"
+    lock_realm(session, actor.realm_id)
+    return actor
+
+
 def check_add_subscriptions(
     session: Session,
     actor_id: int,
@@ -341,9 +349,7 @@ def check_add_subscriptions(
     Guests may only subscribe themselves and may not create channels; only owners and
     administrators create web-public channels (Zulip's defaults).
     """
-    actor = session.get(UserProfile, actor_id)
-    assert actor is not None and actor.is_active, "the server authenticated an active user"
-    lock_realm(session, actor.realm_id)
+    actor = _locked_actor(session, actor_id)
     if not names:
         raise InvalidInput("Nothing to subscribe to: subscriptions is empty.")
     users = _resolve_principals(session, actor, principals)
@@ -373,9 +379,7 @@ def check_remove_subscriptions(
     session: Session, actor_id: int, names: list[str], principals: list[str | int] | None = None
 ) -> SubscriptionRequestResult:
     """`DELETE /users/me/subscriptions`: only administrators may remove other users."""
-    actor = session.get(UserProfile, actor_id)
-    assert actor is not None and actor.is_active, "the server authenticated an active user"
-    lock_realm(session, actor.realm_id)
+    actor = _locked_actor(session, actor_id)
     if not names:
         raise InvalidInput("Nothing to unsubscribe from: subscriptions is empty.")
     users = _resolve_principals(session, actor, principals)
