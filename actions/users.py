@@ -165,7 +165,9 @@ def do_deactivate_user(
     legacy_peer_events = [
         PendingEvent(pending.event, pending.user_ids, legacy_skip=True) for pending in peer_events
     ]
-    append_events(session, realm_id, [*legacy_peer_events, update_event])
+    # The update event is the cut-off: once the server routes it, the user's queues stop.
+    cut_off = PendingEvent(update_event.event, update_event.user_ids, cut_off_user_id=user.id)
+    append_events(session, realm_id, [*legacy_peer_events, cut_off])
     return user
 
 

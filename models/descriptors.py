@@ -122,9 +122,17 @@ def delete_descriptors(session: Session, queue_ids: Collection[str]) -> None:
         )
 
 
-def delete_user_descriptors(session: Session, user_id: int) -> None:
-    """Delete every descriptor of a user (deactivation)."""
-    session.execute(delete(QueueDescriptorRow).where(QueueDescriptorRow.user_id == user_id))
+def delete_user_descriptors(session: Session, user_id: int, before_seq: int) -> None:
+    """Delete a deactivated user's descriptors registered before their deactivation.
+
+    `before_seq` is the deactivation's outbox position: a queue registered after a
+    later reactivation starts past it and is kept.
+    """
+    session.execute(
+        delete(QueueDescriptorRow).where(
+            QueueDescriptorRow.user_id == user_id, QueueDescriptorRow.checkpoint_seq < before_seq
+        )
+    )
 
 
 def delete_expired_descriptors(session: Session, now: float, keep: Collection[str]) -> list[str]:

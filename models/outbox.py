@@ -34,6 +34,8 @@ class PendingEvent:
     user_ids: Collection[int]
     # True for the deactivation peer_remove events that legacy clients must not get.
     legacy_skip: bool = False
+    # The user this event deactivates: the server cuts off their queues once it routes it.
+    cut_off_user_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class StoredEvent:
     event_json: str
     user_ids: tuple[int, ...] = field(default=())
     legacy_skip: bool = False
+    cut_off_user_id: int | None = None
 
     @property
     def event(self) -> dict[str, Any]:
@@ -100,6 +103,7 @@ def append_events(session: Session, realm_id: int, events: Sequence[PendingEvent
                 "event": encode_event(pending.event),
                 "user_ids": json.dumps(sorted(set(pending.user_ids)), separators=(",", ":")),
                 "legacy_skip": pending.legacy_skip,
+                "cut_off_user_id": pending.cut_off_user_id,
             }
             for seq, pending in zip(seqs, kept, strict=True)
         ],
@@ -154,6 +158,28 @@ def realm_positions(session: Session) -> dict[int, int]:
     return {int(realm_id): int(seq) for realm_id, seq in rows}
 
 
+# The columns a `StoredEvent` is built from, in `_stored`'s order.
+_STORED_COLUMNS = (
+    OutboxEvent.seq,
+    OutboxEvent.event,
+    OutboxEvent.user_ids,
+    OutboxEvent.legacy_skip,
+    OutboxEvent.cut_off_user_id,
+)
+
+
+def _stored(realm_id: int, row: Any) -> StoredEvent:
+    seq, event_json, user_ids, legacy_skip, cut_off_user_id = row
+    return StoredEvent(
+        realm_id=realm_id,
+        seq=int(seq),
+        event_json=event_json,
+        user_ids=tuple(json.loads(user_ids)),
+        legacy_skip=bool(legacy_skip),
+        cut_off_user_id=int(cut_off_user_id) if cut_off_user_id is not None else None,
+    )
+
+
 def read_events(
     session: Session,
     realm_id: int,
@@ -163,7 +189,7 @@ def read_events(
 ) -> list[StoredEvent]:
     """The realm's outbox rows with `after_seq < seq <= up_to_seq`, in sequence order."""
     query = (
-        select(OutboxEvent.seq, OutboxEvent.event, OutboxEvent.user_ids, OutboxEvent.legacy_skip)
+        select(*_STORED_COLUMNS)
         .where(OutboxEvent.realm_id == realm_id, OutboxEvent.seq > after_seq)
         .order_by(OutboxEvent.seq)
     )
@@ -171,16 +197,7 @@ def read_events(
         query = query.where(OutboxEvent.seq <= up_to_seq)
     if limit is not None:
         query = query.limit(limit)
-    return [
-        StoredEvent(
-            realm_id=realm_id,
-            seq=int(seq),
-            event_json=event_json,
-            user_ids=tuple(json.loads(user_ids)),
-            legacy_skip=bool(legacy_skip),
-        )
-        for seq, event_json, user_ids, legacy_skip in session.execute(query)
-    ]
+    return [_stored(realm_id, row) for row in session.execute(query)]
 
 
 def read_user_events(
@@ -191,7 +208,7 @@ def read_user_events(
     Walks the recipient index, so rebuilding a queue reads only its user's events.
     """
     query = (
-        select(OutboxEvent.seq, OutboxEvent.event, OutboxEvent.user_ids, OutboxEvent.legacy_skip)
+        select(*_STORED_COLUMNS)
         .join(
             OutboxRecipient,
             (OutboxRecipient.realm_id == OutboxEvent.realm_id)
@@ -206,10 +223,7 @@ def read_user_events(
         .order_by(OutboxRecipient.seq)
         .limit(limit)
     )
-    return [
-        StoredEvent(realm_id, int(seq), event_json, tuple(json.loads(user_ids)), bool(skip))
-        for seq, event_json, user_ids, skip in session.execute(query)
-    ]
+    return [_stored(realm_id, row) for row in session.execute(query)]
 
 
 def outbox_pruned_seq(session: Session, realm_id: int) -> int:

@@ -149,7 +149,8 @@ class OutboxEvent(Base):
     `seq` is gap-free per realm and equals commit order (DESIGN.md §4). `event` is the
     compact JSON the clients receive (without the per-queue `id`), `user_ids` the JSON
     list of recipients computed at write time. `legacy_skip` marks events that queues
-    on the legacy deactivation path do not receive.
+    on the legacy deactivation path do not receive; `cut_off_user_id` marks the event
+    after which a deactivated user's queues stop.
     """
 
     __tablename__ = "outbox_event"
@@ -161,6 +162,10 @@ class OutboxEvent(Base):
     event: Mapped[str] = mapped_column(Text)
     user_ids: Mapped[str] = mapped_column(Text)
     legacy_skip: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set on a user's deactivation event: once routed, that user's queues are cut off
+    # (waiting polls get USER_DEACTIVATED, queues and descriptors are deleted). A typed
+    # column, so the consumer never has to recognise a deactivation by its JSON.
+    cut_off_user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

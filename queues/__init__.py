@@ -22,7 +22,7 @@ from queues.descriptor import (
     uses_legacy_deactivation,
     version_tuple,
 )
-from queues.gc import GC_INTERVAL_SECS, collect_garbage
+from queues.gc import GC_INTERVAL_SECS, find_expired
 from queues.queue import (
     MAX_QUEUE_LENGTH,
     BadLastEventId,
@@ -52,7 +52,7 @@ __all__ = [
     "RouteResult",
     "SharedEvent",
     "clamp_lifespan",
-    "collect_garbage",
+    "find_expired",
     "parse_legacy_rules",
     "parse_user_agent",
     "route",

@@ -1,7 +1,7 @@
-"""The periodic sweep that removes idle queues (no waiting poll, no activity
-for their lifespan). The server schedules `collect_garbage` every
-`GC_INTERVAL_SECS` and handles what it returns (e.g. forgets their durable
-descriptors); this module only decides and unregisters.
+"""The periodic sweep that finds idle queues (no waiting poll, no activity for
+their lifespan). The server calls `find_expired` every `GC_INTERVAL_SECS` and
+removes what it returns through its one removal path (which also forgets their
+durable descriptors); this module only decides.
 
 Not thread-safe; call from the IOLoop.
 """
@@ -17,10 +17,8 @@ from queues.registry import QueueRegistry
 GC_INTERVAL_SECS = 60
 
 
-def collect_garbage(registry: QueueRegistry, now: float) -> list[ClientDescriptor]:
-    """Remove and return every expired descriptor. A client with a waiting
-    poll is never collected (see `ClientDescriptor.expired`)."""
-    expired = [client for client in registry if client.expired(now)]
-    for client in expired:
-        registry.remove(client.queue_id)
-    return expired
+def find_expired(registry: QueueRegistry, now: float) -> list[ClientDescriptor]:
+    """Every expired descriptor, in registration order; the registry is not
+    changed. A client with a waiting poll never expires (see
+    `ClientDescriptor.expired`)."""
+    return [client for client in registry if client.expired(now)]

@@ -37,9 +37,8 @@ class QueueRegistry:
         return queue_id in self._by_queue_id
 
     def add(self, client: ClientDescriptor) -> None:
-        assert client.queue_id not in self._by_queue_id, (
-            f"queue {client.queue_id!r} registered twice: queue ids must be unique"
-        )
+        if client.queue_id in self._by_queue_id:
+            raise ValueError(f"queue {client.queue_id!r} registered twice: ids must be unique")
         self._by_queue_id[client.queue_id] = client
         self._by_user.setdefault(client.user_id, {})[client.queue_id] = client
         self._by_realm.setdefault(client.realm_id, {})[client.queue_id] = client
@@ -66,14 +65,6 @@ class QueueRegistry:
         """The realm's queues in registration order (a new list)."""
         queues = self._by_realm.get(realm_id)
         return [] if queues is None else list(queues.values())
-
-    def remove_user(self, user_id: int) -> list[ClientDescriptor]:
-        """Drop every queue of a user (on deactivation) and return them, so
-        the server can answer their waiting polls."""
-        removed = self.for_user(user_id)
-        for client in removed:
-            self.remove(client.queue_id)
-        return removed
 
 
 def _discard(index: dict[int, dict[str, ClientDescriptor]], key: int, queue_id: str) -> None:

@@ -26,13 +26,15 @@ class RouteResult:
 
     # Clients that accepted the event and have a waiting poll: answer them.
     woken: list[ClientDescriptor] = field(default_factory=list)
-    # Clients whose queue overflowed; already removed from the registry. If
-    # one had a waiting poll, answer it with BAD_EVENT_QUEUE_ID.
+    # Clients whose queue overflowed (the event was not pushed). They are still
+    # registered: the caller drops them through its one removal path, which also
+    # answers a waiting poll with BAD_EVENT_QUEUE_ID.
     overflowed: list[ClientDescriptor] = field(default_factory=list)
 
 
 def route(registry: QueueRegistry, event: SharedEvent) -> RouteResult:
-    """Offer ``event`` to every queue of its target users."""
+    """Offer ``event`` to every queue of its target users. Changes no index: what to
+    do with woken and overflowed clients is the caller's business."""
     result = RouteResult()
     for user_id in event.user_ids:
         for client in registry.for_user(user_id):
@@ -43,7 +45,6 @@ def route(registry: QueueRegistry, event: SharedEvent) -> RouteResult:
             try:
                 accepted = client.deliver(event)
             except QueueOverflow:
-                registry.remove(client.queue_id)
                 result.overflowed.append(client)
                 continue
             if accepted and client.waiter is not None:

@@ -10,14 +10,17 @@ from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
 from server.errors import BadRequest
 from server.http import ApiHandler
+from server.live_queues import WakeReason
 from server.params import check_bool, check_dict, check_int, check_list, check_str_list
 from server.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION, RegisterRequest
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+# `zulip_merge_base` is "" (Zulip: "if unavailable"): eventq is not a fork of Zulip's
+# server repository, so it has no merge base with it.
 VERSION_FIELDS = {
     "zulip_version": ZULIP_VERSION,
     "zulip_feature_level": ZULIP_FEATURE_LEVEL,
-    "zulip_merge_base": ZULIP_VERSION,
+    "zulip_merge_base": "",
 }
 
 
@@ -25,14 +28,19 @@ class ServerSettingsHandler(ApiHandler):
     """`GET /api/v1/server_settings`: what a client checks before it logs in."""
 
     def get(self) -> None:
+        # Only what eventq does: it sends no push notifications, and the only way to
+        # authenticate is an API key with the account's email (no password, email or
+        # external login), so no login method is offered. No realm-specific keys: the
+        # endpoint is answered for the whole server, like Zulip's root domain.
         self.send_success(
             {
                 **VERSION_FIELDS,
                 "push_notifications_enabled": False,
                 "is_incompatible": False,
-                "email_auth_enabled": True,
+                "email_auth_enabled": False,
                 "require_email_format_usernames": True,
                 "authentication_methods": {"password": False, "dev": False, "email": False},
+                "external_authentication_methods": [],
             }
         )
 
@@ -81,7 +89,7 @@ class EventsHandler(ApiHandler):
     """`GET /api/v1/events` (long-poll) and `DELETE /api/v1/events`."""
 
     _queue_id: str | None = None
-    _waiter: asyncio.Future[str] | None = None
+    _waiter: asyncio.Future[WakeReason] | None = None
 
     async def get(self) -> None:
         user = await self.authenticate()

@@ -1,20 +1,29 @@
-"""The event service: live queues, register, long-polls, and the outbox consumer.
+"""The event service: what the handlers call (register, long-poll, delete) and the
+composition of the parts that keep queues fed.
 
-Runs on the Tornado (asyncio) event loop; not thread-safe. Every database call goes
-through `EventService.run_db`, a thread pool, so the loop never blocks on SQL.
+The parts, each in its own module:
 
-Delivery. The consumer reads each realm's outbox strictly in sequence order and routes
-every row through `queues.routing.route` to the queues of its recipients. PostgreSQL
-wakes it with NOTIFY (a listener thread); on SQLite it polls the realm counters every
-`SQLITE_POLL_INTERVAL_SECS`. `_delivered[realm]` is the newest sequence number routed.
+* `server.live_queues` — the queues in memory and each queue's lifecycle;
+* `server.consumer` — routes committed outbox rows to them, realm by realm, in order;
+* `server.wakeup` — tells the consumer that rows were committed (LISTEN or a watcher);
+* `server.maintenance` — checkpoints, deletions, expiry, eviction, outbox pruning;
+* `server.database_threads` — runs blocking database work off the event loop.
 
 Queues are a cache. A queue's durable descriptor records its filter and a checkpoint
 (outbox seq, event id); replaying the outbox after the checkpoint through the same
-filter reproduces the same event IDs (`queues.queue`). So `register` only writes the
-descriptor and then *activates* the queue, and a queue missing from memory (after a
-restart) is activated the same way on its first poll: `_activate` replays the outbox
-from the queue's position up to `_delivered[realm]` and adds the queue to the registry
-with no await in between, so the consumer's next row is the queue's next row.
+filter reproduces the same event IDs (`queues.queue`). So `register` writes the
+descriptor and then *activates* the queue, and a queue missing from memory (evicted,
+or after a restart) is activated the same way on its first poll: `_catch_up` replays
+the owner's outbox rows up to what the consumer has routed and the queue joins the
+registry with no await in between, so the consumer's next row is the queue's next row.
+
+Deactivation. A queue is claimed in memory (`LiveQueues.begin_activation`) *before*
+the snapshot that checks its owner is active; a deactivation committed after that
+snapshot is routed later and finds the queue (activating or warm) to cut off, and one
+committed before it is seen by the check. Either way no queue of a deactivated user
+outlives the cut-off.
+
+Runs on the event loop; not thread-safe.
 """
 
 from __future__ import annotations
@@ -23,40 +32,16 @@ import asyncio
 import logging
 import random
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import psycopg
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
-from models.database import SQLITE_BUSY_TIMEOUT_SECS, Database
-from models.descriptors import (
-    CheckpointUpdate,
-    DescriptorRecord,
-    create_descriptor,
-    delete_descriptors,
-    delete_descriptors_behind,
-    delete_expired_descriptors,
-    delete_user_descriptors,
-    load_descriptor,
-    prunable_seq,
-    save_checkpoints,
-)
-from models.outbox import (
-    NOTIFY_CHANNEL,
-    StoredEvent,
-    outbox_pruned_seq,
-    prune_outbox,
-    read_events,
-    read_user_events,
-    realm_positions,
-)
+from models.database import Database
+from models.descriptors import DescriptorRecord, create_descriptor, load_descriptor
+from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import Realm, UserProfile
 from queues.descriptor import (
@@ -66,12 +51,23 @@ from queues.descriptor import (
     parse_user_agent,
     uses_legacy_deactivation,
 )
-from queues.gc import GC_INTERVAL_SECS, collect_garbage
 from queues.queue import BadLastEventId, EventQueue, QueueOverflow
 from queues.registry import QueueRegistry
-from queues.routing import route
-from queues.types import Capabilities, SharedEvent
+from queues.types import Capabilities
+from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
+from server.database_threads import DatabaseThreads
 from server.errors import BadEventQueueId, BadRequest, UserDeactivated
+from server.live_queues import (
+    DropCause,
+    LiveQueue,
+    LiveQueues,
+    QueueDropped,
+    QueueState,
+    Wake,
+    WakeReason,
+)
+from server.maintenance import Maintenance
+from server.wakeup import WakeupSource, wakeup_source_for
 
 log = logging.getLogger("eventq.service")
 
@@ -83,37 +79,13 @@ R = TypeVar("R")
 # inside that and keeps proxies from closing idle connections.
 HEARTBEAT_MIN_SECS = 45.0
 HEARTBEAT_MAX_SECS = 55.0
-# SQLite has no NOTIFY: a watcher thread reads `PRAGMA data_version` (a counter SQLite
-# bumps when another connection commits) every 5 ms and wakes the consumer when it
-# changes. The pragma touches no table, so idling costs little CPU (see README), and
-# the median delivery delay stays under the interval plus one request.
-SQLITE_POLL_INTERVAL_SECS = 0.005
-# NOTIFY (PostgreSQL) and the watcher (SQLite) wake the consumer; this slow poll only
-# covers a wake-up lost while the listener reconnected.
-SAFETY_POLL_SECS = 1.0
-# Acknowledged positions are written behind, batched: a stale checkpoint only means a
-# longer replay after a crash, never a lost or renumbered event.
-CHECKPOINT_FLUSH_INTERVAL_SECS = 1.0
-# Rows read per outbox query: bounds the memory of one catch-up step.
-OUTBOX_BATCH_SIZE = 1000
-# Database threads: enough for concurrent registers and polls of cold queues while
-# the consumer reads; SQLite serializes writers anyway.
-DATABASE_THREADS = 8
-# After an error (database down), the consumer and the listener retry this often.
-RECONNECT_DELAY_SECS = 1.0
-# A queue with no poll for this long leaves memory (its descriptor stays); its next poll
-# rebuilds it from the outbox. A minute keeps active clients, which poll at least every
-# 55 s, in memory, while idle ones cost nothing.
-COLD_QUEUE_IDLE_SECS = 60.0
-# Outbox rows stay at least this long even when no queue needs them: a short audit trail
-# of what every action wrote.
-OUTBOX_MIN_RETENTION_SECS = 3600.0
-# At most this many rows per realm are kept for queues that fall behind: about a week of
-# a busy realm. A queue further behind is dropped and its client re-registers.
-OUTBOX_MAX_EVENTS_PER_REALM = 1_000_000
-# Zulip's feature level whose deactivation sequence eventq implements (DESIGN.md §4).
+# Zulip's feature level whose deactivation sequence eventq implements
+# (docs/architecture.md §4).
 ZULIP_FEATURE_LEVEL = 377
 ZULIP_VERSION = "11.0-eventq"
+# A poll that finds its queue half-built by another poll whose build then failed on a
+# transient error builds it itself; past this many tries it gives up.
+MAX_ACTIVATION_TRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,22 +119,11 @@ class PollAnswer:
     heartbeat: bool = False
 
 
-# What ends a waiting poll (the waiter future's result).
-WAKE_EVENTS = "events"
-WAKE_REPLACED = "replaced"
-WAKE_DROPPED = "dropped"
-WAKE_DEACTIVATED = "deactivated"
-WAKE_SHUTDOWN = "shutdown"
-WAKE_CLOSED = "closed"
-
-
-def _is_deactivation(event: dict[str, Any]) -> int | None:
-    """The user id if `event` is a `realm_user` deactivation, else None."""
-    if event.get("type") == "realm_user" and event.get("op") == "update":
-        person = event.get("person", {})
-        if person.get("is_active") is False:
-            return int(person["user_id"])
-    return None
+def _refusal(cause: DropCause, queue_id: str) -> Exception:
+    """What a poll of a queue dropped for `cause` is answered with."""
+    if cause is DropCause.DEACTIVATED:
+        return UserDeactivated()
+    return BadEventQueueId(queue_id)
 
 
 class EventService:
@@ -180,44 +141,35 @@ class EventService:
         self.heartbeat_secs = heartbeat_secs
         self.legacy_rules = tuple(legacy_rules)
         self.clock = clock
-        self.registry = QueueRegistry()
-        self._executor = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="eventq-db")
-        self._delivered: dict[int, int] = {}
-        self._checkpoints: dict[str, tuple[int, int]] = {}
-        self._dirty: set[str] = set()
-        self._dropped: set[str] = set()
-        self._activating: dict[str, asyncio.Future[ClientDescriptor]] = {}
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pending: set[asyncio.Task[Any]] = set()
-        self._stopping = threading.Event()
-        self._listener: threading.Thread | None = None
+        self.threads = DatabaseThreads()
+        self.live = LiveQueues()
+        self.consumer = OutboxConsumer(
+            db, self.threads, self.live, on_drops=self._request_deletions
+        )
+        self.maintenance = Maintenance(db, self.threads, self.live, self.consumer, clock)
+        self._wakeup: WakeupSource = wakeup_source_for(db)
+        self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0
         self._no_polls = asyncio.Event()
         self._no_polls.set()
         self.started = False
 
+    @property
+    def registry(self) -> QueueRegistry:
+        """The warm queues, as routing sees them."""
+        return self.live.registry
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start delivering from the realms' current positions (queues load lazily)."""
-        self._delivered = await self.run_db(self._read_positions)
+        await self.consumer.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._consume_forever(), name="outbox-consumer"),
-            loop.create_task(self._periodic(GC_INTERVAL_SECS, self.collect_garbage), name="gc"),
-            loop.create_task(
-                self._periodic(CHECKPOINT_FLUSH_INTERVAL_SECS, self.flush_checkpoints),
-                name="checkpoints",
-            ),
-        ]
-        watcher = self._listen_forever if self.db.is_postgresql else self._watch_sqlite_forever
-        self._listener = threading.Thread(
-            target=watcher, args=(loop,), name="eventq-outbox-watch", daemon=True
-        )
-        self._listener.start()
+        self._consumer_task = loop.create_task(self.consumer.run_forever(), name="consumer")
+        self.maintenance.start()
+        self._wakeup.start(loop, self.consumer.wake)
         self.started = True
-        log.info("event service started; realms at %s", self._delivered)
+        log.info("event service started; realms at %s", self.consumer.routed)
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Answer every waiting poll, save every checkpoint, stop the background work.
@@ -225,37 +177,48 @@ class EventService:
         Queues stay durable: after a restart clients poll the same `queue_id` with the
         same `last_event_id` and miss nothing.
         """
-        self._stopping.set()
-        for client in list(self.registry):
-            self._wake_client(client, WAKE_SHUTDOWN)
+        self._wakeup.stop()
+        for client in list(self.live.registry):
+            self.live.wake(client, Wake.SHUTDOWN)
         try:
             async with asyncio.timeout(drain_timeout):
                 await self._no_polls.wait()
         except TimeoutError:
             log.warning("%d polls still open at shutdown", self._polls_in_flight)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
-        await self.flush_checkpoints()
-        self._executor.shutdown(wait=True)
-        log.info("event service stopped; %d queues kept for the next start", len(self.registry))
+        if self._consumer_task is not None:
+            self._consumer_task.cancel()
+            await asyncio.gather(self._consumer_task, return_exceptions=True)
+        await self.maintenance.stop()
+        self.threads.shutdown()
+        log.info("event service stopped; %d queues kept for the next start", len(self.live))
 
     async def run_db(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run blocking database work on the thread pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+        """Run blocking database work on the database threads."""
+        return await self.threads.run(func, *args, **kwargs)
 
-    def _read_positions(self) -> dict[int, int]:
-        with self.db.snapshot() as session:
-            return realm_positions(session)
+    def wake_consumer(self) -> None:
+        """Ask the consumer to look for new outbox rows now."""
+        self.consumer.wake()
 
-    async def _periodic(self, interval: float, work: Callable[[], Any]) -> None:
-        while True:
-            await asyncio.sleep(interval)  # a timer, not a wait for a condition
-            try:
-                await work()
-            except Exception:
-                log.exception("periodic %s failed; retrying next interval", work.__name__)
+    def _request_deletions(self) -> None:
+        self.maintenance.request_deletions()
+
+    # Maintenance and delivery entry points, for tests, benchmarks and the CLI.
+
+    async def drain_outbox(self) -> None:
+        await self.consumer.drain()
+
+    async def flush_checkpoints(self) -> None:
+        await self.maintenance.flush_checkpoints()
+
+    async def evict_cold_queues(self) -> int:
+        return await self.maintenance.evict_cold_queues()
+
+    async def prune_outbox_history(self) -> int:
+        return await self.maintenance.prune_outbox_history()
+
+    async def collect_garbage(self) -> None:
+        await self.maintenance.collect_garbage()
 
     # -- register -------------------------------------------------------------------------
 
@@ -272,7 +235,7 @@ class EventService:
         now = self.clock()
         queue_id = secrets.token_hex(16)
 
-        def snapshot_and_descriptor() -> tuple[dict[str, Any], int]:
+        def snapshot_and_descriptor() -> tuple[dict[str, Any], DescriptorRecord]:
             # One snapshot transaction: the state and the outbox position agree.
             with self.db.snapshot() as session:
                 profile = session.get(UserProfile, user.id)
@@ -302,24 +265,22 @@ class EventService:
             )
             with self.db.write() as session:
                 create_descriptor(session, record)
-            return state, int(seq)
+            return state, record
 
-        state, seq = await self.run_db(snapshot_and_descriptor)
-        client = ClientDescriptor(
-            queue_id=queue_id,
-            realm_id=user.realm_id,
-            user_id=user.id,
-            event_types=request.event_types,
-            capabilities=request.capabilities,
-            client_name=client_name,
-            client_version=client_version,
-            lifespan_secs=lifespan,
-            now=now,
-            queue=EventQueue(next_event_id=0, last_seq=seq),
-            legacy_deactivation=legacy,
-        )
-        self._checkpoints[queue_id] = (seq, -1)
-        await self._activate(client)
+        # Claimed before the snapshot: a deactivation committed after it finds this queue.
+        live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+        try:
+            state, record = await self.threads.run(snapshot_and_descriptor)
+            self._load_record(live, record)
+            await self._catch_up(live, check_owner_active=False)
+            self.live.finish_activation(live)
+        except BaseException as error:
+            # The client never learns this queue id: nothing may be left behind.
+            self.live.drop(live, DropCause.ACTIVATION_FAILED)
+            self._request_deletions()
+            if isinstance(error, QueueDropped):
+                raise _refusal(error.cause, queue_id) from None
+            raise
         log.info(
             "registered queue %s for user %d (%s %s, %s sequence, lifespan %ds)",
             queue_id,
@@ -333,102 +294,11 @@ class EventService:
 
     # -- activation (register, and cold queues on first poll) ---------------------------
 
-    async def _activate(self, client: ClientDescriptor) -> ClientDescriptor:
-        """Replay the outbox into `client` up to what the consumer routed, then add it."""
-        pending = self._activating.get(client.queue_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ClientDescriptor] = asyncio.get_running_loop().create_future()
-        self._activating[client.queue_id] = future
-        try:
-            while True:
-                target = self._delivered.get(client.realm_id)
-                if target is None or client.queue.last_seq >= target:
-                    break
-                rows = await self.run_db(
-                    self._read_user_outbox,
-                    client.realm_id,
-                    client.user_id,
-                    client.queue.last_seq,
-                    target,
-                )
-                for row in rows:
-                    if row.seq > client.queue.last_seq:
-                        client.deliver(self._shared(row))
-                # A short page means nothing else up to `target` is addressed to this user.
-                if len(rows) < OUTBOX_BATCH_SIZE and target > client.queue.last_seq:
-                    client.queue.skip(target)
-            # No await between the check above and this line: nothing can be missed.
-            self.registry.add(client)
-            future.set_result(client)
-            return client
-        except QueueOverflow:
-            self._drop(client, "overflowed while catching up")
-            future.set_exception(BadEventQueueId(client.queue_id))
-            raise BadEventQueueId(client.queue_id) from None
-        except BaseException as error:
-            future.set_exception(error)
-            raise
-        finally:
-            del self._activating[client.queue_id]
-            if future.done() and future.exception() is not None:
-                future.exception()  # retrieved: no "never retrieved" warning
-
-    def _read_user_outbox(
-        self, realm_id: int, user_id: int, after: int, up_to: int
-    ) -> list[StoredEvent]:
-        with self.db.snapshot() as session:
-            return read_user_events(session, realm_id, user_id, after, up_to, OUTBOX_BATCH_SIZE)
-
-    def _read_outbox(
-        self, realm_id: int, after: int, up_to: int | None, limit: int
-    ) -> list[StoredEvent]:
-        with self.db.snapshot() as session:
-            return read_events(session, realm_id, after, up_to, limit)
-
-    async def _client_for(self, user: AuthenticatedUser, queue_id: str) -> ClientDescriptor:
-        """The caller's live queue, loading it from its descriptor if it is not in memory.
-
-        Another user's queue, an unknown one and an expired one all raise the same error.
-        """
-        client = self.registry.get(queue_id)
-        if client is None and queue_id not in self._dropped:
-            pending = self._activating.get(queue_id)
-            if pending is not None:
-                client = await asyncio.shield(pending)
-            else:
-                record = await self.run_db(self._load_descriptor, queue_id)
-                now = self.clock()
-                if (
-                    record is not None
-                    and record.user_id == user.id
-                    and now < record.last_active + record.lifespan_secs
-                    and self.registry.get(queue_id) is None
-                ):
-                    client = await self._activate(self._client_from_record(record))
-                else:
-                    client = self.registry.get(queue_id)
-        if client is None or client.user_id != user.id:
-            raise BadEventQueueId(queue_id)
-        return client
-
-    def _load_descriptor(self, queue_id: str) -> DescriptorRecord | None:
-        """The descriptor, or None when there is none or its history was pruned."""
-        with self.db.snapshot() as session:
-            record = load_descriptor(session, queue_id)
-            if record is None:
-                return None
-            if record.checkpoint_seq < outbox_pruned_seq(session, record.realm_id):
-                log.info(
-                    "queue %s is behind the retained outbox; its client must re-register", queue_id
-                )
-                return None
-            return record
-
-    def _client_from_record(self, record: DescriptorRecord) -> ClientDescriptor:
+    def _load_record(self, live: LiveQueue, record: DescriptorRecord) -> None:
+        """Give an activating queue its data, positioned at the descriptor's checkpoint."""
         checkpoint_id = record.checkpoint_event_id
-        self._checkpoints[record.queue_id] = (record.checkpoint_seq, checkpoint_id)
-        return ClientDescriptor(
+        live.checkpoint = (record.checkpoint_seq, checkpoint_id)
+        live.client = ClientDescriptor(
             queue_id=record.queue_id,
             realm_id=record.realm_id,
             user_id=record.user_id,
@@ -446,6 +316,127 @@ class EventService:
             legacy_deactivation=record.legacy_deactivation,
         )
 
+    async def _catch_up(self, live: LiveQueue, *, check_owner_active: bool) -> None:
+        """Replay the owner's outbox rows into the queue up to what the consumer routed.
+
+        With `check_owner_active`, the first read also checks, in the same snapshot,
+        that the owner is still active. Raises `QueueDropped` if the queue was dropped
+        meanwhile (e.g. cut off by the owner's deactivation). Returns with the queue
+        caught up; the caller must add it to the registry without awaiting.
+        """
+        client = live.client
+        if client is None:
+            raise ValueError(f"queue {live.queue_id!r} has no data to catch up")
+        queue = client.queue
+        must_check = check_owner_active
+        while True:
+            target = self.consumer.routed.get(live.realm_id, 0)
+            if queue.last_seq >= target and not must_check:
+                return
+            active, rows = await self.threads.run(
+                self._read_user_outbox,
+                live.realm_id,
+                live.user_id,
+                queue.last_seq,
+                max(target, queue.last_seq),
+                must_check,
+            )
+            must_check = False
+            if live.state is QueueState.DROPPED:
+                raise QueueDropped(live.drop_cause or DropCause.ACTIVATION_FAILED)
+            if not active:
+                self.live.drop(live, DropCause.DEACTIVATED)
+                raise QueueDropped(DropCause.DEACTIVATED)
+            for row in rows:
+                if row.seq > queue.last_seq:
+                    client.deliver(shared_event(row))
+            # A short page means nothing else up to `target` is addressed to this user.
+            if len(rows) < OUTBOX_BATCH_SIZE and target > queue.last_seq:
+                queue.skip(target)
+
+    def _read_user_outbox(
+        self, realm_id: int, user_id: int, after: int, up_to: int, check_active: bool
+    ) -> tuple[bool, list[StoredEvent]]:
+        with self.db.snapshot() as session:
+            active = True
+            if check_active:
+                active = bool(
+                    session.execute(
+                        select(UserProfile.is_active).where(UserProfile.id == user_id)
+                    ).scalar_one_or_none()
+                )
+            if up_to <= after:
+                return active, []
+            rows = read_user_events(session, realm_id, user_id, after, up_to, OUTBOX_BATCH_SIZE)
+            return active, rows
+
+    async def _live_queue_for(self, user: AuthenticatedUser, queue_id: str) -> LiveQueue:
+        """The caller's warm queue, rebuilt from its descriptor if it is not in memory.
+
+        Another user's queue, an unknown one and an expired one all raise the same error.
+        """
+        for _ in range(MAX_ACTIVATION_TRIES):
+            live = self.live.get(queue_id)
+            if live is None:
+                if self.live.is_tombstoned(queue_id):
+                    raise BadEventQueueId(queue_id)
+                live = await self._rebuild(user, queue_id)
+            if live.state is QueueState.ACTIVATING:
+                # Another poll is building it: share that build.
+                await asyncio.gather(asyncio.shield(live.activation), return_exceptions=True)
+            if live.user_id != user.id:
+                raise BadEventQueueId(queue_id)
+            if live.state is QueueState.WARM:
+                return live
+            if live.state is QueueState.DROPPED:
+                raise _refusal(live.drop_cause or DropCause.ACTIVATION_FAILED, queue_id)
+            # The other poll's build failed and left the queue cold: build it ourselves.
+        raise BadEventQueueId(queue_id)
+
+    async def _rebuild(self, user: AuthenticatedUser, queue_id: str) -> LiveQueue:
+        """Activate a cold queue of the caller from its descriptor and the outbox."""
+        record = await self.threads.run(self._load_descriptor, queue_id)
+        now = self.clock()
+        if (
+            record is None
+            or record.user_id != user.id
+            or now >= record.last_active + record.lifespan_secs
+        ):
+            raise BadEventQueueId(queue_id)
+        existing = self.live.get(queue_id)
+        if existing is not None:
+            return existing  # another poll claimed it while we read the descriptor
+        if self.live.is_tombstoned(queue_id):
+            raise BadEventQueueId(queue_id)
+        live = self.live.begin_activation(queue_id, record.realm_id, record.user_id)
+        self._load_record(live, record)
+        try:
+            await self._catch_up(live, check_owner_active=True)
+            self.live.finish_activation(live)
+        except QueueDropped:
+            self._request_deletions()
+        except QueueOverflow:
+            self.live.drop(live, DropCause.OVERFLOWED)
+            self._request_deletions()
+        except BaseException:
+            # A transient failure (the database): the descriptor stays, a poll retries.
+            self.live.make_cold(live)
+            raise
+        return live
+
+    def _load_descriptor(self, queue_id: str) -> DescriptorRecord | None:
+        """The descriptor, or None when there is none or its history was pruned."""
+        with self.db.snapshot() as session:
+            record = load_descriptor(session, queue_id)
+            if record is None:
+                return None
+            if record.checkpoint_seq < outbox_pruned_seq(session, record.realm_id):
+                log.info(
+                    "queue %s is behind the retained outbox; its client must re-register", queue_id
+                )
+                return None
+            return record
+
     # -- long-poll ------------------------------------------------------------------------
 
     async def get_events(
@@ -454,31 +445,33 @@ class EventService:
         queue_id: str,
         last_event_id: int | None,
         dont_block: bool,
-        waiter: asyncio.Future[str] | None = None,
+        waiter: asyncio.Future[WakeReason] | None = None,
     ) -> PollAnswer:
         """Acknowledge up to `last_event_id`, then answer with events or wait for them.
 
         `waiter`, if given, is the future this poll waits on; the caller keeps it to
         end the wait itself (`cancel_wait`) when its connection closes.
         """
-        client = await self._client_for(user, queue_id)
+        live = await self._live_queue_for(user, queue_id)
+        client = live.client
+        if client is None:  # cannot happen: a warm queue has its data
+            raise BadEventQueueId(queue_id)
         client.touch(self.clock())
         queue = client.queue
+        checkpoint = None
         if last_event_id is not None:
             try:
                 queue.check_last_event_id(last_event_id)
             except BadLastEventId as error:
                 raise BadRequest(str(error)) from None
             checkpoint = queue.checkpoint_after_ack(last_event_id)
-            if checkpoint is not None:
-                self._checkpoints[queue_id] = checkpoint
             queue.prune(last_event_id)
-        self._dirty.add(queue_id)
+        self.live.acknowledge(live, checkpoint)
         if not queue.empty() or dont_block:
             return PollAnswer(queue_id, queue.encoded_events())
 
         if client.waiter is not None:
-            self._wake_client(client, WAKE_REPLACED)
+            self.live.wake(client, Wake.REPLACED)
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
         client.waiter = waiter
@@ -488,9 +481,9 @@ class EventService:
             timeout = random.uniform(*self.heartbeat_secs)
             try:
                 async with asyncio.timeout(timeout):
-                    outcome = await asyncio.shield(waiter)
+                    await asyncio.shield(waiter)
             except TimeoutError:
-                outcome = WAKE_SHUTDOWN  # answered like a heartbeat
+                pass  # answered with a heartbeat below
         finally:
             if client.waiter is waiter:
                 client.waiter = None
@@ -498,305 +491,36 @@ class EventService:
             self._polls_in_flight -= 1
             if self._polls_in_flight == 0:
                 self._no_polls.set()
-        if outcome == WAKE_DEACTIVATED:
-            raise UserDeactivated()
-        if outcome == WAKE_DROPPED:
-            raise BadEventQueueId(queue_id)
+        if live.state is QueueState.DROPPED:
+            raise _refusal(live.drop_cause or DropCause.ACTIVATION_FAILED, queue_id)
         if not queue.empty():
             return PollAnswer(queue_id, queue.encoded_events())
         # A heartbeat is not stored: it carries the newest id already handed out, so
-        # acknowledging it never skips a real event (DESIGN.md §5).
+        # acknowledging it never skips a real event (docs/architecture.md §5).
         heartbeat = b'{"type":"heartbeat","id":%d}' % queue.newest_event_id
         return PollAnswer(queue_id, [heartbeat], heartbeat=True)
 
     def cancel_wait(self, queue_id: str, waiter_owner: object) -> None:
         """The HTTP connection of a waiting poll closed: free its slot."""
-        client = self.registry.get(queue_id)
+        client = self.live.registry.get(queue_id)
         if client is not None and client.waiter is waiter_owner:
-            self._wake_client(client, WAKE_CLOSED)
+            self.live.wake(client, Wake.CLOSED)
 
     async def delete_queue(self, user: AuthenticatedUser, queue_id: str) -> None:
         """Delete the caller's queue (`DELETE /events`); durable before it answers."""
-        client = await self._client_for(user, queue_id)
-        self._drop(client, "deleted by its owner")
-        await self._delete_descriptors([queue_id])
+        live = await self._live_queue_for(user, queue_id)
+        self.live.drop(live, DropCause.DELETED)
+        await self.maintenance.delete_dropped()
 
-    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run `work` as a task the service holds until it ends (the loop keeps only weak
-        references, and stop() waits for these)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    def _wake_client(self, client: ClientDescriptor, outcome: str) -> None:
-        waiter = client.waiter
-        if isinstance(waiter, asyncio.Future) and not waiter.done():
-            waiter.set_result(outcome)
-        client.waiter = None
-
-    def _drop(self, client: ClientDescriptor, why: str) -> None:
-        """Remove a queue for good: from memory, and (in the background) its descriptor."""
-        self.registry.remove(client.queue_id)
-        self._wake_client(client, WAKE_DROPPED)
-        self._forget([client.queue_id])
-        log.info("queue %s of user %d dropped: %s", client.queue_id, client.user_id, why)
-
-    def _forget(self, queue_ids: list[str]) -> None:
-        for queue_id in queue_ids:
-            self._dropped.add(queue_id)
-            self._checkpoints.pop(queue_id, None)
-            self._dirty.discard(queue_id)
-        self._background(self._delete_descriptors(queue_ids))
-
-    async def _delete_descriptors(self, queue_ids: list[str]) -> None:
-        def work() -> None:
-            with self.db.write() as session:
-                delete_descriptors(session, queue_ids)
-
-        try:
-            await self.run_db(work)
-            self._dropped.difference_update(queue_ids)
-        except Exception:
-            # Kept in _dropped, so the queue stays gone; the GC sweep deletes the row.
-            log.exception("could not delete descriptors %s; the GC will", queue_ids)
-
-    # -- the outbox consumer --------------------------------------------------------------
-
-    def wake_consumer(self) -> None:
-        """Ask the consumer to look for new outbox rows now."""
-        self._wake.set()
-
-    async def _consume_forever(self) -> None:
-        while True:
-            try:
-                await self.drain_outbox()
-            except Exception as error:
-                log.warning("outbox consumer: %s; retrying in %ss", error, RECONNECT_DELAY_SECS)
-                await asyncio.sleep(RECONNECT_DELAY_SECS)  # a back-off timer
-                continue
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
-            # cancellation that stop() sends when the wake-up lands in the same loop turn,
-            # and the consumer would never exit.
-            try:
-                async with asyncio.timeout(SAFETY_POLL_SECS):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-
-    async def drain_outbox(self) -> None:
-        """Route every committed row not yet routed, realm by realm, in sequence order."""
-        positions = await self.run_db(self._read_positions)
-        for realm_id, newest in positions.items():
-            delivered = self._delivered.setdefault(realm_id, 0)
-            while delivered < newest:
-                rows = await self.run_db(
-                    self._read_outbox, realm_id, delivered, newest, OUTBOX_BATCH_SIZE
-                )
-                if not rows:
-                    break
-                for row in rows:
-                    self._route(row)
-                delivered = self._delivered[realm_id] = rows[-1].seq
-
-    def _shared(self, row: StoredEvent) -> SharedEvent:
-        return SharedEvent(
-            row.realm_id,
-            row.seq,
-            row.event,
-            row.user_ids,
-            row.legacy_skip,
-            encoded=row.event_json.encode("utf-8"),
-        )
-
-    def _route(self, row: StoredEvent) -> None:
-        event = self._shared(row)
-        result = route(self.registry, event)
-        for client in result.woken:
-            self._wake_client(client, WAKE_EVENTS)
-        for client in result.overflowed:
-            self._wake_client(client, WAKE_DROPPED)
-            self._forget([client.queue_id])
-            log.warning(
-                "queue %s of user %d overflowed and was dropped", client.queue_id, client.user_id
-            )
-        deactivated = _is_deactivation(event.data)
-        if deactivated is not None:
-            self._cut_off_user(deactivated)
-
-    def _cut_off_user(self, user_id: int) -> None:
-        """A deactivated user loses every queue at once; waiting polls get USER_DEACTIVATED."""
-        removed = self.registry.remove_user(user_id)
-        for client in removed:
-            self._wake_client(client, WAKE_DEACTIVATED)
-            self._dropped.add(client.queue_id)
-            self._checkpoints.pop(client.queue_id, None)
-            self._dirty.discard(client.queue_id)
-
-        def work() -> None:
-            with self.db.write() as session:
-                delete_user_descriptors(session, user_id)
-
-        self._background(self.run_db(work))
-        log.info("user %d deactivated: %d live queues deleted", user_id, len(removed))
-
-    def _listen_forever(self, loop: asyncio.AbstractEventLoop) -> None:
-        """PostgreSQL LISTEN in a thread; each NOTIFY wakes the consumer on the loop."""
-        url = make_url(self.db.url).set(drivername="postgresql")
-        conninfo = url.render_as_string(hide_password=False)
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    # Rows committed while we were not listening: look now.
-                    loop.call_soon_threadsafe(self._wake.set)
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            loop.call_soon_threadsafe(self._wake.set)
-            except psycopg.Error as error:
-                log.warning("LISTEN connection lost (%s); reconnecting", str(error).strip())
-                self._stopping.wait(RECONNECT_DELAY_SECS)
-            except RuntimeError:
-                return  # the loop closed under us: the process is exiting
-
-    def _watch_sqlite_forever(self, loop: asyncio.AbstractEventLoop) -> None:
-        """SQLite: wake the consumer whenever another connection has committed."""
-        path = make_url(self.db.url).database
-        if not path or path == ":memory:":
-            return  # one process owns an in-memory database; nothing to watch
-        try:
-            connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECS)
-            try:
-                seen = None
-                while not self._stopping.wait(SQLITE_POLL_INTERVAL_SECS):
-                    version = connection.execute("PRAGMA data_version").fetchone()[0]
-                    if version != seen:
-                        seen = version
-                        loop.call_soon_threadsafe(self._wake.set)
-            finally:
-                connection.close()
-        except RuntimeError:
-            return  # the loop closed under us: the process is exiting
-        except sqlite3.Error:
-            log.exception("SQLite watcher failed; delivery falls back to the slow poll")
-
-    # -- maintenance ----------------------------------------------------------------------
-
-    async def flush_checkpoints(self) -> None:
-        """Write the acknowledged positions and activity times of polled queues."""
-        if not self._dirty:
-            return
-        updates = []
-        for queue_id in self._dirty:
-            client = self.registry.get(queue_id)
-            checkpoint = self._checkpoints.get(queue_id)
-            if client is None or checkpoint is None:
-                continue
-            updates.append(
-                CheckpointUpdate(queue_id, checkpoint[0], checkpoint[1], client.last_active)
-            )
-        self._dirty.clear()
-
-        def work() -> None:
-            with self.db.write() as session:
-                save_checkpoints(session, updates)
-
-        if updates:
-            await self.run_db(work)
-
-    async def evict_cold_queues(self) -> int:
-        """Forget idle queues in memory; their descriptors and the outbox rebuild them.
-
-        A queue without a waiting poll for COLD_QUEUE_IDLE_SECS leaves memory after its
-        checkpoint is saved, so an idle registered queue costs no server memory.
-        """
-        now = self.clock()
-        cold = [
-            c
-            for c in self.registry
-            if c.waiter is None and now - c.last_active >= COLD_QUEUE_IDLE_SECS
-        ]
-        if not cold:
-            return 0
-        self._dirty.update(c.queue_id for c in cold)
-        await self.flush_checkpoints()
-        evicted = 0
-        for client in cold:
-            # A poll may have arrived while the checkpoints were written: keep that one.
-            if client.waiter is None and self.registry.get(client.queue_id) is client:
-                self.registry.remove(client.queue_id)
-                self._checkpoints.pop(client.queue_id, None)
-                evicted += 1
-        log.info("evicted %d cold queues from memory", evicted)
-        return evicted
-
-    async def prune_outbox_history(self) -> int:
-        """Delete outbox rows no queue can need any more (README: retention).
-
-        A row is kept while it is newer than OUTBOX_MIN_RETENTION_SECS, or not yet
-        routed, or after the checkpoint of some queue's descriptor. A realm keeps at most
-        OUTBOX_MAX_EVENTS_PER_REALM rows: descriptors further behind are dropped, so
-        their clients get BAD_EVENT_QUEUE_ID and re-register instead of missing events.
-        """
-        now = self.clock()
-        delivered = dict(self._delivered)
-
-        def work() -> tuple[int, list[str]]:
-            pruned, dropped = 0, []
-            with self.db.write() as session:
-                for realm_id, routed in delivered.items():
-                    limit = prunable_seq(
-                        session,
-                        realm_id,
-                        routed,
-                        now - OUTBOX_MIN_RETENTION_SECS,
-                        OUTBOX_MAX_EVENTS_PER_REALM,
-                    )
-                    if limit is None:
-                        continue
-                    dropped += delete_descriptors_behind(session, realm_id, limit)
-                    pruned += prune_outbox(session, realm_id, limit)
-            return pruned, dropped
-
-        pruned, dropped = await self.run_db(work)
-        for queue_id in dropped:
-            client = self.registry.remove(queue_id)
-            if client is not None:
-                self._wake_client(client, WAKE_DROPPED)
-            self._checkpoints.pop(queue_id, None)
-            self._dirty.discard(queue_id)
-        if pruned or dropped:
-            log.info(
-                "outbox: pruned %d events; dropped %d queues too far behind", pruned, len(dropped)
-            )
-        return pruned
-
-    async def collect_garbage(self) -> None:
-        """Drop queues idle past their lifespan, evict cold ones, prune the outbox."""
-        await self._expire_queues()
-        await self.evict_cold_queues()
-        await self.prune_outbox_history()
-
-    async def _expire_queues(self) -> None:
-        """Drop queues idle past their lifespan, in memory and on disk."""
-        now = self.clock()
-        expired = collect_garbage(self.registry, now)
-        live = {client.queue_id for client in self.registry}
-
-        def work() -> list[str]:
-            with self.db.write() as session:
-                delete_descriptors(session, [c.queue_id for c in expired])
-                return delete_expired_descriptors(session, now, live)
-
-        cold = await self.run_db(work)
-        for client in expired:
-            self._checkpoints.pop(client.queue_id, None)
-            self._dirty.discard(client.queue_id)
-        if expired or cold:
-            log.info("GC: %d live and %d cold queues expired", len(expired), len(cold))
+    # -- admin views ----------------------------------------------------------------------
 
     def summaries(self, realm_id: int | None = None) -> list[dict[str, Any]]:
-        """Every live queue (of one realm), for `eventq queues`."""
+        """Every warm queue (of one realm), for `eventq queues`."""
         now = self.clock()
-        clients = self.registry.for_realm(realm_id) if realm_id is not None else list(self.registry)
+        registry = self.live.registry
+        clients = registry.for_realm(realm_id) if realm_id is not None else list(registry)
         return [client.to_summary(now) for client in clients]
+
+    def delivery_status(self, realm_id: int) -> dict[str, Any]:
+        """How the consumer is doing for one realm, for the admin views."""
+        return self.consumer.status(realm_id)

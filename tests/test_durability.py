@@ -7,12 +7,13 @@ import json
 import pytest
 
 import queues.queue
-import server.service
+import server.maintenance
 from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import outbox_count, outbox_pruned_seq
 from server.errors import BadEventQueueId
-from server.service import COLD_QUEUE_IDLE_SECS, OUTBOX_MIN_RETENTION_SECS, EventService
+from server.maintenance import COLD_QUEUE_IDLE_SECS, OUTBOX_MIN_RETENTION_SECS
+from server.service import EventService, PollAnswer
 from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements
 from tests.test_service import FakeClock, create_stream, owner, request
@@ -20,7 +21,7 @@ from tests.test_service import FakeClock, create_stream, owner, request
 DAY = 24 * 3600
 
 
-def ids(answer: server.service.PollAnswer) -> list[int]:
+def ids(answer: PollAnswer) -> list[int]:
     return [json.loads(event)["id"] for event in answer.events]
 
 
@@ -105,8 +106,8 @@ async def test_outbox_is_pruned_once_no_queue_needs_it(db: Database, realm: Samp
 async def test_a_queue_too_far_behind_is_dropped_cleanly(
     db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server.service, "OUTBOX_MIN_RETENTION_SECS", -DAY)
-    monkeypatch.setattr(server.service, "OUTBOX_MAX_EVENTS_PER_REALM", 2)
+    monkeypatch.setattr(server.maintenance, "OUTBOX_MIN_RETENTION_SECS", -DAY)
+    monkeypatch.setattr(server.maintenance, "OUTBOX_MAX_EVENTS_PER_REALM", 2)
     service = EventService(db)
     await service.start()
     try:

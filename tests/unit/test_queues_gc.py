@@ -1,7 +1,7 @@
 """Tests for queues.gc: the idle-queue sweep."""
 
 from queues.descriptor import ClientDescriptor
-from queues.gc import GC_INTERVAL_SECS, collect_garbage
+from queues.gc import GC_INTERVAL_SECS, find_expired
 from queues.queue import EventQueue
 from queues.registry import QueueRegistry
 from queues.types import Capabilities
@@ -36,19 +36,17 @@ def test_collects_only_expired_idle_clients() -> None:
     for client in (old, fresh, waiting):
         registry.add(client)
 
-    assert collect_garbage(registry, now=599.0) == []
-    assert collect_garbage(registry, now=600.0) == [old]
-    assert list(registry) == [fresh, waiting]
-    assert registry.for_user(1) == [fresh, waiting]
+    assert find_expired(registry, now=599.0) == []
+    assert find_expired(registry, now=600.0) == [old]
+    assert list(registry) == [old, fresh, waiting], "finding changes nothing"
+    registry.remove(old.queue_id)
 
     # A waiting poll protects the client however old it is; once the poll is
     # answered and the client goes quiet, it is collected.
-    assert collect_garbage(registry, now=1100.0) == [fresh]
-    assert list(registry) == [waiting]
+    assert find_expired(registry, now=1100.0) == [fresh]
+    registry.remove(fresh.queue_id)
     waiting.waiter = None
-    assert collect_garbage(registry, now=1100.0) == [waiting]
-    assert len(registry) == 0
-    assert registry.for_user(1) == []
+    assert find_expired(registry, now=1100.0) == [waiting]
 
 
 def test_touch_postpones_collection() -> None:
@@ -56,5 +54,5 @@ def test_touch_postpones_collection() -> None:
     client = make_client("c", now=0.0)
     registry.add(client)
     client.touch(550.0)
-    assert collect_garbage(registry, now=700.0) == []
-    assert collect_garbage(registry, now=1150.0) == [client]
+    assert find_expired(registry, now=700.0) == []
+    assert find_expired(registry, now=1150.0) == [client]

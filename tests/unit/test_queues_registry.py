@@ -33,7 +33,6 @@ def test_empty_registry() -> None:
     assert registry.remove("q") is None
     assert registry.for_user(1) == []
     assert registry.for_realm(1) == []
-    assert registry.remove_user(1) == []
 
 
 def test_add_and_lookup() -> None:
@@ -54,7 +53,7 @@ def test_add_and_lookup() -> None:
 def test_add_duplicate_asserts() -> None:
     registry = QueueRegistry()
     registry.add(make_client("a", 1))
-    with pytest.raises(AssertionError, match="registered twice"):
+    with pytest.raises(ValueError, match="registered twice"):
         registry.add(make_client("a", 2))
 
 
@@ -82,12 +81,13 @@ def test_iteration_is_a_snapshot() -> None:
     assert len(registry) == 0
 
 
-def test_remove_user() -> None:
+def test_removing_a_users_queues_empties_their_index() -> None:
     registry = QueueRegistry()
     a, b, c = make_client("a", 1), make_client("b", 2), make_client("c", 1)
     for client in (a, b, c):
         registry.add(client)
-    assert registry.remove_user(1) == [a, c]
+    for client in registry.for_user(1):
+        registry.remove(client.queue_id)
     assert list(registry) == [b]
     assert registry.for_user(1) == []
     assert registry.for_realm(1) == [b]

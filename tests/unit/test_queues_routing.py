@@ -105,7 +105,7 @@ def test_route_skips_other_realms() -> None:
     assert other.queue.empty()
 
 
-def test_route_removes_overflowed_queue() -> None:
+def test_route_reports_overflowed_queue_and_leaves_removal_to_the_caller() -> None:
     registry = QueueRegistry()
     full = make_client("full", 1)
     healthy = make_client("ok", 1)
@@ -120,6 +120,6 @@ def test_route_removes_overflowed_queue() -> None:
 
     assert result.overflowed == [full]
     assert result.woken == []
-    assert "full" not in registry
-    assert registry.for_user(1) == [healthy]
+    assert "full" in registry, "removal is the caller's one removal path"
+    assert len(full.queue) == MAX_QUEUE_LENGTH, "the overflowing event was not pushed"
     assert len(healthy.queue) == 1

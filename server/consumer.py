@@ -1,0 +1,207 @@
+"""The outbox consumer: reads each realm's committed events in sequence and routes them.
+
+`routed[realm]` is the newest outbox sequence number routed to the live queues of this
+process; rows are routed strictly in order, one realm at a time, and `routed` moves
+with every row, so a queue being built (`EventService`) can catch up to it and join
+the registry with nothing missed.
+
+A failure stays in its realm: a row that cannot be routed (or a read that fails) stops
+that realm only, is logged with its traceback and counted, and the realm is retried
+with a doubling delay capped at `MAX_RETRY_DELAY_SECS`; every other realm goes on. The
+realm never skips the row: its order and IDs are the delivery guarantee. `status`
+reports it to the admin views. A large batch yields to the event loop every
+`ROWS_PER_YIELD` rows, so waiting polls are answered while it is routed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from models.database import Database
+from models.outbox import StoredEvent, read_events, realm_positions
+from queues.routing import route
+from queues.types import SharedEvent
+from server.database_threads import DatabaseThreads
+from server.live_queues import LiveQueues
+
+log = logging.getLogger("eventq.consumer")
+
+# Rows read per outbox query: bounds the memory of one catch-up step.
+OUTBOX_BATCH_SIZE = 1000
+# Routing a row to 10,000 queues takes a few milliseconds; yielding every 100 rows keeps
+# a large catch-up from stalling the loop (and every poll's answer) for long.
+ROWS_PER_YIELD = 100
+# NOTIFY (PostgreSQL) and the watcher (SQLite) wake the consumer; this slow poll only
+# covers a wake-up lost while the listener reconnected.
+SAFETY_POLL_SECS = 1.0
+# A failing realm is retried after 1, 2, 4 ... seconds, never more than a minute apart:
+# fast enough to recover soon after a transient fault, slow enough that a row that
+# always fails does not flood the log with tracebacks.
+FIRST_RETRY_DELAY_SECS = 1.0
+MAX_RETRY_DELAY_SECS = 60.0
+
+
+@dataclass(slots=True)
+class RealmFailure:
+    """A realm whose delivery is stopped by an error, and when it is tried again."""
+
+    consecutive: int
+    last_error: str
+    retry_at: float
+
+
+def shared_event(row: StoredEvent) -> SharedEvent:
+    """The in-memory event every accepting queue of this process shares."""
+    return SharedEvent(
+        row.realm_id,
+        row.seq,
+        row.event,
+        row.user_ids,
+        row.legacy_skip,
+        encoded=row.event_json.encode("utf-8"),
+    )
+
+
+class OutboxConsumer:
+    """Routes committed outbox rows to the live queues, realm by realm, in order."""
+
+    def __init__(
+        self,
+        db: Database,
+        threads: DatabaseThreads,
+        live: LiveQueues,
+        *,
+        on_drops: Callable[[], None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.threads = threads
+        self.live = live
+        self.routed: dict[int, int] = {}
+        # Routing failures so far, per realm (a realm id is a bounded label).
+        self.failure_counts: Counter[int] = Counter()
+        self._failures: dict[int, RealmFailure] = {}
+        self._on_drops = on_drops
+        self._monotonic = monotonic
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start from the realms' current positions: earlier rows belong to queues that
+        are rebuilt from their descriptors when they are next polled."""
+        self.routed = await self.threads.run(self._read_positions)
+
+    def wake(self) -> None:
+        """New rows may exist: look now."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        """Drain, then sleep until woken (or the safety poll, or a realm's retry)."""
+        while True:
+            try:
+                await self.drain()
+            except Exception as error:  # the positions query: the database is down
+                log.warning("outbox consumer: %s; retrying in %ss", error, FIRST_RETRY_DELAY_SECS)
+                await asyncio.sleep(FIRST_RETRY_DELAY_SECS)  # a back-off timer
+                continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stop() sends when the wake-up lands in the same loop turn.
+            try:
+                async with asyncio.timeout(self._next_wait()):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _next_wait(self) -> float:
+        if not self._failures:
+            return SAFETY_POLL_SECS
+        soonest = min(failure.retry_at for failure in self._failures.values())
+        return max(0.0, min(SAFETY_POLL_SECS, soonest - self._monotonic()))
+
+    async def drain(self) -> None:
+        """Route every committed row not yet routed, realm by realm; a realm that fails
+        is recorded and skipped until its retry time."""
+        positions = await self.threads.run(self._read_positions)
+        for realm_id, newest in positions.items():
+            failure = self._failures.get(realm_id)
+            if failure is not None and self._monotonic() < failure.retry_at:
+                continue
+            try:
+                await self._drain_realm(realm_id, newest)
+            except Exception as error:
+                self._record_failure(realm_id, error)
+            else:
+                if self._failures.pop(realm_id, None) is not None:
+                    log.info("realm %d: delivery resumed at seq %d", realm_id, newest)
+
+    async def _drain_realm(self, realm_id: int, newest: int) -> None:
+        routed_before = self.routed.setdefault(realm_id, 0)
+        while self.routed[realm_id] < newest:
+            rows = await self.threads.run(
+                self._read_rows, realm_id, self.routed[realm_id], newest, OUTBOX_BATCH_SIZE
+            )
+            if not rows:
+                break
+            for index, row in enumerate(rows, start=1):
+                self._route(row)
+                # Per row, before any yield: an activation catching up reads this.
+                self.routed[realm_id] = row.seq
+                if index % ROWS_PER_YIELD == 0:
+                    await asyncio.sleep(0)  # let waiting polls be answered
+        if self.live.tombstone_count and self.routed[realm_id] != routed_before:
+            self._on_drops()
+
+    def _route(self, row: StoredEvent) -> None:
+        # Decoding first: a row that cannot be decoded fails before any queue saw it.
+        event = shared_event(row)
+        self.live.after_route(route(self.live.registry, event))
+        if row.cut_off_user_id is not None:
+            self.live.cut_off_user(row.cut_off_user_id, row.seq)
+
+    def _record_failure(self, realm_id: int, error: Exception) -> None:
+        previous = self._failures.get(realm_id)
+        consecutive = 1 if previous is None else previous.consecutive + 1
+        delay = min(MAX_RETRY_DELAY_SECS, FIRST_RETRY_DELAY_SECS * 2 ** (consecutive - 1))
+        self.failure_counts[realm_id] += 1
+        self._failures[realm_id] = RealmFailure(
+            consecutive=consecutive,
+            last_error=f"{type(error).__name__}: {error}",
+            retry_at=self._monotonic() + delay,
+        )
+        log.error(
+            "realm %d: cannot route the outbox after seq %d (failure %d in a row); "
+            "its delivery is paused, other realms go on; retrying in %.0fs",
+            realm_id,
+            self.routed.get(realm_id, 0),
+            consecutive,
+            delay,
+            exc_info=error,
+        )
+
+    def status(self, realm_id: int) -> dict[str, Any]:
+        """The realm's delivery, for the admin views."""
+        failure = self._failures.get(realm_id)
+        return {
+            "routed_seq": self.routed.get(realm_id, 0),
+            "failing": failure is not None,
+            "consecutive_failures": failure.consecutive if failure else 0,
+            "last_error": failure.last_error if failure else None,
+            "retry_in_secs": max(0.0, failure.retry_at - self._monotonic()) if failure else None,
+            "failures_total": self.failure_counts[realm_id],
+        }
+
+    def _read_positions(self) -> dict[int, int]:
+        with self.db.snapshot() as session:
+            return realm_positions(session)
+
+    def _read_rows(
+        self, realm_id: int, after: int, up_to: int | None, limit: int
+    ) -> list[StoredEvent]:
+        with self.db.snapshot() as session:
+            return read_events(session, realm_id, after, up_to, limit)

@@ -1,0 +1,38 @@
+"""The bridge from the event loop to blocking database work: a bounded thread pool.
+
+The Tornado loop never runs SQL itself; everything that touches the database goes
+through `DatabaseThreads.run`, which hands the call to one of a few worker threads and
+awaits its result. SQLAlchemy sessions are opened and closed inside the worker call, so
+no session ever crosses threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Enough threads for concurrent registers and cold-queue rebuilds while the consumer
+# reads; more would only queue on the connection pool (and SQLite serializes writers
+# anyway).
+DATABASE_THREADS = 8
+
+
+class DatabaseThreads:
+    """Runs blocking callables on worker threads and awaits them from the loop."""
+
+    def __init__(self, threads: int = DATABASE_THREADS) -> None:
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="eventq-db")
+
+    async def run(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`func(*args, **kwargs)` on a worker thread; its exception is raised here."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+
+    def shutdown(self) -> None:
+        """Wait for the calls in flight, then stop the threads."""
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,246 @@
+"""Maintenance of the live queues and the outbox: the work no request waits for.
+
+* checkpoints: acknowledged positions and activity times are written behind, batched,
+  every `CHECKPOINT_FLUSH_INTERVAL_SECS` (a stale checkpoint only means a longer replay
+  after a crash, never a lost or renumbered event);
+* deletions: the descriptors of dropped queues and of deactivated users are deleted as
+  soon as they are dropped, and retried by every sweep until the deletion commits;
+* the sweep, every `GC_INTERVAL_SECS`: queues idle past their lifespan are dropped
+  (expiry), queues idle for `COLD_QUEUE_IDLE_SECS` leave memory (eviction), and outbox
+  rows no queue can need any more are deleted (pruning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from models.database import Database
+from models.descriptors import (
+    CheckpointUpdate,
+    delete_descriptors,
+    delete_descriptors_behind,
+    delete_expired_descriptors,
+    delete_user_descriptors,
+    prunable_seq,
+    save_checkpoints,
+)
+from models.outbox import prune_outbox
+from queues.gc import GC_INTERVAL_SECS, find_expired
+from server.consumer import OutboxConsumer
+from server.database_threads import DatabaseThreads
+from server.live_queues import DropCause, LiveQueue, LiveQueues, PendingDeletions, QueueState
+
+log = logging.getLogger("eventq.maintenance")
+
+# Acknowledged positions are written behind, batched, this often.
+CHECKPOINT_FLUSH_INTERVAL_SECS = 1.0
+# A queue with no poll for this long leaves memory (its descriptor stays); its next poll
+# rebuilds it from the outbox. A minute keeps active clients, which poll at least every
+# 55 s, in memory, while idle ones cost nothing.
+COLD_QUEUE_IDLE_SECS = 60.0
+# Outbox rows stay at least this long even when no queue needs them: a short audit trail
+# of what every action wrote.
+OUTBOX_MIN_RETENTION_SECS = 3600.0
+# At most this many rows per realm are kept for queues that fall behind: about a week of
+# a busy realm. A queue further behind is dropped and its client re-registers.
+OUTBOX_MAX_EVENTS_PER_REALM = 1_000_000
+
+
+class Maintenance:
+    """Checkpoints, deletions, expiry, eviction and pruning for one process."""
+
+    def __init__(
+        self,
+        db: Database,
+        threads: DatabaseThreads,
+        live: LiveQueues,
+        consumer: OutboxConsumer,
+        clock: Callable[[], float],
+    ) -> None:
+        self.db = db
+        self.threads = threads
+        self.live = live
+        self.consumer = consumer
+        self.clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deleting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._every(GC_INTERVAL_SECS, self.collect_garbage), name="gc"),
+            loop.create_task(
+                self._every(CHECKPOINT_FLUSH_INTERVAL_SECS, self.flush_checkpoints),
+                name="checkpoints",
+            ),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the timers, finish the deletion in flight, write every checkpoint."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._deleting is not None:
+            await asyncio.gather(self._deleting, return_exceptions=True)
+        await self.flush_checkpoints()
+
+    async def _every(self, interval: float, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        while True:
+            await asyncio.sleep(interval)  # a timer, not a wait for a condition
+            try:
+                await work()
+            except Exception:
+                log.exception("%s failed; retrying next interval", work.__name__)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    async def flush_checkpoints(self, queues: list[LiveQueue] | None = None) -> None:
+        """Write the acknowledged positions and activity times of polled queues."""
+        updates = self.live.take_checkpoints(queues)
+        if not updates:
+            return
+        try:
+            await self.threads.run(self._save, updates)
+        except BaseException:
+            # Not written: mark them dirty again so the next flush retries.
+            for update in updates:
+                live = self.live.get(update.queue_id)
+                if live is not None and live.state is QueueState.WARM:
+                    live.dirty = True
+            raise
+
+    def _save(self, updates: list[CheckpointUpdate]) -> None:
+        with self.db.write() as session:
+            save_checkpoints(session, updates)
+
+    # -- deletions ------------------------------------------------------------------------
+
+    def request_deletions(self) -> None:
+        """Delete dropped queues' descriptors soon, in the background (coalesced)."""
+        if self._deleting is None or self._deleting.done():
+            self._deleting = asyncio.get_running_loop().create_task(
+                self._delete_quietly(), name="delete-dropped"
+            )
+
+    async def _delete_quietly(self) -> None:
+        try:
+            await self.delete_dropped()
+        except Exception:
+            # The tombstones stay, so the queues stay gone; the next sweep retries.
+            log.exception("could not delete dropped queues' descriptors; the sweep retries")
+
+    async def delete_dropped(self) -> None:
+        """Durably delete what dropped queues and deactivations left behind."""
+        pending = self.live.pending_deletions()
+        if not pending.queue_ids and not pending.cut_offs:
+            return
+        await self.threads.run(self._delete, pending)
+        self.live.deletions_done(pending)
+
+    def _delete(self, pending: PendingDeletions) -> None:
+        with self.db.write() as session:
+            delete_descriptors(session, pending.queue_ids)
+            for user_id, seq in pending.cut_offs.items():
+                delete_user_descriptors(session, user_id, seq)
+
+    # -- the sweep ------------------------------------------------------------------------
+
+    async def collect_garbage(self) -> None:
+        """Expire idle queues, evict cold ones, prune the outbox, retry deletions."""
+        await self.expire_queues()
+        await self.evict_cold_queues()
+        await self.prune_outbox_history()
+        await self.delete_dropped()
+
+    async def expire_queues(self) -> None:
+        """Drop queues idle past their lifespan, in memory and on disk."""
+        now = self.clock()
+        expired = find_expired(self.live.registry, now)
+        for client in expired:
+            live = self.live.get(client.queue_id)
+            if live is not None:
+                self.live.drop(live, DropCause.EXPIRED)
+        in_memory = {live.queue_id for live in self.live}
+
+        def work() -> list[str]:
+            with self.db.write() as session:
+                return delete_expired_descriptors(session, now, in_memory)
+
+        cold = await self.threads.run(work)
+        if expired or cold:
+            log.info("GC: %d live and %d cold queues expired", len(expired), len(cold))
+        if expired:
+            self.request_deletions()
+
+    async def evict_cold_queues(self) -> int:
+        """Forget idle queues in memory; their descriptors and the outbox rebuild them.
+
+        A queue without a waiting poll for COLD_QUEUE_IDLE_SECS leaves memory after its
+        checkpoint is saved, so an idle registered queue costs no server memory.
+        """
+        now = self.clock()
+        cold = [
+            live
+            for live in self.live
+            if live.state is QueueState.WARM
+            and live.client is not None
+            and live.client.waiter is None
+            and now - live.client.last_active >= COLD_QUEUE_IDLE_SECS
+        ]
+        if not cold:
+            return 0
+        for live in cold:
+            live.dirty = True  # write its last activity even if nothing was acknowledged
+        await self.flush_checkpoints(cold)
+        evicted = 0
+        for live in cold:
+            # A poll may have arrived (or acknowledged) while the checkpoints were written:
+            # keep that queue; it is evicted by a later sweep if it goes idle again.
+            client = live.client
+            if live.state is QueueState.WARM and not live.dirty and client and not client.waiter:
+                self.live.make_cold(live)
+                evicted += 1
+        log.info("evicted %d cold queues from memory", evicted)
+        return evicted
+
+    async def prune_outbox_history(self) -> int:
+        """Delete outbox rows no queue can need any more.
+
+        A row is kept while it is newer than OUTBOX_MIN_RETENTION_SECS, or not yet
+        routed, or after the checkpoint of some queue's descriptor. A realm keeps at most
+        OUTBOX_MAX_EVENTS_PER_REALM rows: descriptors further behind are dropped, so
+        their clients get BAD_EVENT_QUEUE_ID and re-register instead of missing events.
+        """
+        now = self.clock()
+        routed = dict(self.consumer.routed)
+
+        def work() -> tuple[int, list[str]]:
+            pruned, dropped = 0, []
+            with self.db.write() as session:
+                for realm_id, position in routed.items():
+                    limit = prunable_seq(
+                        session,
+                        realm_id,
+                        position,
+                        now - OUTBOX_MIN_RETENTION_SECS,
+                        OUTBOX_MAX_EVENTS_PER_REALM,
+                    )
+                    if limit is None:
+                        continue
+                    dropped += delete_descriptors_behind(session, realm_id, limit)
+                    pruned += prune_outbox(session, realm_id, limit)
+            return pruned, dropped
+
+        pruned, dropped = await self.threads.run(work)
+        for queue_id in dropped:
+            live = self.live.get(queue_id)
+            if live is not None:
+                self.live.drop(live, DropCause.BEHIND_OUTBOX)
+        if pruned or dropped:
+            log.info(
+                "outbox: pruned %d events; dropped %d queues too far behind", pruned, len(dropped)
+            )
+        return pruned
