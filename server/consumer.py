@@ -88,8 +88,12 @@ class OutboxConsumer:
         self.failure_counts: Counter[int] = Counter()
         self._failures: dict[int, RealmFailure] = {}
         self._on_drops = on_drops
-        self._monotonic = monotonic
+        # The clock of retry times; tests move it instead of waiting.
+        self.monotonic = monotonic
         self._wake = asyncio.Event()
+        # One drain at a time: two interleaved drains could move `routed` backwards
+        # between their yields, and a queue catching up to it would miss rows.
+        self._draining = asyncio.Lock()
 
     async def start(self) -> None:
         """Start from the realms' current positions: earlier rows belong to queues that
@@ -122,15 +126,19 @@ class OutboxConsumer:
         if not self._failures:
             return SAFETY_POLL_SECS
         soonest = min(failure.retry_at for failure in self._failures.values())
-        return max(0.0, min(SAFETY_POLL_SECS, soonest - self._monotonic()))
+        return max(0.0, min(SAFETY_POLL_SECS, soonest - self.monotonic()))
 
     async def drain(self) -> None:
         """Route every committed row not yet routed, realm by realm; a realm that fails
         is recorded and skipped until its retry time."""
+        async with self._draining:
+            await self._drain_all()
+
+    async def _drain_all(self) -> None:
         positions = await self.threads.run(self._read_positions)
         for realm_id, newest in positions.items():
             failure = self._failures.get(realm_id)
-            if failure is not None and self._monotonic() < failure.retry_at:
+            if failure is not None and self.monotonic() < failure.retry_at:
                 continue
             try:
                 await self._drain_realm(realm_id, newest)
@@ -172,7 +180,7 @@ class OutboxConsumer:
         self._failures[realm_id] = RealmFailure(
             consecutive=consecutive,
             last_error=f"{type(error).__name__}: {error}",
-            retry_at=self._monotonic() + delay,
+            retry_at=self.monotonic() + delay,
         )
         log.error(
             "realm %d: cannot route the outbox after seq %d (failure %d in a row); "
@@ -192,7 +200,7 @@ class OutboxConsumer:
             "failing": failure is not None,
             "consecutive_failures": failure.consecutive if failure else 0,
             "last_error": failure.last_error if failure else None,
-            "retry_in_secs": max(0.0, failure.retry_at - self._monotonic()) if failure else None,
+            "retry_in_secs": max(0.0, failure.retry_at - self.monotonic()) if failure else None,
             "failures_total": self.failure_counts[realm_id],
         }
 

@@ -1,0 +1,394 @@
+"""A queue's lifecycle and the consumer's resilience, in-process with time injected.
+
+The holes a review of the old service found, each pinned by a test: a cold queue
+rebuilt while its owner is deactivated, dropped queue ids kept forever, a failed
+register leaving its descriptor behind, the cut-off found by sniffing JSON, and one bad
+outbox row stopping delivery for every realm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+import queues.queue
+import server.consumer
+from actions.realms import do_create_realm
+from actions.users import do_deactivate_user, do_reactivate_user
+from models.database import Database
+from models.descriptors import load_descriptor
+from models.outbox import PendingEvent, append_events, lock_realm, read_events
+from models.tables import OutboxEvent
+from server.errors import BadEventQueueId, UserDeactivated
+from server.live_queues import DropCause, QueueState
+from server.maintenance import COLD_QUEUE_IDLE_SECS
+from server.service import AuthenticatedUser, EventService
+from tests.helpers.realms import SampleRealm, make_sample_realm
+from tests.test_service import FakeClock, create_stream, owner, request
+
+# Bounds every wait on a condition; generous, because a busy machine is slow.
+WAIT_SECS = 20.0
+
+
+def member(realm: SampleRealm) -> AuthenticatedUser:
+    return AuthenticatedUser(realm.users["member"], realm.realm_id, realm.emails["member"], 400)
+
+
+async def in_thread(db: Database, work: Callable[[Any], object]) -> None:
+    def run() -> None:
+        with db.write() as session:
+            work(session)
+
+    await asyncio.to_thread(run)
+
+
+async def deactivate(db: Database, realm: SampleRealm, name: str) -> None:
+    await in_thread(db, lambda s: do_deactivate_user(s, realm.realm_id, realm.users[name]))
+
+
+def descriptor_exists(db: Database, queue_id: str) -> bool:
+    with db.snapshot() as session:
+        return load_descriptor(session, queue_id) is not None
+
+
+class Gate:
+    """Holds a database-thread call until the test opens it, and says when it is held."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self._open = threading.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def hold(self) -> None:
+        """Called on a database thread: report arrival, then wait for `open`."""
+        self._loop.call_soon_threadsafe(self.reached.set)
+        if not self._open.wait(WAIT_SECS):
+            raise TimeoutError("the test never opened the gate")
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@pytest.mark.parametrize("held", ["descriptor_read", "catch_up_read"])
+async def test_a_cold_queue_rebuilt_across_its_owners_deactivation_is_refused(
+    db: Database, realm: SampleRealm, held: str
+) -> None:
+    # Heartbeats far beyond the test's wait: a queue that came back would park, and the
+    # poll would not end in time.
+    clock = FakeClock()
+    service = EventService(db, clock=clock, heartbeat_secs=(300.0, 300.0))
+    await service.start()
+    try:
+        user = member(realm)
+        queue_id = (await service.register(user, request(lifespan=3600)))["queue_id"]
+        clock.now += COLD_QUEUE_IDLE_SECS + 1
+        assert await service.evict_cold_queues() == 1
+
+        gate = Gate()
+        if held == "descriptor_read":
+            # The descriptor is read before the deactivation commits, then held.
+            read_descriptor = service._load_descriptor
+
+            def slow_descriptor(queue_id: str) -> Any:
+                record = read_descriptor(queue_id)
+                gate.hold()
+                return record
+
+            service._load_descriptor = slow_descriptor  # type: ignore[method-assign]
+        else:
+            # The queue is claimed in memory; its catch-up read waits for the gate.
+            read_outbox = service._read_user_outbox
+
+            def slow_outbox(*args: Any) -> Any:
+                gate.hold()
+                return read_outbox(*args)
+
+            service._read_user_outbox = slow_outbox  # type: ignore[method-assign]
+
+        poll = asyncio.create_task(service.get_events(user, queue_id, -1, dont_block=False))
+        async with asyncio.timeout(WAIT_SECS):
+            await gate.reached.wait()
+        await deactivate(db, realm, "member")
+        await service.drain_outbox()  # the cut-off happens here
+        gate.open()
+        with pytest.raises(UserDeactivated):
+            async with asyncio.timeout(WAIT_SECS):
+                await poll
+        assert service.registry.get(queue_id) is None
+        await service.maintenance.delete_dropped()
+        assert not descriptor_exists(db, queue_id)
+    finally:
+        await service.stop()
+
+
+async def test_dropped_queues_leave_no_trace_once_their_descriptors_are_deleted(
+    db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queues.queue, "MAX_QUEUE_LENGTH", 1)
+    service = EventService(db)
+    await service.start()
+    try:
+        deleted = (await service.register(owner(realm), request()))["queue_id"]
+        overflowing = (await service.register(owner(realm), request({"stream"})))["queue_id"]
+        cut_off = [
+            (await service.register(member(realm), request({"realm_user"})))["queue_id"]
+            for _ in "ab"
+        ]
+
+        # A deletion that fails keeps the queue refused, and is retried.
+        maintenance = type(service.maintenance)
+        original_delete = maintenance._delete
+        failures = iter([RuntimeError("database down")])
+
+        def flaky_delete(self: Any, pending: Any) -> None:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            original_delete(self, pending)
+
+        monkeypatch.setattr(maintenance, "_delete", flaky_delete)
+        with pytest.raises(RuntimeError):
+            await service.delete_queue(owner(realm), deleted)
+        assert service.live.is_tombstoned(deleted)
+        with pytest.raises(BadEventQueueId):
+            await service.get_events(owner(realm), deleted, -1, dont_block=True)
+
+        await create_stream(db, realm, "one")
+        await create_stream(db, realm, "two")  # overflows the one-event queue
+        await deactivate(db, realm, "member")
+        await service.drain_outbox()
+        assert service.live.tombstone_count > 0
+        await service.maintenance.delete_dropped()
+
+        assert service.live.tombstone_count == 0, "nothing is kept once it is durable"
+        for queue_id in (deleted, overflowing, *cut_off):
+            assert not descriptor_exists(db, queue_id)
+            assert service.live.get(queue_id) is None
+        assert service.live.drops[DropCause.DELETED] == 1
+        assert service.live.drops[DropCause.OVERFLOWED] == 1
+        assert service.live.drops[DropCause.DEACTIVATED] == 2
+    finally:
+        await service.stop()
+
+
+async def test_a_register_whose_activation_fails_leaves_no_descriptor(
+    db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = EventService(db)
+    await service.start()
+    try:
+        created: list[str] = []
+        original_catch_up = service._catch_up
+
+        async def failing_catch_up(live: Any, **kwargs: Any) -> None:
+            created.append(live.queue_id)
+            assert descriptor_exists(db, live.queue_id), "the descriptor was written first"
+            raise RuntimeError("injected activation failure")
+
+        monkeypatch.setattr(service, "_catch_up", failing_catch_up)
+        with pytest.raises(RuntimeError, match="injected"):
+            await service.register(owner(realm), request())
+        monkeypatch.setattr(service, "_catch_up", original_catch_up)
+        await service.maintenance.delete_dropped()
+        assert created and not descriptor_exists(db, created[0])
+        assert service.live.tombstone_count == 0
+        assert service.live.drops[DropCause.ACTIVATION_FAILED] == 1
+        # The service is unharmed: the next register works.
+        assert (await service.register(owner(realm), request()))["queue_id"]
+    finally:
+        await service.stop()
+
+
+async def test_the_cut_off_is_a_typed_column_of_the_deactivation_event(
+    db: Database, realm: SampleRealm
+) -> None:
+    with db.snapshot() as session:
+        before = read_events(session, realm.realm_id, 0)
+    await deactivate(db, realm, "member")
+    await in_thread(db, lambda s: do_reactivate_user(s, realm.realm_id, realm.users["member"]))
+    with db.snapshot() as session:
+        rows = read_events(session, realm.realm_id, before[-1].seq if before else 0)
+    cut_offs = [(row.cut_off_user_id, json.loads(row.event_json)) for row in rows]
+    marked = [(user, event) for user, event in cut_offs if user is not None]
+    assert len(marked) == 1, "only the deactivation's realm_user update is a cut-off"
+    user_id, event = marked[0]
+    assert user_id == realm.users["member"]
+    assert event == {
+        "type": "realm_user",
+        "op": "update",
+        "person": {"user_id": user_id, "is_active": False},
+    }
+
+
+async def test_an_event_that_only_looks_like_a_deactivation_cuts_nobody_off(
+    db: Database, realm: SampleRealm
+) -> None:
+    service = EventService(db)
+    await service.start()
+    try:
+        queue_id = (await service.register(member(realm), request()))["queue_id"]
+        # A realm_user update that reads like a deactivation but carries no cut-off.
+        lookalike = {
+            "type": "realm_user",
+            "op": "update",
+            "person": {"user_id": realm.users["member"], "is_active": False},
+        }
+
+        def write(session: Any) -> None:
+            lock_realm(session, realm.realm_id)
+            append_events(
+                session, realm.realm_id, [PendingEvent(lookalike, [realm.users["owner"]])]
+            )
+
+        await in_thread(db, write)
+        await service.drain_outbox()
+        assert service.registry.get(queue_id) is not None
+    finally:
+        await service.stop()
+
+
+async def test_a_bad_row_stops_only_its_realm_and_is_retried_with_capped_backoff(
+    db: Database, realm: SampleRealm, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = make_sample_realm(db, "other")
+    service = EventService(db)
+    now = [1000.0]
+    # The consumer without its background task: this test drives every drain.
+    await service.consumer.start()
+    service.consumer.monotonic = lambda: now[0]
+    try:
+        broken_queue = (await service.register(owner(realm), request({"stream"})))["queue_id"]
+        healthy_user = owner(other)
+        healthy_queue = (await service.register(healthy_user, request({"stream"})))["queue_id"]
+
+        def write_bad_row(session: Any) -> None:
+            lock_realm(session, realm.realm_id)
+            event = {"type": "stream", "op": "create", "streams": [{"name": "mended"}]}
+            [seq] = append_events(session, realm.realm_id, [PendingEvent(event, [owner(realm).id])])
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.realm_id == realm.realm_id, OutboxEvent.seq == seq)
+                .values(event="{not json")
+            )
+
+        await in_thread(db, write_bad_row)
+        await create_stream(db, other, "fine")
+        with caplog.at_level(logging.ERROR, logger="eventq.consumer"):
+            await service.drain_outbox()
+
+        answer = await service.get_events(healthy_user, healthy_queue, -1, dont_block=True)
+        assert [json.loads(e)["streams"][0]["name"] for e in answer.events] == ["fine"]
+        status = service.delivery_status(realm.realm_id)
+        assert status["failing"] and status["failures_total"] == 1
+        assert "JSONDecodeError" in status["last_error"]
+        assert not service.delivery_status(other.realm_id)["failing"]
+        failures = [r for r in caplog.records if r.name == "eventq.consumer"]
+        assert failures and failures[0].exc_info is not None, "logged with its traceback"
+
+        # Retried only when due, each time twice as late, never more than the cap.
+        delays = []
+        for _ in range(9):
+            delays.append(service.delivery_status(realm.realm_id)["retry_in_secs"])
+            await service.drain_outbox()  # not due yet: skipped
+            assert service.delivery_status(realm.realm_id)["consecutive_failures"] == len(delays)
+            now[0] += delays[-1]
+            await service.drain_outbox()  # due: fails again
+        assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+        assert max(delays) == server.consumer.MAX_RETRY_DELAY_SECS
+
+        # Repaired, the realm resumes in order with nothing lost.
+        def repair(session: Any) -> None:
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.event == "{not json")
+                .values(event='{"type":"stream","op":"create","streams":[{"name":"mended"}]}')
+            )
+
+        await in_thread(db, repair)
+        await create_stream(db, realm, "after")
+        now[0] += server.consumer.MAX_RETRY_DELAY_SECS
+        await service.drain_outbox()
+        assert not service.delivery_status(realm.realm_id)["failing"]
+        answer = await service.get_events(owner(realm), broken_queue, -1, dont_block=True)
+        names = [json.loads(e)["streams"][0]["name"] for e in answer.events]
+        assert names == ["mended", "after"]
+    finally:
+        await service.stop()
+
+
+async def test_a_large_batch_yields_to_the_event_loop(db: Database, realm: SampleRealm) -> None:
+    service = EventService(db)
+    # The consumer without its background task, which could route the batch first.
+    await service.consumer.start()
+    try:
+        await service.register(owner(realm), request({"stream"}))
+        batch = 3 * server.consumer.ROWS_PER_YIELD
+
+        def many(session: Any) -> None:
+            from actions.streams import do_create_stream
+
+            for index in range(batch):
+                do_create_stream(session, realm.realm_id, f"bulk {index}")
+
+        start = service.consumer.routed[realm.realm_id]
+        await in_thread(db, many)
+        seen: set[int] = set()
+        done = False
+
+        async def observe() -> None:
+            while not done:
+                seen.add(service.consumer.routed[realm.realm_id])
+                await asyncio.sleep(0)
+
+        observer = asyncio.create_task(observe())
+        await service.drain_outbox()
+        done = True
+        await observer
+        middle = {seq for seq in seen if start < seq < start + batch}
+        assert middle, "other tasks ran while the batch was being routed"
+    finally:
+        await service.stop()
+
+
+async def test_a_reactivated_user_keeps_the_queue_registered_after_reactivation(
+    db: Database, realm: SampleRealm
+) -> None:
+    service = EventService(db)
+    await service.start()
+    try:
+        old = (await service.register(member(realm), request()))["queue_id"]
+        await deactivate(db, realm, "member")
+        await service.drain_outbox()
+        await in_thread(db, lambda s: do_reactivate_user(s, realm.realm_id, realm.users["member"]))
+        new = (await service.register(member(realm), request()))["queue_id"]
+        await service.drain_outbox()
+        await service.maintenance.delete_dropped()
+        assert not descriptor_exists(db, old)
+        assert descriptor_exists(db, new), "the cut-off deletes only queues from before it"
+        live = service.live.get(new)
+        assert live is not None and live.state is QueueState.WARM
+    finally:
+        await service.stop()
+
+
+async def test_a_second_realm_created_after_start_is_delivered(db: Database) -> None:
+    service = EventService(db)
+    await service.start()
+    try:
+        late = make_sample_realm(db, "late")
+        queue_id = (await service.register(owner(late), request({"stream"})))["queue_id"]
+        await create_stream(db, late, "news")
+        await service.drain_outbox()
+        answer = await service.get_events(owner(late), queue_id, -1, dont_block=True)
+        assert [json.loads(e)["streams"][0]["name"] for e in answer.events] == ["news"]
+        await in_thread(db, lambda s: do_create_realm(s, "empty"))
+        await service.drain_outbox()
+    finally:
+        await service.stop()
