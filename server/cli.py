@@ -24,6 +24,7 @@ from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscripti
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from migrations import SchemaOutOfDate, check_schema
 from models.database import Database
+from models.outbox import lock_realm
 from models.queries import (
     get_realm,
     get_streams_by_names,
@@ -53,11 +54,12 @@ def _user(session: Any, realm: Realm, email: str) -> UserProfile:
 
 
 def _streams(session: Any, realm: Realm, names: Sequence[str]) -> list[Stream]:
+    """The channels named (case-insensitively), in one statement however many."""
     found = get_streams_by_names(session, realm.id, names)
-    missing = [name for name in names if name.strip().lower() not in found]
+    missing = [name for name in names if name.strip() not in found]
     if missing:
         raise NotFound(f"No channel {', '.join(map(repr, missing))} in realm {realm.string_id!r}.")
-    return [found[name.strip().lower()] for name in names]
+    return [found[name.strip()] for name in names]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -131,7 +133,10 @@ def cmd_create_stream(args: argparse.Namespace, db: Database) -> None:
 def _change_subscriptions(args: argparse.Namespace, db: Database, subscribe: bool) -> None:
     action = bulk_add_subscriptions if subscribe else bulk_remove_subscriptions
     with db.write() as session:
+        # The subdomain must be read to know which realm to lock; everything else is
+        # read under the lock (models.outbox), so a user deactivated meanwhile is seen.
         realm = _realm(session, args.realm)
+        lock_realm(session, realm.id)
         user = _user(session, realm, args.email)
         streams = _streams(session, realm, args.streams)
         names = {s.id: s.name for s in streams}
@@ -316,6 +321,15 @@ def cmd_queues(args: argparse.Namespace, db: Database) -> None:
     for realm, answer in _server_get(args, db, "eventq/queues"):
         for queue in answer["queues"]:
             data.append({"realm": realm.string_id, **queue})
+        delivery = answer["delivery"]
+        if delivery["failing"]:
+            # On stderr, so `--json` output stays one document: the operator must see it.
+            print(
+                f"warning: delivery for realm {realm.string_id} is paused after seq "
+                f"{delivery['routed_seq']} ({delivery['consecutive_failures']} failures in a "
+                f"row, retrying in {delivery['retry_in_secs']:.0f}s): {delivery['last_error']}",
+                file=sys.stderr,
+            )
     rows = [
         [
             q["realm"],

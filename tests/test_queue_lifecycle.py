@@ -30,7 +30,11 @@ from server.errors import BadEventQueueId, UserDeactivated
 from server.live_queues import DropCause, QueueState
 from server.maintenance import COLD_QUEUE_IDLE_SECS
 from server.service import AuthenticatedUser, EventService
+from tests.helpers.api import ApiClient
+from tests.helpers.cli import run_eventq
 from tests.helpers.realms import SampleRealm, make_sample_realm
+from tests.helpers.server import LiveServer
+from tests.test_server import await_condition
 from tests.test_service import FakeClock, create_stream, owner, request
 
 # Bounds every wait on a condition; generous, because a busy machine is slow.
@@ -392,3 +396,39 @@ async def test_a_second_realm_created_after_start_is_delivered(db: Database) -> 
         await service.drain_outbox()
     finally:
         await service.stop()
+
+
+def test_a_paused_realm_is_reported_by_the_admin_view_and_the_cli(
+    server: LiveServer, realm: SampleRealm, db: Database, database_url: str
+) -> None:
+    admin = ApiClient(server.url, realm.emails["owner"], realm.api_keys["owner"])
+    assert admin.ok("GET", "/eventq/queues")["delivery"]["failing"] is False
+
+    with db.write() as session:
+        lock_realm(session, realm.realm_id)
+        event = {"type": "stream", "op": "create", "streams": []}
+        [seq] = append_events(
+            session, realm.realm_id, [PendingEvent(event, [realm.users["owner"]])]
+        )
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.realm_id == realm.realm_id, OutboxEvent.seq == seq)
+            .values(event="{not json")
+        )
+    await_condition(lambda: admin.ok("GET", "/eventq/queues")["delivery"]["failing"], WAIT_SECS)
+    delivery = admin.ok("GET", "/eventq/queues")["delivery"]
+    assert delivery["routed_seq"] == seq - 1 and delivery["failures_total"] >= 1
+    listing = run_eventq(database_url, "queues", "zulip", "--server", server.url)
+    assert listing.returncode == 0
+    assert f"delivery for realm zulip is paused after seq {seq - 1}" in listing.stderr
+
+    with db.write() as session:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.realm_id == realm.realm_id, OutboxEvent.seq == seq)
+            .values(event='{"type":"stream","op":"create","streams":[]}')
+        )
+    await_condition(lambda: not admin.ok("GET", "/eventq/queues")["delivery"]["failing"], WAIT_SECS)
+    assert (
+        "paused" not in run_eventq(database_url, "queues", "zulip", "--server", server.url).stderr
+    )
