@@ -78,6 +78,7 @@ class OutboxConsumer:
         live: LiveQueues,
         *,
         on_drops: Callable[[], None],
+        on_user_changed: Callable[[int], None] = lambda user_id: None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
@@ -88,6 +89,7 @@ class OutboxConsumer:
         self.failure_counts: Counter[int] = Counter()
         self._failures: dict[int, RealmFailure] = {}
         self._on_drops = on_drops
+        self._on_user_changed = on_user_changed
         # The clock of retry times; tests move it instead of waiting.
         self.monotonic = monotonic
         self._wake = asyncio.Event()
@@ -169,7 +171,11 @@ class OutboxConsumer:
         # Decoding first: a row that cannot be decoded fails before any queue saw it.
         event = shared_event(row)
         self.live.after_route(route(self.live.registry, event))
+        if event.type == "realm_user":
+            # A user was created or changed: what authentication cached of them is stale.
+            self._on_user_changed(int(event.data["person"]["user_id"]))
         if row.cut_off_user_id is not None:
+            self._on_user_changed(row.cut_off_user_id)
             self.live.cut_off_user(row.cut_off_user_id, row.seq)
 
     def _record_failure(self, realm_id: int, error: Exception) -> None:

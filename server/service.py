@@ -55,8 +55,9 @@ from queues.queue import BadLastEventId, EventQueue, QueueOverflow
 from queues.registry import QueueRegistry
 from queues.types import Capabilities
 from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
+from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
 from server.database_threads import DatabaseThreads
-from server.errors import BadEventQueueId, BadRequest, UserDeactivated
+from server.errors import BadEventQueueId, BadRequest, InvalidApiKey, UserDeactivated
 from server.live_queues import (
     DropCause,
     LiveQueue,
@@ -143,8 +144,13 @@ class EventService:
         self.clock = clock
         self.threads = DatabaseThreads()
         self.live = LiveQueues()
+        self.credentials = CredentialsCache()
         self.consumer = OutboxConsumer(
-            db, self.threads, self.live, on_drops=self._request_deletions
+            db,
+            self.threads,
+            self.live,
+            on_drops=self._request_deletions,
+            on_user_changed=self.credentials.forget_user,
         )
         self.maintenance = Maintenance(db, self.threads, self.live, self.consumer, clock)
         self._wakeup: WakeupSource = wakeup_source_for(db)
@@ -219,6 +225,40 @@ class EventService:
 
     async def collect_garbage(self) -> None:
         await self.maintenance.collect_garbage()
+
+    # -- authentication -------------------------------------------------------------------
+
+    async def authenticate(self, email: str, api_key: str) -> AuthenticatedUser:
+        """The user whose email and API key these are; a warm cache needs no database."""
+        normalized = normalize_email(email)
+        candidates = self.credentials.get(normalized)
+        if candidates is None:
+            generation = self.credentials.generation
+            candidates = await self.threads.run(self._read_credentials, normalized)
+            self.credentials.put(normalized, candidates, generation)
+        matched = match_key(candidates, api_key)
+        if matched is None:
+            raise InvalidApiKey()
+        if not matched.is_active:
+            raise UserDeactivated()
+        return AuthenticatedUser(matched.user_id, matched.realm_id, matched.email, matched.role)
+
+    def _read_credentials(self, email: str) -> tuple[Credentials, ...]:
+        with self.db.snapshot() as session:
+            rows = session.execute(
+                select(
+                    UserProfile.id,
+                    UserProfile.realm_id,
+                    UserProfile.email,
+                    UserProfile.role,
+                    UserProfile.api_key,
+                    UserProfile.is_active,
+                ).where(UserProfile.email == email)
+            ).all()
+        return tuple(
+            Credentials(int(uid), int(realm), mail, int(role), key.encode(), bool(active))
+            for uid, realm, mail, role, key, active in rows
+        )
 
     # -- register -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy.event
 from sqlalchemy import update
 
 import queues.queue
@@ -26,7 +27,7 @@ from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import PendingEvent, append_events, lock_realm, read_events
 from models.tables import OutboxEvent
-from server.errors import BadEventQueueId, UserDeactivated
+from server.errors import BadEventQueueId, InvalidApiKey, UserDeactivated
 from server.live_queues import DropCause, QueueState
 from server.maintenance import COLD_QUEUE_IDLE_SECS
 from server.service import AuthenticatedUser, EventService
@@ -114,7 +115,7 @@ async def test_a_cold_queue_rebuilt_across_its_owners_deactivation_is_refused(
                 gate.hold()
                 return read_outbox(*args)
 
-            service._read_user_outbox = slow_outbox  # type: ignore[method-assign]
+            service._read_user_outbox = slow_outbox  # type: ignore[method-assign, assignment]
 
         poll = asyncio.create_task(service.get_events(user, queue_id, -1, dont_block=False))
         async with asyncio.timeout(WAIT_SECS):
@@ -432,3 +433,40 @@ def test_a_paused_realm_is_reported_by_the_admin_view_and_the_cli(
     assert (
         "paused" not in run_eventq(database_url, "queues", "zulip", "--server", server.url).stderr
     )
+
+
+async def test_a_poll_of_a_warm_queue_does_not_touch_the_database(
+    db: Database, realm: SampleRealm
+) -> None:
+    service = EventService(db)
+    await service.start()
+    try:
+        email, key = realm.emails["member"], realm.api_keys["member"]
+        user = await service.authenticate(email, key)
+        queue_id = (await service.register(user, request()))["queue_id"]
+        checkouts = []
+
+        def on_checkout(*args: Any) -> None:
+            checkouts.append(args)
+
+        sqlalchemy.event.listen(db.engine, "checkout", on_checkout)
+        try:
+            for _ in range(3):
+                polled_by = await service.authenticate(email.upper(), key)
+                await service.get_events(polled_by, queue_id, -1, dont_block=True)
+        finally:
+            sqlalchemy.event.remove(db.engine, "checkout", on_checkout)
+        assert checkouts == [], "authentication and the poll were served from memory"
+
+        with pytest.raises(InvalidApiKey):
+            await service.authenticate(email, key[:-1] + ("x" if key[-1] != "x" else "y"))
+        # The deactivation, once routed, reaches the cache: the key stops working.
+        await deactivate(db, realm, "member")
+        await service.drain_outbox()
+        with pytest.raises(UserDeactivated):
+            await service.authenticate(email, key)
+        await in_thread(db, lambda s: do_reactivate_user(s, realm.realm_id, realm.users["member"]))
+        await service.drain_outbox()
+        assert (await service.authenticate(email, key)).id == realm.users["member"]
+    finally:
+        await service.stop()
