@@ -10,19 +10,16 @@ handler only parses, calls one function and returns a dict.
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 import logging
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import tornado.web
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from actions.errors import ActionError
-from models.tables import UserProfile
 from models.visibility import is_realm_admin
 from server.errors import (
     AdminRequired,
@@ -32,7 +29,6 @@ from server.errors import (
     MissingArgument,
     Unauthorized,
 )
-from server.errors import UserDeactivated as UserDeactivatedError
 from server.params import check_json_value, check_text
 from server.service import AuthenticatedUser, EventService
 
@@ -144,24 +140,8 @@ class ApiHandler(tornado.web.RequestHandler):
         # No account has a NUL in its email or key, and PostgreSQL refuses it in a query.
         if not sep or "\x00" in decoded:
             raise InvalidApiKey()
-        self.user = await self.service.run_db(self._lookup, email, api_key)
+        self.user = await self.service.authenticate(email, api_key)
         return self.user
-
-    def _lookup(self, email: str, api_key: str) -> AuthenticatedUser:
-        with self.service.db.snapshot() as session:
-            candidates = session.scalars(
-                select(UserProfile).where(UserProfile.email == email.strip().lower())
-            ).all()
-        # Compare every candidate's key in constant time, so timing reveals nothing.
-        matched = None
-        for candidate in candidates:
-            if hmac.compare_digest(candidate.api_key.encode(), api_key.encode()):
-                matched = candidate
-        if matched is None:
-            raise InvalidApiKey()
-        if not matched.is_active:
-            raise UserDeactivatedError()
-        return AuthenticatedUser(matched.id, matched.realm_id, matched.email, matched.role)
 
     # -- calling the layers below on the database threads ------------------------------
 
