@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
+
+import orjson
 
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
@@ -107,7 +108,7 @@ class EventsHandler(ApiHandler):
         # Each event was encoded once when it was committed; only the id is spliced in.
         body = b'{"result":"success","msg":"","events":[%s],"queue_id":%s}' % (
             b",".join(answer.events),
-            json.dumps(answer.queue_id).encode(),
+            orjson.dumps(answer.queue_id),
         )
         self.finish(body)
 
