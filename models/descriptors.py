@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from models.tables import OutboxEvent, QueueDescriptorRow, Realm
+from models.tables import QueueDescriptorRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,37 +148,6 @@ def delete_expired_descriptors(session: Session, now: float, keep: Collection[st
     expired = [queue_id for queue_id in rows if queue_id not in keep]
     delete_descriptors(session, expired)
     return expired
-
-
-def prunable_seq(
-    session: Session, realm_id: int, routed_seq: int, older_than: float, max_rows: int
-) -> int | None:
-    """The highest sequence number of the realm whose rows may be deleted, or None.
-
-    Never a row not yet routed (`routed_seq`), never one younger than `older_than` (Unix
-    time), never one after the oldest descriptor checkpoint, unless keeping it would
-    retain more than `max_rows` rows.
-    """
-    old_enough = session.execute(
-        select(func.max(OutboxEvent.seq)).where(
-            OutboxEvent.realm_id == realm_id,
-            OutboxEvent.created_at < datetime.fromtimestamp(older_than, UTC),
-        )
-    ).scalar_one_or_none()
-    if old_enough is None:
-        return None
-    limit = min(int(old_enough), routed_seq)
-    oldest_checkpoint = session.execute(
-        select(func.min(QueueDescriptorRow.checkpoint_seq)).where(
-            QueueDescriptorRow.realm_id == realm_id
-        )
-    ).scalar_one_or_none()
-    if oldest_checkpoint is not None:
-        limit = min(limit, max(int(oldest_checkpoint), routed_seq - max_rows))
-    pruned = session.execute(
-        select(Realm.outbox_pruned_seq).where(Realm.id == realm_id)
-    ).scalar_one()
-    return limit if limit > int(pruned) else None
 
 
 def delete_descriptors_behind(session: Session, realm_id: int, seq: int) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from models.tables import OutboxEvent, OutboxRecipient, Realm
@@ -247,24 +247,6 @@ def outbox_pruned_seq(session: Session, realm_id: int) -> int:
         ).scalar_one_or_none()
         or 0
     )
-
-
-def prune_outbox(session: Session, realm_id: int, up_to_seq: int) -> int:
-    """Delete the realm's rows with seq <= `up_to_seq`; returns how many events went."""
-    session.execute(
-        delete(OutboxRecipient).where(
-            OutboxRecipient.realm_id == realm_id, OutboxRecipient.seq <= up_to_seq
-        )
-    )
-    deleted = session.execute(
-        delete(OutboxEvent).where(OutboxEvent.realm_id == realm_id, OutboxEvent.seq <= up_to_seq)
-    )
-    session.execute(
-        update(Realm)
-        .where(Realm.id == realm_id, Realm.outbox_pruned_seq < up_to_seq)
-        .values(outbox_pruned_seq=up_to_seq)
-    )
-    return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def outbox_count(session: Session, realm_id: int) -> int:

@@ -181,6 +181,9 @@ class OutboxRecipient(Base):
         ForeignKeyConstraint(
             ["realm_id", "seq"], ["outbox_event.realm_id", "outbox_event.seq"], ondelete="CASCADE"
         ),
+        # Pruning walks and deletes by (realm_id, seq), and so does the cascade check of
+        # every deleted outbox_event row: without it each check scans the table.
+        Index("ix_outbox_recipient_realm_id_seq", "realm_id", "seq"),
     )
 
     realm_id: Mapped[int] = mapped_column(Integer, primary_key=True)

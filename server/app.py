@@ -81,6 +81,7 @@ async def run_server(
         heartbeat_secs=(heartbeat, heartbeat)
         if heartbeat is not None
         else (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
+        outbox_min_age_secs=settings.outbox_min_age_secs,
     )
     await service.start()
     app = make_app(service)

@@ -402,6 +402,51 @@ def cmd_watch(args: argparse.Namespace, db: Database) -> None:
         raise ValueError(str(error)) from None
 
 
+def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
+    import time
+
+    from models.outbox import realm_positions
+    from models.retention import prune_batch
+
+    older_than_secs = args.older_than
+    if older_than_secs is None:
+        older_than_secs = Settings.from_env().outbox_min_age_secs
+    if older_than_secs < 0:
+        raise ValueError("--older-than must be 0 or more seconds")
+    started = time.monotonic()
+    cutoff = time.time() - older_than_secs
+    events = recipients = 0
+    dropped: list[str] = []
+    with db.snapshot() as session:
+        # Every committed row counts as routed: a server that starts later begins at
+        # the realm's position, and a running one keeps what its queues' checkpoints need.
+        positions = realm_positions(session)
+    for realm_id, newest in sorted(positions.items()):
+        done = False
+        while not done:
+            # One short transaction per batch, as the server's own sweep does.
+            with db.write() as session:
+                batch = prune_batch(session, realm_id, newest, cutoff)
+            events += batch.events
+            recipients += batch.recipients
+            dropped += batch.dropped_queue_ids
+            done = batch.done
+    seconds = time.monotonic() - started
+    data = {
+        "events": events,
+        "recipients": recipients,
+        "seconds": round(seconds, 3),
+        "dropped_queues": len(dropped),
+    }
+    text = (
+        f"Pruned {events} events ({recipients} recipient rows) older than "
+        f"{older_than_secs:g}s in {seconds:.2f}s"
+    )
+    if dropped:
+        text += f"; {len(dropped)} queues too far behind were deleted"
+    _emit(args, data, text + ".")
+
+
 DataCommand = Callable[[argparse.Namespace, Database], None]
 
 
@@ -523,6 +568,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"URL of the running server (default: {default_server})",
     )
     p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
+    p = add(
+        "prune-outbox",
+        cmd_prune_outbox,
+        "Delete outbox history no queue needs (the server does this every minute): rows "
+        "older than --older-than, up to the oldest queue checkpoint of each realm, in short "
+        "transactions. Prints the rows removed and the time taken.",
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        metavar="SECS",
+        help="minimum age of a removed row (default: EVENTQ_OUTBOX_MIN_AGE_SECS or 3600)",
+    )
     p = add("users", cmd_users, "List the realm's users.")
     p.add_argument("realm", help="realm subdomain")
     p = add("streams", cmd_streams, "List the realm's channels with their subscribers.")

@@ -7,13 +7,14 @@
   soon as they are dropped, and retried by every sweep until the deletion commits;
 * the sweep, every `GC_INTERVAL_SECS`: queues idle past their lifespan are dropped
   (expiry), queues idle for `COLD_QUEUE_IDLE_SECS` leave memory (eviction), and outbox
-  rows no queue can need any more are deleted (pruning).
+  rows no queue can need any more are deleted in short batches (`models.retention`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,14 +22,13 @@ from models.database import Database
 from models.descriptors import (
     CheckpointUpdate,
     delete_descriptors,
-    delete_descriptors_behind,
     delete_expired_descriptors,
     delete_user_descriptors,
-    prunable_seq,
     save_checkpoints,
 )
-from models.outbox import prune_outbox
+from models.retention import MAX_RETAINED_EVENTS_PER_REALM, BatchResult, prune_batch
 from queues.gc import GC_INTERVAL_SECS, find_expired
+from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.consumer import OutboxConsumer
 from server.database_threads import DatabaseThreads
 from server.live_queues import DropCause, LiveQueue, LiveQueues, PendingDeletions, QueueState
@@ -41,12 +41,6 @@ CHECKPOINT_FLUSH_INTERVAL_SECS = 1.0
 # rebuilds it from the outbox. A minute keeps active clients, which poll at least every
 # 55 s, in memory, while idle ones cost nothing.
 COLD_QUEUE_IDLE_SECS = 60.0
-# Outbox rows stay at least this long even when no queue needs them: a short audit trail
-# of what every action wrote.
-OUTBOX_MIN_RETENTION_SECS = 3600.0
-# At most this many rows per realm are kept for queues that fall behind: about a week of
-# a busy realm. A queue further behind is dropped and its client re-registers.
-OUTBOX_MAX_EVENTS_PER_REALM = 1_000_000
 
 
 class Maintenance:
@@ -59,8 +53,13 @@ class Maintenance:
         live: LiveQueues,
         consumer: OutboxConsumer,
         clock: Callable[[], float],
+        outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS,
     ) -> None:
         self.db = db
+        self.outbox_min_age_secs = outbox_min_age_secs
+        self.max_retained_events = MAX_RETAINED_EVENTS_PER_REALM
+        # How long the last prune pass took (for operators and metrics).
+        self.last_prune_secs = 0.0
         self.threads = threads
         self.live = live
         self.consumer = consumer
@@ -207,40 +206,41 @@ class Maintenance:
         return evicted
 
     async def prune_outbox_history(self) -> int:
-        """Delete outbox rows no queue can need any more.
+        """Delete outbox history no queue can need any more, realm by realm, in short
+        batches (`models.retention`); returns how many events went.
 
-        A row is kept while it is newer than OUTBOX_MIN_RETENTION_SECS, or not yet
-        routed, or after the checkpoint of some queue's descriptor. A realm keeps at most
-        OUTBOX_MAX_EVENTS_PER_REALM rows: descriptors further behind are dropped, so
-        their clients get BAD_EVENT_QUEUE_ID and re-register instead of missing events.
+        Each batch is its own transaction on a database thread, so polls and actions
+        never wait long behind a prune, and `stop()` (which cancels the sweep) waits for
+        one batch at most. Queues whose history went are dropped: their clients get
+        BAD_EVENT_QUEUE_ID and re-register instead of missing events.
         """
-        now = self.clock()
-        routed = dict(self.consumer.routed)
-
-        def work() -> tuple[int, list[str]]:
-            pruned, dropped = 0, []
-            with self.db.write() as session:
-                for realm_id, position in routed.items():
-                    limit = prunable_seq(
-                        session,
-                        realm_id,
-                        position,
-                        now - OUTBOX_MIN_RETENTION_SECS,
-                        OUTBOX_MAX_EVENTS_PER_REALM,
-                    )
-                    if limit is None:
-                        continue
-                    dropped += delete_descriptors_behind(session, realm_id, limit)
-                    pruned += prune_outbox(session, realm_id, limit)
-            return pruned, dropped
-
-        pruned, dropped = await self.threads.run(work)
-        for queue_id in dropped:
-            live = self.live.get(queue_id)
-            if live is not None:
-                self.live.drop(live, DropCause.BEHIND_OUTBOX)
-        if pruned or dropped:
+        started = time.monotonic()
+        older_than = self.clock() - self.outbox_min_age_secs
+        events = recipients = dropped = 0
+        for realm_id, position in sorted(self.consumer.routed.items()):
+            while True:
+                batch = await self.threads.run(self._prune_batch, realm_id, position, older_than)
+                events += batch.events
+                recipients += batch.recipients
+                dropped += len(batch.dropped_queue_ids)
+                for queue_id in batch.dropped_queue_ids:
+                    live = self.live.get(queue_id)
+                    if live is not None:
+                        self.live.drop(live, DropCause.BEHIND_OUTBOX)
+                if batch.done:
+                    break
+        self.last_prune_secs = time.monotonic() - started
+        if events or dropped:
             log.info(
-                "outbox: pruned %d events; dropped %d queues too far behind", pruned, len(dropped)
+                "outbox: pruned %d events (%d recipient rows) in %.2fs; dropped %d queues "
+                "too far behind",
+                events,
+                recipients,
+                self.last_prune_secs,
+                dropped,
             )
-        return pruned
+        return events
+
+    def _prune_batch(self, realm_id: int, routed_seq: int, older_than: float) -> BatchResult:
+        with self.db.write() as session:
+            return prune_batch(session, realm_id, routed_seq, older_than, self.max_retained_events)

@@ -54,6 +54,7 @@ from queues.descriptor import (
 from queues.queue import BadLastEventId, EventQueue, QueueOverflow
 from queues.registry import QueueRegistry
 from queues.types import Capabilities
+from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
 from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
 from server.database_threads import DatabaseThreads
@@ -137,6 +138,7 @@ class EventService:
         legacy_rules: Iterable[LegacyClientRule] = (),
         clock: Callable[[], float] = time.time,
         heartbeat_secs: tuple[float, float] = (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
+        outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS,
     ) -> None:
         self.db = db
         self.heartbeat_secs = heartbeat_secs
@@ -152,7 +154,9 @@ class EventService:
             on_drops=self._request_deletions,
             on_user_changed=self.credentials.forget_user,
         )
-        self.maintenance = Maintenance(db, self.threads, self.live, self.consumer, clock)
+        self.maintenance = Maintenance(
+            db, self.threads, self.live, self.consumer, clock, outbox_min_age_secs
+        )
         self._wakeup: WakeupSource = wakeup_source_for(db)
         self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0

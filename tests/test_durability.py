@@ -7,12 +7,12 @@ import json
 import pytest
 
 import queues.queue
-import server.maintenance
 from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import outbox_count, outbox_pruned_seq
+from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.errors import BadEventQueueId
-from server.maintenance import COLD_QUEUE_IDLE_SECS, OUTBOX_MIN_RETENTION_SECS
+from server.maintenance import COLD_QUEUE_IDLE_SECS
 from server.service import EventService, PollAnswer
 from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements
@@ -88,7 +88,7 @@ async def test_outbox_is_pruned_once_no_queue_needs_it(db: Database, realm: Samp
         await service.drain_outbox()
         # Rows are young: nothing is pruned, whatever the queues need.
         assert await service.prune_outbox_history() == 0
-        clock.now += OUTBOX_MIN_RETENTION_SECS + 10
+        clock.now += DEFAULT_OUTBOX_MIN_AGE_SECS + 10
         await service.get_events(user, queue_id, 0, dont_block=True)  # acknowledge "a" only
         await service.flush_checkpoints()
         pruned = await service.prune_outbox_history()
@@ -106,9 +106,8 @@ async def test_outbox_is_pruned_once_no_queue_needs_it(db: Database, realm: Samp
 async def test_a_queue_too_far_behind_is_dropped_cleanly(
     db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server.maintenance, "OUTBOX_MIN_RETENTION_SECS", -DAY)
-    monkeypatch.setattr(server.maintenance, "OUTBOX_MAX_EVENTS_PER_REALM", 2)
-    service = EventService(db)
+    service = EventService(db, outbox_min_age_secs=-DAY)
+    service.maintenance.max_retained_events = 2
     await service.start()
     try:
         user = owner(realm)
