@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from models.tables import QueueDescriptorRow
@@ -62,26 +63,35 @@ def _record(row: QueueDescriptorRow) -> DescriptorRecord:
     )
 
 
+def _row_values(record: DescriptorRecord) -> dict[str, object]:
+    return {
+        "queue_id": record.queue_id,
+        "realm_id": record.realm_id,
+        "user_id": record.user_id,
+        "event_types": json.dumps(list(record.event_types))
+        if record.event_types is not None
+        else None,
+        "capabilities": json.dumps(record.capabilities, sort_keys=True),
+        "client_name": record.client_name[:100],
+        "client_version": record.client_version[:100] if record.client_version else None,
+        "legacy_deactivation": record.legacy_deactivation,
+        "lifespan_secs": record.lifespan_secs,
+        "last_active": record.last_active,
+        "checkpoint_seq": record.checkpoint_seq,
+        "checkpoint_event_id": record.checkpoint_event_id,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def create_descriptors(session: Session, records: Collection[DescriptorRecord]) -> None:
+    """Insert new descriptors in one statement, however many."""
+    if records:
+        session.execute(insert(QueueDescriptorRow), [_row_values(r) for r in records])
+
+
 def create_descriptor(session: Session, record: DescriptorRecord) -> None:
-    """Insert a new descriptor."""
-    session.add(
-        QueueDescriptorRow(
-            queue_id=record.queue_id,
-            realm_id=record.realm_id,
-            user_id=record.user_id,
-            event_types=json.dumps(list(record.event_types))
-            if record.event_types is not None
-            else None,
-            capabilities=json.dumps(record.capabilities, sort_keys=True),
-            client_name=record.client_name[:100],
-            client_version=record.client_version[:100] if record.client_version else None,
-            legacy_deactivation=record.legacy_deactivation,
-            lifespan_secs=record.lifespan_secs,
-            last_active=record.last_active,
-            checkpoint_seq=record.checkpoint_seq,
-            checkpoint_event_id=record.checkpoint_event_id,
-        )
-    )
+    """Insert one new descriptor."""
+    create_descriptors(session, [record])
 
 
 def load_descriptor(session: Session, queue_id: str) -> DescriptorRecord | None:

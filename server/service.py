@@ -40,7 +40,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import select
 
 from models.database import Database
-from models.descriptors import DescriptorRecord, create_descriptor, load_descriptor
+from models.descriptors import DescriptorRecord, load_descriptor
 from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import Realm, UserProfile
@@ -58,6 +58,7 @@ from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
 from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
 from server.database_threads import DatabaseThreads
+from server.descriptor_writer import DescriptorWriter
 from server.errors import BadEventQueueId, BadRequest, InvalidApiKey, UserDeactivated
 from server.live_queues import (
     DropCause,
@@ -147,6 +148,7 @@ class EventService:
         self.threads = DatabaseThreads()
         self.live = LiveQueues()
         self.credentials = CredentialsCache()
+        self.descriptors = DescriptorWriter(db, self.threads)
         self.consumer = OutboxConsumer(
             db,
             self.threads,
@@ -198,6 +200,7 @@ class EventService:
         if self._consumer_task is not None:
             self._consumer_task.cancel()
             await asyncio.gather(self._consumer_task, return_exceptions=True)
+        await self.descriptors.stop()
         await self.maintenance.stop()
         self.threads.shutdown()
         log.info("event service stopped; %d queues kept for the next start", len(self.live))
@@ -279,7 +282,7 @@ class EventService:
         now = self.clock()
         queue_id = secrets.token_hex(16)
 
-        def snapshot_and_descriptor() -> tuple[dict[str, Any], DescriptorRecord]:
+        def snapshot() -> tuple[dict[str, Any], DescriptorRecord]:
             # One snapshot transaction: the state and the outbox position agree.
             with self.db.snapshot() as session:
                 profile = session.get(UserProfile, user.id)
@@ -307,14 +310,14 @@ class EventService:
                 checkpoint_seq=int(seq),
                 checkpoint_event_id=-1,
             )
-            with self.db.write() as session:
-                create_descriptor(session, record)
             return state, record
 
         # Claimed before the snapshot: a deactivation committed after it finds this queue.
         live = self.live.begin_activation(queue_id, user.realm_id, user.id)
         try:
-            state, record = await self.threads.run(snapshot_and_descriptor)
+            state, record = await self.threads.run(snapshot)
+            # Durable before the answer: the client may next poll another process.
+            await self.descriptors.create(record)
             self._load_record(live, record)
             await self._catch_up(live, check_owner_active=False)
             self.live.finish_activation(live)
