@@ -45,6 +45,11 @@ class QueueOverflow(Exception):
     `MAX_QUEUE_LENGTH` events. The caller drops the whole queue."""
 
 
+class OutOfOrder(RuntimeError):
+    """An invariant of the queue was broken by its caller (a bug, never client input):
+    events out of sequence order, or ids that are not contiguous."""
+
+
 class BadLastEventId(ValueError):
     """Raised by `EventQueue.check_last_event_id` when a client's
     ``last_event_id`` cannot be honoured; the message is Zulip's."""
@@ -69,19 +74,21 @@ class EventQueue:
         last_seq: int = 0,
         newest_pruned_id: int | None = None,
     ) -> None:
-        # deque: events are appended at the right and pruned from the left.
-        self._entries: deque[QueuedEvent] = deque()
+        # deque: events are appended at the right and pruned from the left. None while
+        # empty: an empty deque costs ~600 bytes, and most queues are empty most of the
+        # time, so idle queues stay small.
+        self._entries: deque[QueuedEvent] | None = None
         self.next_event_id = next_event_id
         self.last_seq = last_seq
         # None: nothing has been pruned yet (Zulip uses -1 for the same).
         self.newest_pruned_id = newest_pruned_id
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return 0 if self._entries is None else len(self._entries)
 
     def __repr__(self) -> str:
         return (
-            f"EventQueue(len={len(self._entries)}, next_event_id={self.next_event_id}, "
+            f"EventQueue(len={len(self)}, next_event_id={self.next_event_id}, "
             f"last_seq={self.last_seq}, newest_pruned_id={self.newest_pruned_id})"
         )
 
@@ -98,11 +105,14 @@ class EventQueue:
 
         Raises `QueueOverflow`, leaving the queue unchanged, when it is full.
         """
-        assert event.seq > self.last_seq, (
-            f"outbox seq {event.seq} <= last_seq {self.last_seq}: events must reach a "
-            "queue in strictly increasing seq order, or replay would assign different ids"
-        )
-        if len(self._entries) >= MAX_QUEUE_LENGTH:
+        if event.seq <= self.last_seq:
+            raise OutOfOrder(
+                f"outbox seq {event.seq} <= last_seq {self.last_seq}: events must reach a "
+                "queue in strictly increasing seq order, or replay would assign different ids"
+            )
+        if self._entries is None:
+            self._entries = deque()
+        elif len(self._entries) >= MAX_QUEUE_LENGTH:
             raise QueueOverflow(f"event queue is full ({MAX_QUEUE_LENGTH} unacknowledged events)")
         event_id = self.next_event_id
         self._entries.append(QueuedEvent(event_id, event))
@@ -113,17 +123,22 @@ class EventQueue:
     def skip(self, seq: int) -> None:
         """Record that the outbox event ``seq`` was considered and filtered
         out, so a checkpoint or a duplicate delivery sees it as handled."""
-        assert seq > self.last_seq, (
-            f"outbox seq {seq} <= last_seq {self.last_seq}: events must reach a "
-            "queue in strictly increasing seq order"
-        )
+        if seq <= self.last_seq:
+            raise OutOfOrder(
+                f"outbox seq {seq} <= last_seq {self.last_seq}: events must reach a "
+                "queue in strictly increasing seq order"
+            )
         self.last_seq = seq
 
     def prune(self, last_event_id: int) -> None:
         """Drop every entry with id <= ``last_event_id`` (the client has it)."""
         entries = self._entries
+        if entries is None:
+            return
         while entries and entries[0].event_id <= last_event_id:
             self.newest_pruned_id = entries.popleft().event_id
+        if not entries:
+            self._entries = None
 
     def check_last_event_id(self, last_event_id: int) -> None:
         """Raise `BadLastEventId` unless ``last_event_id`` is a position this
@@ -138,12 +153,12 @@ class EventQueue:
 
     def contents(self) -> list[QueuedEvent]:
         """A snapshot of the pending entries, oldest first."""
-        return list(self._entries)
+        return list(self._entries or ())
 
     def encoded_events(self) -> list[bytes]:
         """Each pending event as JSON bytes with its id; the shared body is
         encoded once per event, not once per queue."""
-        return [entry.event.encode_with_id(entry.event_id) for entry in self._entries]
+        return [entry.event.encode_with_id(entry.event_id) for entry in self._entries or ()]
 
     def checkpoint_after_ack(self, last_event_id: int) -> tuple[int, int] | None:
         """The (seq, event_id) of the stored entry with id ``last_event_id``,
@@ -160,5 +175,6 @@ class EventQueue:
         if index < 0 or index >= len(entries):
             return None
         entry = entries[index]
-        assert entry.event_id == last_event_id, "queue ids are not contiguous"
+        if entry.event_id != last_event_id:
+            raise OutOfOrder(f"queue ids are not contiguous at {last_event_id}")
         return (entry.event.seq, entry.event_id)

@@ -106,8 +106,9 @@ class LiveQueue:
         self.checkpoint: tuple[int, int] = (0, -1)
         # The checkpoint or activity time changed since it was last written.
         self.dirty = False
-        # Resolved when the activation ends, so concurrent polls wait for one build.
-        self.activation: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Resolved when the activation ends, so concurrent polls wait for one build;
+        # released then (None), since an idle queue should cost as little as possible.
+        self.activation: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
         self.drop_cause: DropCause | None = None
 
     def __repr__(self) -> str:
@@ -171,7 +172,7 @@ class LiveQueues:
             raise ValueError(f"queue {live.queue_id!r} activated without its data")
         live.state = QueueState.WARM
         self.registry.add(live.client)
-        _resolve(live.activation)
+        _resolve(live)
 
     def make_cold(self, live: LiveQueue) -> None:
         """Forget the queue in memory but keep its descriptor: the next poll rebuilds
@@ -181,7 +182,7 @@ class LiveQueues:
         self._queues.pop(live.queue_id, None)
         if live.state is QueueState.WARM:
             self.registry.remove(live.queue_id)
-        _resolve(live.activation)
+        _resolve(live)
 
     def drop(self, live: LiveQueue, cause: DropCause) -> None:
         """Remove a queue for good: the one removal path, whatever the cause."""
@@ -198,9 +199,7 @@ class LiveQueues:
         self.drops[cause] += 1
         if live.client is not None:
             self.wake(live.client, cause)
-        if not live.activation.done():
-            live.activation.set_exception(QueueDropped(cause))
-            live.activation.exception()  # retrieved: waiters re-check the state anyway
+        _resolve(live)  # waiters re-check the state and find it dropped
         log.info("queue %s of user %d dropped: %s", live.queue_id, live.user_id, cause.value)
 
     def cut_off_user(self, user_id: int, seq: int) -> list[LiveQueue]:
@@ -269,6 +268,8 @@ class LiveQueues:
         return len(self._tombstones) + len(self._cut_offs)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
+def _resolve(live: LiveQueue) -> None:
+    """End the activation wait of `live`, whatever its outcome, and release it."""
+    future, live.activation = live.activation, None
+    if future is not None and not future.done():
         future.set_result(None)

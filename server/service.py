@@ -32,6 +32,7 @@ import asyncio
 import logging
 import random
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from models.database import Database
 from models.descriptors import DescriptorRecord, load_descriptor
 from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
-from models.tables import Realm, UserProfile
+from models.tables import QueueDescriptorRow, Realm, UserProfile
 from queues.descriptor import (
     ClientDescriptor,
     LegacyClientRule,
@@ -54,6 +55,7 @@ from queues.descriptor import (
 from queues.queue import BadLastEventId, EventQueue, QueueOverflow
 from queues.registry import QueueRegistry
 from queues.types import Capabilities
+from server.abuse import QUEUE_CAP_DROP, AbuseMonitor
 from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
 from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
@@ -70,6 +72,7 @@ from server.live_queues import (
     WakeReason,
 )
 from server.maintenance import Maintenance
+from server.quotas import KeyedLock
 from server.wakeup import WakeupSource, wakeup_source_for
 
 log = logging.getLogger("eventq.service")
@@ -122,6 +125,23 @@ class PollAnswer:
     heartbeat: bool = False
 
 
+# Distinct filters and capability sets are few (one per kind of client); sharing one
+# object per value saves a few hundred bytes per queue. Bounded against odd clients.
+MAX_SHARED_VALUES = 1024
+_shared_values: dict[object, object] = {}
+T = TypeVar("T")
+
+
+def _shared_value(value: T) -> T:
+    """One object per distinct (hashable, immutable) value, shared by every queue."""
+    shared = _shared_values.get(value)
+    if shared is not None:
+        return shared  # type: ignore[return-value]
+    if len(_shared_values) < MAX_SHARED_VALUES and value is not None:
+        _shared_values[value] = value
+    return value
+
+
 def _refusal(cause: DropCause, queue_id: str) -> Exception:
     """What a poll of a queue dropped for `cause` is answered with."""
     if cause is DropCause.DEACTIVATED:
@@ -140,8 +160,17 @@ class EventService:
         clock: Callable[[], float] = time.time,
         heartbeat_secs: tuple[float, float] = (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
         outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS,
+        max_queues_per_user: int | None = None,
+        abuse: AbuseMonitor | None = None,
     ) -> None:
         self.db = db
+        # None: no cap (benchmarks and tests that register thousands of queues for one
+        # user in-process); `eventq serve` passes EVENTQ_MAX_QUEUES_PER_USER.
+        self.max_queues_per_user = max_queues_per_user
+        # Refusals and quota drops of this process (server.abuse), shared with the HTTP
+        # layer's rate limits.
+        self.abuse = abuse if abuse is not None else AbuseMonitor()
+        self._register_locks = KeyedLock()
         self.heartbeat_secs = heartbeat_secs
         self.legacy_rules = tuple(legacy_rules)
         self.clock = clock
@@ -270,7 +299,18 @@ class EventService:
     # -- register -------------------------------------------------------------------------
 
     async def register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
-        """Create a queue and return it with the state snapshot it starts from."""
+        """Create a queue and return it with the state snapshot it starts from.
+
+        With a cap on queues per user, one user's registers run one at a time, each
+        counting the user's descriptors in its snapshot and, once its own queue is live,
+        dropping the least recently used ones past the cap (`server.quotas`).
+        """
+        if self.max_queues_per_user is None:
+            return await self._register(user, request)
+        async with self._register_locks.hold(user.id):
+            return await self._register(user, request)
+
+    async def _register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
         client_name, client_version = parse_user_agent(request.user_agent)
         lifespan = clamp_lifespan(request.queue_lifespan_secs)
         legacy = uses_legacy_deactivation(
@@ -282,9 +322,22 @@ class EventService:
         now = self.clock()
         queue_id = secrets.token_hex(16)
 
+        held: list[tuple[str, float]] = []
+
         def snapshot() -> tuple[dict[str, Any], DescriptorRecord]:
             # One snapshot transaction: the state and the outbox position agree.
             with self.db.snapshot() as session:
+                if self.max_queues_per_user is not None:
+                    # The user's queues, for the cap: in this transaction, so it costs
+                    # no round trip of its own.
+                    held[:] = [
+                        (queue_id, last_active)
+                        for queue_id, last_active in session.execute(
+                            select(
+                                QueueDescriptorRow.queue_id, QueueDescriptorRow.last_active
+                            ).where(QueueDescriptorRow.user_id == user.id)
+                        )
+                    ]
                 profile = session.get(UserProfile, user.id)
                 if profile is None or not profile.is_active:
                     raise UserDeactivated()
@@ -337,7 +390,56 @@ class EventService:
             "legacy" if legacy else "full",
             lifespan,
         )
+        if self.max_queues_per_user is not None:
+            await self._drop_past_queue_cap(user, held, self.max_queues_per_user)
         return {"queue_id": queue_id, "last_event_id": -1, **state}
+
+    async def _drop_past_queue_cap(
+        self, user: AuthenticatedUser, held: list[tuple[str, float]], cap: int
+    ) -> None:
+        """Drop the user's least recently used queues (of `held`, those it had before
+        this register) so that with the new one it holds at most `cap`.
+
+        Through the one removal path (`LiveQueues.drop`, then the durable deletion, as
+        `delete_queue`), so a dropped queue's poll is answered BAD_EVENT_QUEUE_ID and
+        no poll can rebuild it; a cold queue is claimed in memory to be dropped.
+        """
+        now = self.clock()
+        candidates: list[tuple[float, str]] = []
+        for queue_id, stored_last_active in held:
+            if self.live.is_tombstoned(queue_id):
+                continue  # already on its way out
+            last_active = stored_last_active
+            live = self.live.get(queue_id)
+            if live is not None and live.client is not None:
+                # Memory is newer than the descriptor (activity is written behind), and
+                # a queue with a parked poll is in use right now.
+                waiting = live.client.waiter is not None
+                last_active = now if waiting else max(last_active, live.client.last_active)
+            candidates.append((last_active, queue_id))
+        excess = len(candidates) - (cap - 1)
+        if excess <= 0:
+            return
+        candidates.sort()
+        for last_active, queue_id in candidates[:excess]:
+            live = self.live.get(queue_id)
+            if live is None:
+                if self.live.is_tombstoned(queue_id):
+                    continue
+                live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+            # Idle the longest of the user's queues: reclaimed as an expiry would.
+            self.live.drop(live, DropCause.EXPIRED)
+            self.abuse.record(
+                QUEUE_CAP_DROP,
+                f"user {user.id}",
+                f"at its cap of {cap} queues; dropped {queue_id}, idle {now - last_active:.0f}s",
+            )
+        try:
+            await self.maintenance.delete_dropped()
+        except Exception as error:
+            # The queues are gone already (tombstoned); the next sweep deletes the rows.
+            log.warning("could not delete queues dropped for the cap yet: %s", error)
+            self._request_deletions()
 
     # -- activation (register, and cold queues on first poll) ---------------------------
 
@@ -349,10 +451,12 @@ class EventService:
             queue_id=record.queue_id,
             realm_id=record.realm_id,
             user_id=record.user_id,
-            event_types=frozenset(record.event_types) if record.event_types is not None else None,
-            capabilities=Capabilities.from_client_capabilities(record.capabilities),
-            client_name=record.client_name,
-            client_version=record.client_version,
+            event_types=_shared_value(
+                frozenset(record.event_types) if record.event_types is not None else None
+            ),
+            capabilities=_shared_value(Capabilities.from_client_capabilities(record.capabilities)),
+            client_name=sys.intern(record.client_name),
+            client_version=sys.intern(record.client_version) if record.client_version else None,
             lifespan_secs=record.lifespan_secs,
             now=record.last_active,
             queue=EventQueue(
@@ -428,9 +532,9 @@ class EventService:
                 if self.live.is_tombstoned(queue_id):
                     raise BadEventQueueId(queue_id)
                 live = await self._rebuild(user, queue_id)
-            if live.state is QueueState.ACTIVATING:
+            if live.state is QueueState.ACTIVATING and live.activation is not None:
                 # Another poll is building it: share that build.
-                await asyncio.gather(asyncio.shield(live.activation), return_exceptions=True)
+                await asyncio.shield(live.activation)
             if live.user_id != user.id:
                 raise BadEventQueueId(queue_id)
             if live.state is QueueState.WARM:

@@ -11,6 +11,7 @@ from queues.queue import (
     MAX_QUEUE_LENGTH,
     BadLastEventId,
     EventQueue,
+    OutOfOrder,
     QueuedEvent,
     QueueOverflow,
 )
@@ -57,7 +58,7 @@ def test_push_starts_at_given_position() -> None:
 
 def test_push_rejects_old_seq() -> None:
     queue = EventQueue(last_seq=5)
-    with pytest.raises(AssertionError, match="strictly increasing seq order"):
+    with pytest.raises(OutOfOrder, match="strictly increasing seq order"):
         queue.push(ev(5))
 
 
@@ -66,7 +67,7 @@ def test_skip_advances_last_seq_without_id() -> None:
     queue.skip(4)
     assert queue.last_seq == 4
     assert queue.next_event_id == 0
-    with pytest.raises(AssertionError, match="strictly increasing seq order"):
+    with pytest.raises(OutOfOrder, match="strictly increasing seq order"):
         queue.skip(4)
 
 
