@@ -28,3 +28,14 @@ class NotAllowed(ActionError):
     """Raised when the acting user lacks the role the action needs."""
 
     code = "UNAUTHORIZED_PRINCIPAL"
+
+
+class ActorDeactivated(ActionError):
+    """Raised when the acting user is found deactivated once the action holds the realm
+    lock: the server authenticated them, and a deactivation committed in between."""
+
+    code = "USER_DEACTIVATED"
+
+    def __init__(self) -> None:
+        # Zulip's wording for the same code, as the server answers a deactivated key.
+        super().__init__("Account is deactivated")

@@ -13,6 +13,13 @@ Each call runs a fixed number of statements whatever the number of users and cha
 Peer events are grouped, one event per set of identical recipients and users, with
 `stream_ids` and `user_ids` lists, as Zulip does. No user receives a peer event that
 names themselves (DESIGN.md §3).
+
+`check_add_subscriptions` and `check_remove_subscriptions` serve the REST requests, by
+channel name and principal: they take the realm's writer lock first, then re-read the
+acting user (the server authenticated them before the transaction began, and a
+deactivation may have committed since: `ActorDeactivated`, never an assertion), then
+resolve every principal, every name and every new channel in bulk, so a request also
+runs a fixed number of statements whatever the number of principals and channels.
 """
 
 from __future__ import annotations
@@ -25,19 +32,22 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from actions.errors import InvalidInput, NotAllowed, NotFound
+from actions.errors import ActorDeactivated, InvalidInput, NotAllowed, NotFound
 from actions.peer_events import PeerEventGrouper
-from actions.streams import do_create_stream
+from actions.streams import check_new_stream, insert_streams
 from models.outbox import PendingEvent, append_events, lock_realm
-from models.queries import get_stream_by_name
+from models.queries import get_streams_by_names, get_users_by_ids_and_emails
 from models.state import stream_to_api, subscription_to_api
-from models.tables import Role, Stream, Subscription, UserProfile
+from models.tables import Stream, Subscription, UserProfile
 from models.visibility import (
     AudienceIndex,
     active_subscribers,
     active_user_roles,
+    can_create_channels,
+    can_create_web_public_channels,
     can_see_stream,
-    is_realm_admin,
+    can_subscribe_others,
+    can_unsubscribe_others,
 )
 
 
@@ -73,9 +83,10 @@ def _load_targets(
     users = {
         u.id: u
         for u in session.scalars(
-            select(UserProfile).where(
-                UserProfile.realm_id == realm_id, UserProfile.id.in_(wanted_users)
-            )
+            select(UserProfile)
+            .where(UserProfile.realm_id == realm_id, UserProfile.id.in_(wanted_users))
+            # `is_active` is checked below: read the committed row, not the session's copy.
+            .execution_options(populate_existing=True)
         )
     }
     streams = {
@@ -117,6 +128,23 @@ def bulk_add_subscriptions(
     """Subscribe every user to every channel; pairs already subscribed are left alone."""
     lock_realm(session, realm_id)
     users, streams = _load_targets(session, realm_id, user_ids, stream_ids)
+    change, events = _add_subscriptions(session, realm_id, users, streams)
+    append_events(session, realm_id, events)
+    return change
+
+
+def _add_subscriptions(
+    session: Session,
+    realm_id: int,
+    users: dict[int, UserProfile],
+    streams: dict[int, Stream],
+    audience: AudienceIndex | None = None,
+) -> tuple[SubscriptionChange, list[PendingEvent]]:
+    """Subscribe checked, active `users` to `streams`; return the events to write.
+
+    The caller holds the realm lock. `audience` is the realm's, when the caller has
+    already read it; otherwise it is read here, only if something changes.
+    """
     existing = _existing_rows(session, users.keys(), streams.keys())
     change = SubscriptionChange()
     to_insert: list[dict[str, Any]] = []
@@ -140,7 +168,7 @@ def bulk_add_subscriptions(
             else:
                 to_reactivate.append(row[0])
     if not change.changed:
-        return change
+        return change, []
     if to_insert:
         session.execute(insert(Subscription), to_insert)
     if to_reactivate:
@@ -148,7 +176,8 @@ def bulk_add_subscriptions(
             update(Subscription).where(Subscription.id.in_(to_reactivate)).values(active=True)
         )
 
-    audience = AudienceIndex(active_user_roles(session, realm_id))
+    if audience is None:
+        audience = AudienceIndex(active_user_roles(session, realm_id))
     changed_streams = {stream_id for _, stream_id in change.changed}
     subscribers = active_subscribers(session, changed_streams)
     added_by_user: dict[int, list[Stream]] = defaultdict(list)
@@ -190,8 +219,7 @@ def bulk_add_subscriptions(
     for stream_id in sorted(changed_streams):
         peers.add(streams[stream_id], subscribers.get(stream_id, set()), added_by_stream[stream_id])
     events.extend(peers.events())
-    append_events(session, realm_id, events)
-    return change
+    return change, events
 
 
 def bulk_remove_subscriptions(
@@ -200,6 +228,16 @@ def bulk_remove_subscriptions(
     """Unsubscribe every user from every channel; pairs not subscribed are left alone."""
     lock_realm(session, realm_id)
     users, streams = _load_targets(session, realm_id, user_ids, stream_ids)
+    change, events = _remove_subscriptions(session, realm_id, users, streams)
+    append_events(session, realm_id, events)
+    return change
+
+
+def _remove_subscriptions(
+    session: Session, realm_id: int, users: dict[int, UserProfile], streams: dict[int, Stream]
+) -> tuple[SubscriptionChange, list[PendingEvent]]:
+    """Unsubscribe checked `users` from `streams`; return the events to write. The caller
+    holds the realm lock."""
     existing = _existing_rows(session, users.keys(), streams.keys())
     change = SubscriptionChange()
     to_deactivate: list[int] = []
@@ -212,7 +250,7 @@ def bulk_remove_subscriptions(
             change.changed.append((user_id, stream_id))
             to_deactivate.append(row[0])
     if not change.changed:
-        return change
+        return change, []
     session.execute(
         update(Subscription).where(Subscription.id.in_(to_deactivate)).values(active=False)
     )
@@ -248,7 +286,10 @@ def bulk_remove_subscriptions(
                 {
                     "type": "stream",
                     "op": "delete",
-                    "streams": [stream_to_api(s) for s in group_streams],
+                    # Zulip since feature level 343: `stream_ids`, and `streams` kept for
+                    # older clients holding only ids (models.wire.stream_delete_event).
+                    "streams": [{"stream_id": s.id} for s in group_streams],
+                    "stream_ids": [s.id for s in group_streams],
                 },
                 recipients,
             )
@@ -259,8 +300,7 @@ def bulk_remove_subscriptions(
             streams[stream_id], subscribers.get(stream_id, set()), removed_by_stream[stream_id]
         )
     events.extend(peers.events())
-    append_events(session, realm_id, events)
-    return change
+    return change, events
 
 
 @dataclass
@@ -271,10 +311,42 @@ class SubscriptionRequestResult:
     unchanged: dict[int, list[str]] = field(default_factory=dict)
 
 
+@dataclass
+class _KnownUsers:
+    """The users a request names (and its actor), read in one statement under the lock."""
+
+    by_id: dict[int, UserProfile]
+    by_email: dict[str, UserProfile]
+
+
+def _locked_actor(
+    session: Session, realm_id: int, actor_id: int, principals: Collection[object] | None
+) -> tuple[UserProfile, _KnownUsers]:
+    """Take the realm's writer lock, then read the acting user and every principal.
+
+    The lock comes before any read (`models.outbox`): the server authenticated the
+    actor before this transaction began, so a deactivation may have committed since;
+    read under the lock it is seen, and refused as `ActorDeactivated`.
+    """
+    lock_realm(session, realm_id)
+    given = list(principals or ())
+    ids = {p for p in given if isinstance(p, int) and not isinstance(p, bool)}
+    emails = {p.strip().lower() for p in given if isinstance(p, str)}
+    rows = get_users_by_ids_and_emails(session, realm_id, ids | {actor_id}, emails)
+    known = _KnownUsers({u.id: u for u in rows}, {u.email: u for u in rows})
+    actor = known.by_id.get(actor_id)
+    if actor is None:
+        raise NotFound(f"No user with id {actor_id} in this realm.")
+    if not actor.is_active:
+        raise ActorDeactivated()
+    return actor, known
+
+
 def _resolve_principals(
-    session: Session, actor: UserProfile, principals: Collection[str | int] | None
+    actor: UserProfile, principals: Collection[object] | None, known: _KnownUsers
 ) -> list[UserProfile]:
-    """Users named by email or id (default: the actor), all of the actor's realm."""
+    """Users named by email or id (default: the actor), all active users of the actor's
+    realm; the first principal that is not (in the order given) is the one reported."""
     if not principals:
         return [actor]
     found: dict[int, UserProfile] = {}
@@ -282,61 +354,62 @@ def _resolve_principals(
         if isinstance(principal, bool) or not isinstance(principal, str | int):
             raise InvalidInput("principals must be emails or user ids.")
         if isinstance(principal, int):
-            user = session.get(UserProfile, principal)
+            user = known.by_id.get(principal)
         else:
-            user = session.scalars(
-                select(UserProfile).where(
-                    UserProfile.realm_id == actor.realm_id,
-                    UserProfile.email == principal.strip().lower(),
-                )
-            ).first()
-        if user is None or user.realm_id != actor.realm_id or not user.is_active:
+            user = known.by_email.get(principal.strip().lower())
+        if user is None or not user.is_active:
             raise NotFound(f"No such user: {principal}.")
         found[user.id] = user
     return list(found.values())
 
 
+@dataclass
+class _NamedChannels:
+    """The channels a request names, as the acting user may know them."""
+
+    visible: dict[str, Stream]  # by lower-case name
+    missing: list[str]  # names (stripped) of no channel the actor may see, in order
+    hidden: set[str]  # those of `missing` that name a channel the actor may not see
+
+
 def _by_name_visible_to(
     session: Session, actor: UserProfile, names: Collection[str]
-) -> tuple[dict[str, Stream], list[str]]:
-    """Existing channels the actor may see, by lower-case name, and the missing names.
+) -> _NamedChannels:
+    """Match the names to channels (case-insensitively) and split them by what the actor
+    may see, in two statements however many names there are.
 
     A private channel the actor cannot see counts as missing, so its existence is not
     revealed.
     """
+    # One entry per name in any case; the last spelling given is the one kept.
     wanted = {name.strip().lower(): name.strip() for name in names}
-    rows = session.scalars(select(Stream).where(Stream.realm_id == actor.realm_id)).all()
-    subscribed = set(
-        session.scalars(
-            select(Subscription.stream_id).where(
-                Subscription.user_profile_id == actor.id, Subscription.active.is_(True)
+    matched = get_streams_by_names(session, actor.realm_id, wanted.values())
+    subscribed: set[int] = set()
+    if matched:
+        subscribed = set(
+            session.scalars(
+                select(Subscription.stream_id).where(
+                    Subscription.user_profile_id == actor.id,
+                    Subscription.active.is_(True),
+                    Subscription.stream_id.in_({s.id for s in matched.values()}),
+                )
             )
         )
-    )
-    found: dict[str, Stream] = {}
-    hidden: list[str] = []
-    for stream in rows:
-        key = stream.name.lower()
-        if key not in wanted:
+    named = _NamedChannels({}, [], set())
+    for key, name in wanted.items():
+        stream = matched.get(name)
+        if stream is not None and can_see_stream(actor.role, stream, stream.id in subscribed):
+            named.visible[key] = stream
             continue
-        if can_see_stream(actor.role, stream, stream.id in subscribed):
-            found[key] = stream
-        else:
-            hidden.append(wanted[key])
-    missing = [original for key, original in wanted.items() if key not in found]
-    return found, missing + [h for h in hidden if h not in missing]
-
-
-def _locked_actor(session: Session, actor_id: int) -> UserProfile:
-    """The acting user, with their realm's writer lock taken before anything else is read."""
-    actor = session.get(UserProfile, actor_id)
-    assert actor is not None and actor.is_active, "the server authenticated an active user"
-    lock_realm(session, actor.realm_id)
-    return actor
+        named.missing.append(name)
+        if stream is not None:
+            named.hidden.add(name)
+    return named
 
 
 def check_add_subscriptions(
     session: Session,
+    realm_id: int,
     actor_id: int,
     names: list[str],
     principals: list[str | int] | None = None,
@@ -347,51 +420,75 @@ def check_add_subscriptions(
     """`POST /users/me/subscriptions`: subscribe principals, creating missing channels.
 
     Guests may only subscribe themselves and may not create channels; only owners and
-    administrators create web-public channels (Zulip's defaults).
+    administrators create web-public channels (Zulip's defaults). New channels are
+    inserted in one statement, and their `stream` `create` events are written with the
+    subscription events in one `append_events` call.
     """
-    actor = _locked_actor(session, actor_id)
+    actor, known = _locked_actor(session, realm_id, actor_id, principals)
     if not names:
         raise InvalidInput("Nothing to subscribe to: subscriptions is empty.")
-    users = _resolve_principals(session, actor, principals)
-    if actor.role == Role.GUEST and any(u.id != actor.id for u in users):
+    users = _resolve_principals(actor, principals, known)
+    if not can_subscribe_others(actor.role) and any(u.id != actor.id for u in users):
         raise NotAllowed("Guests cannot subscribe other users.")
-    found, missing = _by_name_visible_to(session, actor, names)
-    for name in missing:
-        if actor.role == Role.GUEST:
+    named = _by_name_visible_to(session, actor, names)
+    # Every refusal is decided before anything is written, in the order of the names,
+    # so the first bad name is the one reported.
+    to_create: list[str] = []
+    for name in named.missing:
+        if not can_create_channels(actor.role):
             raise NotAllowed("Guests cannot create channels.")
-        if is_web_public and not is_realm_admin(actor.role):
+        if is_web_public and not can_create_web_public_channels(actor.role):
             raise NotAllowed("Only administrators can create web-public channels.")
-        if get_stream_by_name(session, actor.realm_id, name) is not None:
+        if name in named.hidden:
             # It exists but is private and invisible to the actor: do not reveal it.
             raise NotFound(f"Channel '{name}' does not exist.")
-        stream = do_create_stream(
-            session, actor.realm_id, name, invite_only=invite_only, is_web_public=is_web_public
+        to_create.append(
+            check_new_stream(name, invite_only=invite_only, is_web_public=is_web_public)
         )
-        found[stream.name.lower()] = stream
+    found = dict(named.visible)
+    audience: AudienceIndex | None = None
+    events: list[PendingEvent] = []
+    if to_create:
+        audience = AudienceIndex(active_user_roles(session, realm_id))
+        created, events = insert_streams(
+            session,
+            realm_id,
+            to_create,
+            audience,
+            invite_only=invite_only,
+            is_web_public=is_web_public,
+        )
+        found.update((stream.name.lower(), stream) for stream in created)
     streams = [found[name.strip().lower()] for name in names]
-    change = bulk_add_subscriptions(
-        session, actor.realm_id, [u.id for u in users], list({s.id for s in streams})
+    change, added = _add_subscriptions(
+        session, realm_id, {u.id: u for u in users}, {s.id: s for s in streams}, audience
     )
+    append_events(session, realm_id, events + added)
     return _by_name(change, streams)
 
 
 def check_remove_subscriptions(
-    session: Session, actor_id: int, names: list[str], principals: list[str | int] | None = None
+    session: Session,
+    realm_id: int,
+    actor_id: int,
+    names: list[str],
+    principals: list[str | int] | None = None,
 ) -> SubscriptionRequestResult:
     """`DELETE /users/me/subscriptions`: only administrators may remove other users."""
-    actor = _locked_actor(session, actor_id)
+    actor, known = _locked_actor(session, realm_id, actor_id, principals)
     if not names:
         raise InvalidInput("Nothing to unsubscribe from: subscriptions is empty.")
-    users = _resolve_principals(session, actor, principals)
-    if any(u.id != actor.id for u in users) and not is_realm_admin(actor.role):
+    users = _resolve_principals(actor, principals, known)
+    if any(u.id != actor.id for u in users) and not can_unsubscribe_others(actor.role):
         raise NotAllowed("Insufficient permission to unsubscribe other users.")
-    found, missing = _by_name_visible_to(session, actor, names)
-    if missing:
-        raise NotFound(f"Channel '{missing[0]}' does not exist.")
-    streams = [found[name.strip().lower()] for name in names]
-    change = bulk_remove_subscriptions(
-        session, actor.realm_id, [u.id for u in users], list({s.id for s in streams})
+    named = _by_name_visible_to(session, actor, names)
+    if named.missing:
+        raise NotFound(f"Channel '{named.missing[0]}' does not exist.")
+    streams = [named.visible[name.strip().lower()] for name in names]
+    change, events = _remove_subscriptions(
+        session, realm_id, {u.id: u for u in users}, {s.id: s for s in streams}
     )
+    append_events(session, realm_id, events)
     return _by_name(change, streams)
 
 
