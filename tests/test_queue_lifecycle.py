@@ -21,6 +21,7 @@ from sqlalchemy import update
 
 import queues.queue
 import server.consumer
+import server.service
 from actions.realms import do_create_realm
 from actions.users import do_deactivate_user, do_reactivate_user
 from models.database import Database
@@ -30,6 +31,7 @@ from models.tables import OutboxEvent
 from server.errors import BadEventQueueId, InvalidApiKey, UserDeactivated
 from server.live_queues import DropCause, QueueState
 from server.maintenance import COLD_QUEUE_IDLE_SECS
+from server.ratelimit import RateLimited
 from server.service import AuthenticatedUser, EventService
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
@@ -468,5 +470,45 @@ async def test_a_poll_of_a_warm_queue_does_not_touch_the_database(
         await in_thread(db, lambda s: do_reactivate_user(s, realm.realm_id, realm.users["member"]))
         await service.drain_outbox()
         assert (await service.authenticate(email, key)).id == realm.users["member"]
+    finally:
+        await service.stop()
+
+
+async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
+    db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server.service, "MAX_REGISTERS_IN_FLIGHT", 2)
+    service = EventService(db)
+    await service.start()
+    try:
+        gate = Gate()
+        original_run = service.threads.run
+        held = 0
+
+        async def slow_run(func: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal held
+            if getattr(func, "__name__", "") == "snapshot":
+                held += 1
+                await asyncio.to_thread(gate.hold)
+            return await original_run(func, *args, **kwargs)
+
+        monkeypatch.setattr(service.threads, "run", slow_run)
+        first = asyncio.create_task(service.register(owner(realm), request()))
+        second = asyncio.create_task(service.register(member(realm), request()))
+        async with asyncio.timeout(WAIT_SECS):
+            while held < 2:
+                await gate.reached.wait()
+                gate.reached.clear()
+        with pytest.raises(RateLimited) as shed:
+            await service.register(owner(realm), request())
+        assert 1.0 <= shed.value.to_json()["retry-after"] <= 3.0
+        assert shed.value.headers["Retry-After"] in {"1", "2", "3"}
+        assert service.registers_shed == 1
+        gate.open()
+        async with asyncio.timeout(WAIT_SECS):
+            answers = await asyncio.gather(first, second)
+        assert all(answer["queue_id"] for answer in answers)
+        # Once the storm passes, registers are served again.
+        assert (await service.register(owner(realm), request()))["queue_id"]
     finally:
         await service.stop()
