@@ -19,14 +19,18 @@ import tornado.web
 from migrations import check_schema
 from models.database import Database
 from queues.descriptor import parse_legacy_rules
-from server.config import Settings
+from server.config import DEFAULT_READY_MAX_LAG_SECS, Settings
+from server.connections import GuardedHTTPServer, connection_cap
 from server.handlers_events import (
     EventsHandler,
     OpenApiHandler,
     RegisterHandler,
     ServerSettingsHandler,
 )
+from server.handlers_ops import ADMIN_ROUTES, METRICS_ROUTES, PROBE_ROUTES
 from server.http import MAX_BODY_BYTES, NotFoundHandler, log_request
+from server.metrics import FigureReader
+from server.ratelimit import RateLimiter, RateLimits
 from server.service import HEARTBEAT_MAX_SECS, HEARTBEAT_MIN_SECS, EventService
 
 log = logging.getLogger("eventq.server")
@@ -43,8 +47,19 @@ LISTEN_BACKLOG = 4096
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def make_app(service: EventService) -> tornado.web.Application:
-    """The application with every route of DESIGN.md §6."""
+def make_app(
+    service: EventService,
+    rate_limiter: RateLimiter | None = None,
+    *,
+    serve_metrics: bool = True,
+    figures: FigureReader | None = None,
+    ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS,
+) -> tornado.web.Application:
+    """The application with every route of DESIGN.md §6.
+
+    `rate_limiter` None: Zulip's default limits (`server.ratelimit.RateLimits()`).
+    `serve_metrics` False: `/metrics` is left to a listener of its own (`make_ops_app`).
+    """
     from server.handlers_page import PAGE_ROUTES
     from server.handlers_rest import REST_ROUTES
 
@@ -54,11 +69,36 @@ def make_app(service: EventService) -> tornado.web.Application:
         (r"/api/v1/register", RegisterHandler),
         (r"/api/v1/events", EventsHandler),
         *REST_ROUTES,
+        *ADMIN_ROUTES,
+        *PROBE_ROUTES,
+        *(METRICS_ROUTES if serve_metrics else []),
         *PAGE_ROUTES,
     ]
     return tornado.web.Application(
         routes,
         service=service,
+        rate_limiter=rate_limiter or RateLimiter(RateLimits(), service.abuse),
+        figures=figures or FigureReader(service),
+        ready_max_lag_secs=ready_max_lag_secs,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+def make_ops_app(
+    service: EventService,
+    rate_limiter: RateLimiter,
+    figures: FigureReader,
+    ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS,
+) -> tornado.web.Application:
+    """`/metrics`, `/healthz` and `/readyz` alone, for `EVENTQ_METRICS_ADDRESS`."""
+    return tornado.web.Application(
+        [*METRICS_ROUTES, *PROBE_ROUTES],
+        service=service,
+        rate_limiter=rate_limiter,
+        figures=figures,
+        ready_max_lag_secs=ready_max_lag_secs,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         compress_response=False,
@@ -82,12 +122,40 @@ async def run_server(
         if heartbeat is not None
         else (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
         outbox_min_age_secs=settings.outbox_min_age_secs,
+        max_queues_per_user=settings.max_queues_per_user,
     )
     await service.start()
-    app = make_app(service)
-    server = tornado.httpserver.HTTPServer(
-        app, max_body_size=MAX_READ_BODY_BYTES, max_header_size=MAX_HEADER_BYTES, xheaders=False
+    rate_limiter = RateLimiter(settings.rate_limits, service.abuse)
+    # One reader for both listeners: their scrapes and probes share one database read.
+    figures = FigureReader(service)
+    app = make_app(
+        service,
+        rate_limiter,
+        serve_metrics=settings.metrics_address is None,
+        figures=figures,
+        ready_max_lag_secs=settings.ready_max_lag_secs,
     )
+    # Tornado's idle_connection_timeout is its header timeout: it bounds the wait for a
+    # request's whole header, on a new connection and between keep-alive requests
+    # (server.connections). Neither timeout runs while a poll is parked.
+    server = GuardedHTTPServer(
+        app,
+        max_body_size=MAX_READ_BODY_BYTES,
+        max_header_size=MAX_HEADER_BYTES,
+        xheaders=False,
+        idle_connection_timeout=settings.header_timeout_secs,
+        body_timeout=settings.body_timeout_secs,
+    )
+    max_connections = connection_cap(settings.max_connections)
+    server.limit_connections(max_connections, service.abuse)
+    _log_limits(settings, max_connections)
+    ops_server = None
+    if settings.metrics_address is not None:
+        ops_server = _listen_for_ops(
+            make_ops_app(service, rate_limiter, figures, settings.ready_max_lag_secs),
+            settings,
+            *settings.metrics_address,
+        )
     sockets = tornado.netutil.bind_sockets(port, address=host, backlog=LISTEN_BACKLOG)
     server.add_sockets(sockets)
     bound_port = sockets[0].getsockname()[1]
@@ -106,7 +174,52 @@ async def run_server(
     await stop.wait()
     log.info("shutting down: answering waiting polls and saving queue checkpoints")
     server.stop()
+    if ops_server is not None:
+        ops_server.stop()
     await service.stop()
     await server.close_all_connections()
+    if ops_server is not None:
+        await ops_server.close_all_connections()
     db.dispose()
     log.info("stopped; %d queues will resume after the next start", len(service.registry))
+
+
+def _listen_for_ops(
+    app: tornado.web.Application, settings: Settings, host: str, port: int
+) -> tornado.httpserver.HTTPServer:
+    """Serve the operational endpoints on their own address (port 0: any free one)."""
+    ops_server = tornado.httpserver.HTTPServer(
+        app,
+        max_body_size=MAX_READ_BODY_BYTES,
+        max_header_size=MAX_HEADER_BYTES,
+        xheaders=False,
+        idle_connection_timeout=settings.header_timeout_secs,
+        body_timeout=settings.body_timeout_secs,
+    )
+    sockets = tornado.netutil.bind_sockets(port, address=host)
+    ops_server.add_sockets(sockets)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("eventq metrics on http://%s:%d/metrics", shown, sockets[0].getsockname()[1])
+    return ops_server
+
+
+def _log_limits(settings: Settings, max_connections: int) -> None:
+    limits = settings.rate_limits
+    rules = (
+        ("user", limits.user),
+        ("polls", limits.polls),
+        ("address", limits.address),
+        ("auth failures/address", limits.auth_failures_address),
+        ("auth failures/email", limits.auth_failures_email),
+    )
+    log.info(
+        "limits: header timeout %gs, body timeout %gs, %d connections, %d queues per user; "
+        "rate limits %s",
+        settings.header_timeout_secs,
+        settings.body_timeout_secs,
+        max_connections,
+        settings.max_queues_per_user,
+        ", ".join(f"{name} {','.join(map(str, r)) or 'off'}" for name, r in rules)
+        if limits.enabled
+        else "off",
+    )

@@ -8,6 +8,24 @@
 | `EVENTQ_LEGACY_CLIENTS` | empty | client versions that predate deactivation peer events |
 | `EVENTQ_HEARTBEAT_SECS` | 45-55 random | seconds before an idle long-poll gets a heartbeat |
 | `EVENTQ_OUTBOX_MIN_AGE_SECS` | 3600 | outbox rows are kept at least this long |
+| `EVENTQ_HEADER_TIMEOUT_SECS` | 20 | to receive a request's header; keep-alive idle limit |
+| `EVENTQ_BODY_TIMEOUT_SECS` | 30 | seconds to receive a request's body |
+| `EVENTQ_MAX_CONNECTIONS` | fd limit - 256 | connections per process; past it a 503 |
+| `EVENTQ_RATE_LIMITING` | `on` | `off` turns every rate limit off |
+| `EVENTQ_RATE_LIMIT_USER` | `60:200` | API requests per user (polls excepted) |
+| `EVENTQ_RATE_LIMIT_POLLS` | `60:200` | wasted long-polls per user |
+| `EVENTQ_RATE_LIMIT_ADDRESS` | `60:100` | requests without credentials per address |
+| `EVENTQ_RATE_LIMIT_AUTH_FAILURES_ADDRESS` | `60:30` | failed authentications per address |
+| `EVENTQ_RATE_LIMIT_AUTH_FAILURES_EMAIL` | `60:10` | failed authentications per email |
+| `EVENTQ_MAX_QUEUES_PER_USER` | 100 | live queues per user (past it: LRU one dropped) |
+| `EVENTQ_METRICS_ADDRESS` | empty | `HOST:PORT` serving /metrics (and probes) apart from the API |
+| `EVENTQ_LOG_FORMAT` | `text` | `json`: one JSON object per log line (`server.logs`) |
+| `EVENTQ_READY_MAX_LAG_SECS` | 10 | /readyz fails when a committed row waits longer to be routed |
+
+Rate-limit rules are Zulip's `SECONDS:REQUESTS[,SECONDS:REQUESTS...]`, or `off`.
+
+What a client sees past each limit, and why the defaults are what they are:
+`server.connections`, `server.ratelimit`, `server.quotas`.
 """
 
 from __future__ import annotations
@@ -16,6 +34,9 @@ import os
 from dataclasses import dataclass
 
 from models.database import default_database_url
+from server.logs import LOG_FORMATS, TEXT
+from server.quotas import DEFAULT_MAX_QUEUES_PER_USER, MAX_QUEUES_PER_USER_CEILING
+from server.ratelimit import RateLimits, Rule, parse_rules
 
 # Kept here, not imported from the server, so the CLI reads settings without Tornado.
 DEFAULT_OUTBOX_MIN_AGE_SECS = 3600.0
@@ -23,6 +44,24 @@ DEFAULT_OUTBOX_MIN_AGE_SECS = 3600.0
 DEFAULT_HOST = "127.0.0.1"
 # Zulip's Tornado listens on 9993 behind its proxy; eventq takes the same port.
 DEFAULT_PORT = 9993
+# A real client sends its whole header in one write, within a round trip. 20 s still
+# covers a stalled mobile link (TCP retransmits after 1, 2, 4 and 8 s: four losses in a
+# row take 15 s), while a connection that sends half a header and stops is closed 180
+# times sooner than with Tornado's default of an hour. The same wait is Tornado's idle
+# limit between two requests of a keep-alive connection: clients reopen a closed one.
+DEFAULT_HEADER_TIMEOUT_SECS = 20.0
+# Bodies are at most 256 KiB (`server.http.MAX_BODY_BYTES`): 21 s at 100 kbit/s.
+DEFAULT_BODY_TIMEOUT_SECS = 30.0
+# Timeouts outside this range are typos: under 0.1 s a real client on a slow link
+# could not send a header, and over an hour is Tornado's default, i.e. no bound.
+MIN_TIMEOUT_SECS = 0.1
+MAX_TIMEOUT_SECS = 3600.0
+# Lower caps leave the server unable to park its own clients' polls.
+MIN_MAX_CONNECTIONS = 16
+# The consumer routes a committed row within milliseconds; ten seconds behind means it
+# is stuck or the database is crawling, and a load balancer should try another process.
+DEFAULT_READY_MAX_LAG_SECS = 10.0
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -37,6 +76,18 @@ class Settings:
     heartbeat_secs: float | None = None
     # Outbox rows younger than this are never pruned: an audit trail of every action.
     outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS
+    header_timeout_secs: float = DEFAULT_HEADER_TIMEOUT_SECS
+    body_timeout_secs: float = DEFAULT_BODY_TIMEOUT_SECS
+    # None: as many as the process's file descriptor limit allows (server.connections).
+    max_connections: int | None = None
+    max_queues_per_user: int = DEFAULT_MAX_QUEUES_PER_USER
+    rate_limits: RateLimits = RateLimits()
+    # (host, port) of a listener of its own for /metrics, /healthz and /readyz; None:
+    # they are served on the API's address (`server.app`).
+    metrics_address: tuple[str, int] | None = None
+    log_format: str = TEXT
+    # /readyz answers 503 once a committed outbox row has waited this long to be routed.
+    ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS
 
     @classmethod
     def from_env(cls, database_url: str | None = None) -> Settings:
@@ -77,4 +128,96 @@ class Settings:
             host=os.environ.get("EVENTQ_HOST", DEFAULT_HOST),
             port=port,
             legacy_clients=os.environ.get("EVENTQ_LEGACY_CLIENTS", ""),
+            header_timeout_secs=_seconds("EVENTQ_HEADER_TIMEOUT_SECS", DEFAULT_HEADER_TIMEOUT_SECS),
+            body_timeout_secs=_seconds("EVENTQ_BODY_TIMEOUT_SECS", DEFAULT_BODY_TIMEOUT_SECS),
+            max_connections=_count("EVENTQ_MAX_CONNECTIONS", MIN_MAX_CONNECTIONS, None),
+            max_queues_per_user=_count("EVENTQ_MAX_QUEUES_PER_USER", 1, MAX_QUEUES_PER_USER_CEILING)
+            or DEFAULT_MAX_QUEUES_PER_USER,
+            rate_limits=_rate_limits(),
+            metrics_address=parse_address(
+                "EVENTQ_METRICS_ADDRESS", os.environ.get("EVENTQ_METRICS_ADDRESS", "")
+            ),
+            log_format=log_format_from_env(),
+            ready_max_lag_secs=_seconds("EVENTQ_READY_MAX_LAG_SECS", DEFAULT_READY_MAX_LAG_SECS),
         )
+
+
+def parse_address(name: str, text: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (`[v6 address]:PORT` for IPv6) as (host, port); None when empty."""
+    text = text.strip()
+    if not text:
+        return None
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not host or not 0 <= port <= MAX_PORT:
+        raise ValueError(f"{name} must be HOST:PORT, like 127.0.0.1:9994, not {text!r}")
+    return host, port
+
+
+def log_format_from_env() -> str:
+    """`EVENTQ_LOG_FORMAT`: `text` (the default) or `json`."""
+    text = os.environ.get("EVENTQ_LOG_FORMAT", "").strip().lower() or TEXT
+    if text not in LOG_FORMATS:
+        raise ValueError(f"EVENTQ_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {text!r}")
+    return text
+
+
+def _seconds(name: str, default: float) -> float:
+    """A timeout setting in seconds, `default` when unset."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not MIN_TIMEOUT_SECS <= value <= MAX_TIMEOUT_SECS:
+        raise ValueError(
+            f"{name} must be a number of seconds from {MIN_TIMEOUT_SECS:g} to "
+            f"{MAX_TIMEOUT_SECS:g}, not {text!r}"
+        )
+    return value
+
+
+def _count(name: str, low: int, high: int | None) -> int | None:
+    """An integer setting from `low` to `high` (None: no upper bound); None when unset."""
+    text = os.environ.get(name, "")
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"{name} must be a whole number {bound}, not {text!r}")
+    return value
+
+
+def _rate_limits() -> RateLimits:
+    """The rate-limit rules: Zulip's notation per budget, and a switch for all of them."""
+    defaults = RateLimits()
+    switch = os.environ.get("EVENTQ_RATE_LIMITING", "on").strip().lower()
+    if switch not in ("on", "off"):
+        raise ValueError(f"EVENTQ_RATE_LIMITING must be 'on' or 'off', not {switch!r}")
+
+    def rules(name: str, default: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        text = os.environ.get(name, "")
+        return parse_rules(name, text) if text else default
+
+    return RateLimits(
+        enabled=switch == "on",
+        user=rules("EVENTQ_RATE_LIMIT_USER", defaults.user),
+        polls=rules("EVENTQ_RATE_LIMIT_POLLS", defaults.polls),
+        address=rules("EVENTQ_RATE_LIMIT_ADDRESS", defaults.address),
+        auth_failures_address=rules(
+            "EVENTQ_RATE_LIMIT_AUTH_FAILURES_ADDRESS", defaults.auth_failures_address
+        ),
+        auth_failures_email=rules(
+            "EVENTQ_RATE_LIMIT_AUTH_FAILURES_EMAIL", defaults.auth_failures_email
+        ),
+    )

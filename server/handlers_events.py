@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import orjson
 
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
-from server.errors import BadRequest
+from server.errors import ApiError, BadRequest
 from server.http import ApiHandler
 from server.live_queues import WakeReason
 from server.params import check_bool, check_dict, check_int, check_list, check_str_list
+from server.ratelimit import PollTicket, RateLimited
 from server.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION, RegisterRequest
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -27,6 +29,8 @@ VERSION_FIELDS = {
 
 class ServerSettingsHandler(ApiHandler):
     """`GET /api/v1/server_settings`: what a client checks before it logs in."""
+
+    public = True
 
     def get(self) -> None:
         # Only what eventq does: it sends no push notifications, and the only way to
@@ -48,6 +52,8 @@ class ServerSettingsHandler(ApiHandler):
 
 class OpenApiHandler(ApiHandler):
     """`GET /api/v1/openapi.json`: the document describing this API."""
+
+    public = True
 
     def get(self) -> None:
         self.finish(OPENAPI_PATH.read_bytes())
@@ -92,16 +98,38 @@ class EventsHandler(ApiHandler):
     _queue_id: str | None = None
     _waiter: asyncio.Future[WakeReason] | None = None
 
+    def counts_against_user_budget(self) -> bool:
+        # Polls have their own budget, counting only wasted ones (server.ratelimit).
+        return self.request.method != "GET"
+
     async def get(self) -> None:
         user = await self.authenticate()
-        queue_id = self.param_str("queue_id")
-        last_event_id = self.param_json("last_event_id", check_int, None)
-        dont_block = self.param_json("dont_block", check_bool, False)
-        self._queue_id = queue_id
-        self._waiter = asyncio.get_running_loop().create_future()
-        answer = await self.service.get_events(
-            user, queue_id, last_event_id, dont_block, self._waiter
-        )
+        limiter = self.rate_limiter
+        ticket: PollTicket | None = None
+        try:
+            queue_id = self.param_str("queue_id")
+            last_event_id = self.param_json("last_event_id", check_int, None)
+            dont_block = self.param_json("dont_block", check_bool, False)
+            ticket = limiter.begin_poll(user.id, queue_id, last_event_id)
+            self.set_rate_headers(ticket.headers)
+            self._queue_id = queue_id
+            self._waiter = asyncio.get_running_loop().create_future()
+            started = time.monotonic()
+            answer = await self.service.get_events(
+                user, queue_id, last_event_id, dont_block, self._waiter
+            )
+        except RateLimited:
+            raise
+        except ApiError:
+            # A refused poll (bad parameters, unknown queue) is a wasted one.
+            if ticket is None:
+                ticket = limiter.begin_poll(user.id, None, None)
+            limiter.end_poll(ticket, answered=False, newest_event=None, held=False)
+            raise
+        # Held until its heartbeat was due, not cut short by a newer poll of the queue.
+        held = answer.heartbeat and time.monotonic() - started >= self.service.heartbeat_secs[0]
+        newest = None if answer.heartbeat else _newest_event_id(answer.events)
+        limiter.end_poll(ticket, answered=True, newest_event=newest, held=held)
         self.quiet = answer.heartbeat
         if self.request.connection is None or self._finished:
             return
@@ -114,10 +142,22 @@ class EventsHandler(ApiHandler):
 
     async def delete(self) -> None:
         user = await self.authenticate()
-        await self.service.delete_queue(user, self.param_str("queue_id"))
+        queue_id = self.param_str("queue_id")
+        await self.service.delete_queue(user, queue_id)
+        self.rate_limiter.queue_deleted(queue_id)
         self.send_success()
 
     def on_connection_close(self) -> None:
         # The client went away mid-poll: free the queue's waiting slot.
         if self._queue_id is not None and self._waiter is not None:
             self.service.cancel_wait(self._queue_id, self._waiter)
+
+
+def _newest_event_id(events: list[bytes]) -> int | None:
+    """The id of the last (newest) encoded event: its last key (`queues.types`)."""
+    if not events:
+        return None
+    try:
+        return int(events[-1].rsplit(b'"id":', 1)[1].rstrip(b"} "))
+    except (IndexError, ValueError):
+        return None

@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
+import secrets
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
+import tornado.httputil
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -29,8 +32,10 @@ from server.errors import (
     InvalidApiKey,
     MissingArgument,
     Unauthorized,
+    UserDeactivated,
 )
 from server.params import check_json_value, check_text
+from server.ratelimit import RateLimited, RateLimiter
 from server.service import AuthenticatedUser, EventService
 
 log = logging.getLogger("eventq.http")
@@ -40,6 +45,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
 _MISSING: Any = object()
+
+# Every answer of the API names its request, as the access log does, so a client's report
+# or a proxy's log line leads to the server's. A proxy's own id (nginx: `proxy_set_header
+# X-Request-Id $request_id;`) is kept when it looks like one; otherwise one is made up.
+REQUEST_ID_HEADER = "X-Request-Id"
+_FORWARDED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
+# The longest queue id the log repeats from a request (ids are 32 hex digits).
+MAX_LOGGED_QUEUE_ID = 64
 
 # No request of this API needs a larger body; a larger one gets a JSON 413 from
 # `ApiHandler.prepare` (`server.app` reads bodies up to a higher hard cap so that it can).
@@ -71,19 +84,76 @@ class ApiHandler(tornado.web.RequestHandler):
     """Base handler: parameters, authentication, success and error answers."""
 
     user: AuthenticatedUser | None = None
-    # Set by long-poll handlers whose answer was a heartbeat: logged at DEBUG.
+    # Set by long-poll handlers whose answer was a heartbeat, and on rate-limit refusals
+    # (`server.abuse` logs those once a minute per offender): logged at DEBUG.
     quiet = False
+    # Endpoints that need no credentials: every request to them counts against the
+    # client address's budget, whether or not it carries an Authorization header.
+    public = False
+    # The X-RateLimit-* headers of the budget this request was counted against; kept to
+    # be set again on an error answer, since Tornado clears headers before writing one.
+    _rate_headers: dict[str, str] | None = None
 
     @property
     def service(self) -> EventService:
         service: EventService = self.application.settings["service"]
         return service
 
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        limiter: RateLimiter = self.application.settings["rate_limiter"]
+        return limiter
+
+    @property
+    def client_address(self) -> str:
+        return self.request.remote_ip or "unknown"
+
+    def set_rate_headers(self, headers: dict[str, str]) -> None:
+        """Answer with these X-RateLimit-* headers (also on an error answer)."""
+        self._rate_headers = headers
+        for name, value in headers.items():
+            self.set_header(name, value)
+
+    def counts_against_user_budget(self) -> bool:
+        """Whether an authenticated request counts against its user's budget; the
+        long-poll's GET has its own (server.ratelimit)."""
+        return True
+
+    def _implements_method(self) -> bool:
+        method = (self.request.method or "").lower()
+        return getattr(type(self), method, None) is not getattr(
+            tornado.web.RequestHandler, method, None
+        )
+
+    # The code of the error answer, if the request was refused: for the log and metrics.
+    error_code: str | None = None
+    _request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """This request's id: the proxy's X-Request-Id, or a new random one."""
+        if self._request_id is None:
+            forwarded = self.request.headers.get(REQUEST_ID_HEADER, "")
+            if _FORWARDED_REQUEST_ID.fullmatch(forwarded):
+                self._request_id = forwarded
+            else:
+                self._request_id = secrets.token_hex(16)
+        return self._request_id
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+        self.set_header(REQUEST_ID_HEADER, self.request_id)
 
     def prepare(self) -> None:
+        # Requests that will not authenticate count against the address's budget (those
+        # that do count against their user's once authenticated): Zulip's api_by_ip.
+        if (
+            self.public
+            or not self.request.headers.get("Authorization")
+            or not self._implements_method()
+        ):
+            self.set_rate_headers(self.rate_limiter.anonymous_request(self.client_address))
         # Tornado has read the whole body (up to server.app's hard cap) by now.
         if len(self.request.body) > MAX_BODY_BYTES:
             raise PayloadTooLarge()
@@ -125,23 +195,33 @@ class ApiHandler(tornado.web.RequestHandler):
     # -- authentication -------------------------------------------------------------------
 
     async def authenticate(self) -> AuthenticatedUser:
-        """The caller from HTTP Basic `email:api_key`; refusals answer as Zulip does."""
+        """The caller from HTTP Basic `email:api_key`; refusals answer as Zulip does.
+
+        Rate limits: credentials from an email or address with too many recent failures
+        are refused (429) before the key is looked at, a failure counts against both,
+        and a success counts against the user's budget (except for long-polls).
+        """
         header = self.request.headers.get("Authorization", "")
         if not header:
             self.set_header("WWW-Authenticate", 'Basic realm="zulip"')
             raise Unauthorized()
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
+        email, api_key = _basic_credentials(header)
+        limiter = self.rate_limiter
+        address = self.client_address
+        # The connection (its stream), which a success exempts for its own email.
+        connection = getattr(self.request.connection, "stream", None)
+        limiter.before_authentication(address, email, connection)
+        if email is None:
+            limiter.authentication_failed(address, None, connection)
             raise InvalidApiKey()
         try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII base64 text
-            raise InvalidApiKey() from None
-        email, sep, api_key = decoded.partition(":")
-        # No account has a NUL in its email or key, and PostgreSQL refuses it in a query.
-        if not sep or "\x00" in decoded:
-            raise InvalidApiKey()
-        self.user = await self.service.authenticate(email, api_key)
+            self.user = await self.service.authenticate(email, api_key)
+        except (InvalidApiKey, UserDeactivated):
+            limiter.authentication_failed(address, email, connection)
+            raise
+        limiter.authenticated(connection, email)
+        if self.counts_against_user_budget():
+            self.set_rate_headers(limiter.user_request(self.user.id))
         return self.user
 
     # -- calling the layers below on the database threads ------------------------------
@@ -188,6 +268,11 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, RateLimited):
+            self.quiet = True
+            self.set_rate_headers(error.headers)
+        elif self._rate_headers:
+            self.set_rate_headers(self._rate_headers)
         if isinstance(error, ApiError):
             self.set_status(error.status)
             body = error.to_json()
@@ -209,6 +294,7 @@ class ApiHandler(tornado.web.RequestHandler):
             }
         else:
             body = {"result": "error", "msg": self._reason, "code": "BAD_REQUEST"}
+        self.error_code = str(body["code"])
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
@@ -230,27 +316,76 @@ class NotFoundHandler(ApiHandler):
     """Every unknown path: a JSON 404, never an HTML page."""
 
     def prepare(self) -> None:
+        self.set_rate_headers(self.rate_limiter.anonymous_request(self.client_address))
         self.set_status(404)
         self.finish(json.dumps({"result": "error", "msg": "Not Found", "code": "BAD_REQUEST"}))
 
 
+def _basic_credentials(header: str) -> tuple[str | None, str]:
+    """(email, api_key) of an HTTP Basic Authorization header; (None, "") if malformed."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None, ""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII base64 text
+        return None, ""
+    email, sep, api_key = decoded.partition(":")
+    # No account has a NUL in its email or key, and PostgreSQL refuses it in a query.
+    if not sep or "\x00" in decoded:
+        return None, ""
+    return email, api_key
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: method, path, status, user, duration; heartbeats at DEBUG."""
+    """One line per request: method, path, status, user, duration; heartbeats at DEBUG.
+
+    The line's fields also travel with the record (`extra`), with the request id, the
+    error code and the queue id when the request names one, for the JSON log format
+    (`server.logs`). Long-polls and registers are counted by outcome for the metrics.
+    """
+    request = handler.request
     status = handler.get_status()
-    duration_ms = 1000.0 * handler.request.request_time()
+    duration_ms = 1000.0 * request.request_time()
     user = getattr(handler, "user", None)
+    code = getattr(handler, "error_code", None)
+    quiet = bool(getattr(handler, "quiet", False))
+    service = handler.application.settings.get("service")
+    if isinstance(service, EventService):
+        # A long-poll answered 200 is quiet exactly when its answer was a heartbeat.
+        service.metrics.count_request(request.method, request.path, status, code, quiet)
     who = f"user {user.id}" if user is not None else "anonymous"
     level = logging.INFO
-    if getattr(handler, "quiet", False):
+    if quiet:
         level = logging.DEBUG
     elif status >= 500:
         level = logging.ERROR
+    fields: dict[str, Any] = {
+        "request_id": getattr(handler, "request_id", None) or secrets.token_hex(16),
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": round(duration_ms, 1),
+        "user_id": user.id if user is not None else None,
+        "queue_id": _queue_id_of(request),
+    }
+    if code is not None:
+        fields["code"] = code
     access_log.log(
         level,
         "%s %s %d %s %.1fms",
-        handler.request.method,
-        handler.request.path,
+        request.method,
+        request.path,
         status,
         who,
         duration_ms,
+        extra={"eventq": fields},
     )
+
+
+def _queue_id_of(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    """The `queue_id` parameter of a poll or a queue deletion, for the log."""
+    values = request.query_arguments.get("queue_id") or request.body_arguments.get("queue_id")
+    if not values:
+        return None
+    return values[-1][:MAX_LOGGED_QUEUE_ID].decode("utf-8", "replace")

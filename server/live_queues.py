@@ -57,6 +57,7 @@ class DropCause(enum.Enum):
     DELETED = "deleted"  # DELETE /events by its owner
     DEACTIVATED = "deactivated"  # its owner was deactivated
     ACTIVATION_FAILED = "activation_failed"  # register could not finish building it
+    QUEUE_CAP = "queue_cap"  # its owner registered past the per-user cap; least recent
 
 
 class Wake(enum.Enum):

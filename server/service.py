@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -72,7 +74,9 @@ from server.live_queues import (
     WakeReason,
 )
 from server.maintenance import Maintenance
+from server.metrics import DROPPED_QUEUE, EXPIRED_QUEUE, UNKNOWN_QUEUE, ServiceMetrics
 from server.quotas import KeyedLock
+from server.ratelimit import RateLimited
 from server.wakeup import WakeupSource, wakeup_source_for
 
 log = logging.getLogger("eventq.service")
@@ -89,6 +93,13 @@ HEARTBEAT_MAX_SECS = 55.0
 # (docs/architecture.md §4).
 ZULIP_FEATURE_LEVEL = 377
 ZULIP_VERSION = "11.0-eventq"
+# Registers being served at once. Each costs a few milliseconds of CPU and a database
+# thread; past this many (over a second of work queued) more are shed with 429 and a
+# Retry-After instead of waiting in line, so a reconnect storm degrades into retries
+# spread over a few seconds rather than into timeouts.
+MAX_REGISTERS_IN_FLIGHT = 256
+# A shed register is told to come back after a random 1-3 s, so the retries spread out.
+SHED_RETRY_AFTER_SECS = (1.0, 3.0)
 # A poll that finds its queue half-built by another poll whose build then failed on a
 # transient error builds it itself; past this many tries it gives up.
 MAX_ACTIVATION_TRIES = 2
@@ -142,10 +153,11 @@ def _shared_value(value: T) -> T:
     return value
 
 
-def _refusal(cause: DropCause, queue_id: str) -> Exception:
-    """What a poll of a queue dropped for `cause` is answered with."""
+def _refusal(cause: DropCause, queue_id: str, counts: Counter[str]) -> Exception:
+    """What a poll of a queue dropped for `cause` is answered with (counted by cause)."""
     if cause is DropCause.DEACTIVATED:
         return UserDeactivated()
+    counts[cause.value] += 1
     return BadEventQueueId(queue_id)
 
 
@@ -175,6 +187,8 @@ class EventService:
         self.legacy_rules = tuple(legacy_rules)
         self.clock = clock
         self.threads = DatabaseThreads()
+        # What the metrics count beyond the parts' own counters (`server.metrics`).
+        self.metrics = ServiceMetrics()
         self.live = LiveQueues()
         self.credentials = CredentialsCache()
         self.descriptors = DescriptorWriter(db, self.threads)
@@ -191,6 +205,8 @@ class EventService:
         self._wakeup: WakeupSource = wakeup_source_for(db)
         self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0
+        self._registers_in_flight = 0
+        self.registers_shed = 0
         self._no_polls = asyncio.Event()
         self._no_polls.set()
         self.started = False
@@ -305,10 +321,20 @@ class EventService:
         counting the user's descriptors in its snapshot and, once its own queue is live,
         dropping the least recently used ones past the cap (`server.quotas`).
         """
-        if self.max_queues_per_user is None:
-            return await self._register(user, request)
-        async with self._register_locks.hold(user.id):
-            return await self._register(user, request)
+        if self._registers_in_flight >= MAX_REGISTERS_IN_FLIGHT:
+            # A reconnect storm: answering later ones at once with a time to come back
+            # (the `zulip` client honours it) beats making them all wait, and never 5xx.
+            retry_after = random.uniform(*SHED_RETRY_AFTER_SECS)
+            self.registers_shed += 1
+            raise RateLimited(retry_after, {"Retry-After": str(math.ceil(retry_after))})
+        self._registers_in_flight += 1
+        try:
+            if self.max_queues_per_user is None:
+                return await self._register(user, request)
+            async with self._register_locks.hold(user.id):
+                return await self._register(user, request)
+        finally:
+            self._registers_in_flight -= 1
 
     async def _register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
         client_name, client_version = parse_user_agent(request.user_agent)
@@ -379,7 +405,7 @@ class EventService:
             self.live.drop(live, DropCause.ACTIVATION_FAILED)
             self._request_deletions()
             if isinstance(error, QueueDropped):
-                raise _refusal(error.cause, queue_id) from None
+                raise _refusal(error.cause, queue_id, self.metrics.bad_queue_ids) from None
             raise
         log.info(
             "registered queue %s for user %d (%s %s, %s sequence, lifespan %ds)",
@@ -427,8 +453,8 @@ class EventService:
                 if self.live.is_tombstoned(queue_id):
                     continue
                 live = self.live.begin_activation(queue_id, user.realm_id, user.id)
-            # Idle the longest of the user's queues: reclaimed as an expiry would.
-            self.live.drop(live, DropCause.EXPIRED)
+            # The longest idle of the user's queues makes room for the new one.
+            self.live.drop(live, DropCause.QUEUE_CAP)
             self.abuse.record(
                 QUEUE_CAP_DROP,
                 f"user {user.id}",
@@ -530,35 +556,39 @@ class EventService:
             live = self.live.get(queue_id)
             if live is None:
                 if self.live.is_tombstoned(queue_id):
-                    raise BadEventQueueId(queue_id)
+                    raise self._bad_queue_id(queue_id, DROPPED_QUEUE)
                 live = await self._rebuild(user, queue_id)
             if live.state is QueueState.ACTIVATING and live.activation is not None:
                 # Another poll is building it: share that build.
                 await asyncio.shield(live.activation)
             if live.user_id != user.id:
-                raise BadEventQueueId(queue_id)
+                raise self._bad_queue_id(queue_id, UNKNOWN_QUEUE)
             if live.state is QueueState.WARM:
                 return live
             if live.state is QueueState.DROPPED:
-                raise _refusal(live.drop_cause or DropCause.ACTIVATION_FAILED, queue_id)
+                cause = live.drop_cause or DropCause.ACTIVATION_FAILED
+                raise _refusal(cause, queue_id, self.metrics.bad_queue_ids)
             # The other poll's build failed and left the queue cold: build it ourselves.
-        raise BadEventQueueId(queue_id)
+        raise self._bad_queue_id(queue_id, DropCause.ACTIVATION_FAILED.value)
+
+    def _bad_queue_id(self, queue_id: str, cause: str) -> BadEventQueueId:
+        """The BAD_EVENT_QUEUE_ID answer, counted by `cause` for the metrics."""
+        self.metrics.bad_queue_ids[cause] += 1
+        return BadEventQueueId(queue_id)
 
     async def _rebuild(self, user: AuthenticatedUser, queue_id: str) -> LiveQueue:
         """Activate a cold queue of the caller from its descriptor and the outbox."""
         record = await self.threads.run(self._load_descriptor, queue_id)
         now = self.clock()
-        if (
-            record is None
-            or record.user_id != user.id
-            or now >= record.last_active + record.lifespan_secs
-        ):
-            raise BadEventQueueId(queue_id)
+        if record is None or record.user_id != user.id:
+            raise self._bad_queue_id(queue_id, UNKNOWN_QUEUE)
+        if now >= record.last_active + record.lifespan_secs:
+            raise self._bad_queue_id(queue_id, EXPIRED_QUEUE)
         existing = self.live.get(queue_id)
         if existing is not None:
             return existing  # another poll claimed it while we read the descriptor
         if self.live.is_tombstoned(queue_id):
-            raise BadEventQueueId(queue_id)
+            raise self._bad_queue_id(queue_id, DROPPED_QUEUE)
         live = self.live.begin_activation(queue_id, record.realm_id, record.user_id)
         self._load_record(live, record)
         try:
@@ -619,6 +649,7 @@ class EventService:
             queue.prune(last_event_id)
         self.live.acknowledge(live, checkpoint)
         if not queue.empty() or dont_block:
+            self.metrics.handed_out(queue.contents())
             return PollAnswer(queue_id, queue.encoded_events())
 
         if client.waiter is not None:
@@ -643,8 +674,10 @@ class EventService:
             if self._polls_in_flight == 0:
                 self._no_polls.set()
         if live.state is QueueState.DROPPED:
-            raise _refusal(live.drop_cause or DropCause.ACTIVATION_FAILED, queue_id)
+            cause = live.drop_cause or DropCause.ACTIVATION_FAILED
+            raise _refusal(cause, queue_id, self.metrics.bad_queue_ids)
         if not queue.empty():
+            self.metrics.handed_out(queue.contents())
             return PollAnswer(queue_id, queue.encoded_events())
         # A heartbeat is not stored: it carries the newest id already handed out, so
         # acknowledging it never skips a real event (docs/architecture.md §5).
