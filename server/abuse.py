@@ -37,6 +37,7 @@ RATE_LIMIT_AUTH_EMAIL = "rate_limit.auth_failures_email"
 REFUSED_CONNECTION = "refused.connection"
 REFUSED_SUBSCRIPTION_SIZE = "refused.subscription_size"
 QUEUE_CAP_DROP = "quota.queue_dropped"
+REGISTER_SHED = "load.register_shed"
 
 
 class _Pending:

@@ -57,7 +57,7 @@ from queues.descriptor import (
 from queues.queue import BadLastEventId, EventQueue, QueueOverflow
 from queues.registry import QueueRegistry
 from queues.types import Capabilities
-from server.abuse import QUEUE_CAP_DROP, AbuseMonitor
+from server.abuse import QUEUE_CAP_DROP, REGISTER_SHED, AbuseMonitor
 from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
 from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
@@ -326,6 +326,9 @@ class EventService:
             # (the `zulip` client honours it) beats making them all wait, and never 5xx.
             retry_after = random.uniform(*SHED_RETRY_AFTER_SECS)
             self.registers_shed += 1
+            self.abuse.record(
+                REGISTER_SHED, "server", f"{self._registers_in_flight} registers in flight"
+            )
             raise RateLimited(retry_after, {"Retry-After": str(math.ceil(retry_after))})
         self._registers_in_flight += 1
         try:
