@@ -37,6 +37,7 @@ from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
 from tests.helpers.realms import SampleRealm, make_sample_realm
 from tests.helpers.server import LiveServer, live_server
+from tests.helpers.statements import count_statements
 from tests.test_server import await_condition
 from tests.test_service import FakeClock, create_stream, owner, request
 
@@ -519,5 +520,31 @@ async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
         assert all(answer["queue_id"] for answer in answers)
         # Once the storm passes, registers are served again.
         assert (await service.register(owner(realm), request()))["queue_id"]
+    finally:
+        await service.stop()
+
+
+async def test_registers_at_one_outbox_position_share_the_realm_user_lists(
+    db: Database, realm: SampleRealm
+) -> None:
+    from actions.users import do_create_user
+
+    service = EventService(db)
+    await service.start()
+    try:
+        first = await service.register(owner(realm), request())
+        with count_statements(db.engine) as statements:
+            second = await service.register(member(realm), request())
+        assert not any(
+            "FROM user_profile" in s and "ORDER BY user_profile.id" in s
+            for s in statements.statements
+        ), "the second register at the same position reads no user list"
+        assert second["realm_users"] is first["realm_users"]
+
+        await in_thread(db, lambda s: do_create_user(s, realm.realm_id, "new@zulip.example.com"))
+        third = await service.register(member(realm), request())
+        emails = {u["email"] for u in third["realm_users"]}
+        assert "new@zulip.example.com" in emails, "a new position reads the users again"
+        assert "new@zulip.example.com" not in {u["email"] for u in first["realm_users"]}
     finally:
         await service.stop()
