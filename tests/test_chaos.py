@@ -101,6 +101,10 @@ def wait_for_events(progress: Progress, target: int) -> None:
     assert reached, f"clients stalled at {progress.events} events, waiting for {target}"
 
 
+# The suite's 180 s per test is too tight here: measured 35-40 s on an idle 2-core
+# machine and 74-123 s beside other test runs, and each of its 24 kills may legitimately
+# wait up to DELIVERY_TIMEOUT_SECS. A hang still fails, with every thread's stack.
+@pytest.mark.timeout(600)
 def test_kill_9_loses_duplicates_and_renumbers_nothing(
     database_url: str, db: Database, tmp_path: Path
 ) -> None:

@@ -61,12 +61,15 @@ async def test_heartbeat_carries_the_newest_handed_out_id(db: Database, realm: S
         first = await service.get_events(user, queue_id, -1, dont_block=False)
         assert first.heartbeat and json.loads(first.events[0]) == {"type": "heartbeat", "id": -1}
         await create_stream(db, realm, "news")
+        # Routed before the poll: the 50 ms heartbeat must not race the delivery.
+        await service.drain_outbox()
         answer = await service.get_events(user, queue_id, -1, dont_block=False)
         assert [json.loads(e)["id"] for e in answer.events] == [0]
         beat = await service.get_events(user, queue_id, 0, dont_block=False)
         assert json.loads(beat.events[0]) == {"type": "heartbeat", "id": 0}
         # Acknowledging the heartbeat's id loses nothing: the next event is id 1.
         await create_stream(db, realm, "more")
+        await service.drain_outbox()
         after = await service.get_events(user, queue_id, 0, dont_block=False)
         assert [json.loads(e)["id"] for e in after.events] == [1]
     finally:
