@@ -74,10 +74,12 @@ TEST_HEADER_TIMEOUT_SECS = 2.0
 # machine was otherwise idle, 4.5 s when other test runs loaded it). Without the
 # timeout they stay open for Tornado's default of an hour.
 CLOSE_SLACK_SECS = 8.0
-# A normal request during the flood: the typical one is answered at once, and none
-# waits for the flood to end (measured: median 8 ms, worst 0.6 s idle, 1.6 s loaded).
+# A normal request during the flood: the typical one is answered at once (the median
+# is the signal), and none waits anywhere near as long as the flood is held (measured:
+# median 8 ms, worst 0.6 s idle, 1.6 s loaded, once 3.3 s with several other suites
+# running on the same two cores).
 PROMPT_MEDIAN_SECS = 0.5
-PROMPT_SECS = 3.0
+PROMPT_SECS = 5.0
 # The test process's own descriptors beyond the sockets: pytest, threads, log pipes.
 SPARE_FDS = 500
 # How often the normal client asks during the flood; about 100 requests in all.
