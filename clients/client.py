@@ -56,7 +56,7 @@ from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-from clients.state import StateCache, StateError
+from clients.state import REGISTER_STATE_KEYS, StateCache, StateError
 
 log = logging.getLogger("eventq.client")
 
@@ -95,15 +95,9 @@ _BACKOFF_MAX_DOUBLINGS = 16
 # How long `close()` waits for an abandoned poll to end once the server was asked to
 # answer it; past this the socket closes by itself at its request timeout.
 CLOSE_DRAIN_TIMEOUT_SECS = 5.0
-# Keys of a `register` answer that hold state; `to_register_shape` renders these.
-STATE_KEYS = (
-    "realm_users",
-    "realm_non_active_users",
-    "subscriptions",
-    "unsubscribed",
-    "never_subscribed",
-    "streams",
-)
+# Keys of a `register` answer that hold state (the current user's own keys included);
+# `to_register_shape` renders these.
+STATE_KEYS = REGISTER_STATE_KEYS
 
 
 class EventClientError(Exception):
@@ -243,7 +237,8 @@ class EventClient:
         }
         if self.event_types is not None:
             params["event_types"] = list(self.event_types)
-            # The own user id is found in realm_users, so that state is always fetched.
+            # The answer names the current user (`user_id` and the other own keys) only
+            # when realm_user state is fetched, so it always is.
             params["fetch_event_types"] = sorted({*self.event_types, "realm_user"})
         if self.queue_lifespan_secs is not None:
             params["queue_lifespan_secs"] = self.queue_lifespan_secs
@@ -429,17 +424,10 @@ class EventClient:
             last_event_id = int(answer["last_event_id"])
         except (KeyError, TypeError, ValueError):
             raise ProtocolError("register answer lacks queue_id or last_event_id") from None
-        wanted = self.email.strip().lower()
-        user_id = next(
-            (
-                int(person["user_id"])
-                for person in answer.get("realm_users", [])
-                if str(person.get("email", "")).lower() == wanted
-            ),
-            None,
-        )
-        if user_id is None:
-            raise ProtocolError(f"register answer has no active user {self.email}")
+        # Zulip's answer names the current user in its own keys (with realm_user state).
+        user_id = answer.get("user_id")
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise ProtocolError("register answer lacks the current user's user_id")
         self.feature_level = int(answer.get("zulip_feature_level", 0))
         self._state = StateCache.from_register(
             answer, user_id, removes_deactivated_users=self.feature_level < LEGACY_FEATURE_LEVEL

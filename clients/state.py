@@ -3,9 +3,11 @@
 `StateCache.from_register` builds the cache from a `register` answer; `apply` applies
 one `realm_user`, `stream` or `subscription` event; `to_register_shape` renders the
 cache in the exact shape `register` returns, so a test can compare a cache that applied
-events with a fresh `register`. Subscriber lists are sets, so `peer_add` and
-`peer_remove` events with many `stream_ids` x `user_ids` cost set operations, not
-list scans.
+events with a fresh `register`. The current user's own keys of the answer (`user_id`,
+`full_name`, `is_admin`, ...: Zulip sends them with `realm_user` state) are kept in
+`own` and follow `realm_user` updates about the current user. Subscriber lists are
+sets, so `peer_add` and `peer_remove` events with many `stream_ids` x `user_ids` cost
+set operations, not list scans.
 
 Deactivation has two sequences (DESIGN.md §4): a client on the full sequence receives
 `peer_remove` events before the `realm_user` update and only checks that the user is
@@ -30,6 +32,32 @@ _STATE_KEYS = (
     "never_subscribed",
     "streams",
 )
+# The current user's own keys of a `register` answer that fetched `realm_user` state
+# (Zulip's POST /register: "Present if `realm_user` is present in fetch_event_types").
+OWN_USER_KEYS = (
+    "user_id",
+    "email",
+    "delivery_email",
+    "full_name",
+    "is_admin",
+    "is_owner",
+    "is_moderator",
+    "is_guest",
+    "avatar_source",
+    "avatar_url",
+    "avatar_url_medium",
+    "can_create_streams",
+    "can_create_public_streams",
+    "can_create_private_streams",
+    "can_create_web_public_streams",
+    "can_subscribe_other_users",
+    "can_invite_others_to_realm",
+    "cross_realm_bots",
+)
+# Every key of a `register` answer the cache holds and `to_register_shape` renders.
+REGISTER_STATE_KEYS = (*_STATE_KEYS, *OWN_USER_KEYS)
+# Role numbers, for the current user's role flags after a role change.
+_OWNER, _ADMINISTRATOR, _MODERATOR, _GUEST = 100, 200, 300, 600
 
 
 class StateError(Exception):
@@ -44,6 +72,8 @@ class StateCache:
         # Legacy servers (feature level < 377) send no peer_remove on deactivation.
         self.removes_deactivated_users = removes_deactivated_users
         self.present: set[str] = set()
+        # The current user's own keys of the register answer (empty without realm_user).
+        self.own: JsonDict = {}
         self.users: dict[int, JsonDict] = {}
         self.streams: dict[int, JsonDict] = {}
         self.subscribed: dict[int, JsonDict] = {}
@@ -71,6 +101,7 @@ class StateCache:
         if include_subscribers is not None:
             cache.include_subscribers = include_subscribers
         cache.present = {key for key in _STATE_KEYS if key in answer}
+        cache.own = {key: copy.deepcopy(answer[key]) for key in OWN_USER_KEYS if key in answer}
         for person in [*answer.get("realm_users", []), *answer.get("realm_non_active_users", [])]:
             cache.users[person["user_id"]] = dict(person)
         for stream in answer.get("streams", []):
@@ -115,10 +146,32 @@ class StateCache:
             if user_id not in self.users:
                 raise StateError(f"realm_user update for unknown user {user_id}")
             self.users[user_id].update({k: v for k, v in person.items() if k != "user_id"})
+            if user_id == self.user_id and self.own:
+                self._own_user_updated(person)
             if person.get("is_active") is False:
                 self._user_deactivated(user_id)
         elif event["op"] == "remove":
             self.users.pop(user_id, None)
+
+    def _own_user_updated(self, person: Mapping[str, Any]) -> None:
+        """Carry a `realm_user` update about the current user into its own keys."""
+        for key in (
+            "full_name",
+            "delivery_email",
+            "avatar_url",
+            "avatar_source",
+            "avatar_url_medium",
+        ):
+            if key in person:
+                self.own[key] = person[key]
+        if "new_email" in person:
+            self.own["email"] = person["new_email"]
+        if "role" in person:
+            role = int(person["role"])
+            self.own["is_owner"] = role == _OWNER
+            self.own["is_admin"] = role <= _ADMINISTRATOR
+            self.own["is_moderator"] = role == _MODERATOR
+            self.own["is_guest"] = role == _GUEST
 
     def _user_deactivated(self, user_id: int) -> None:
         if self.removes_deactivated_users:
@@ -133,15 +186,13 @@ class StateCache:
             )
 
     def _apply_stream(self, event: Mapping[str, Any]) -> None:
-        for stream in event["streams"]:
-            stream_id = stream["stream_id"]
-            if event["op"] == "create":
-                self.streams[stream_id] = dict(stream)
-                if stream_id not in self.subscribed and stream_id not in self.unsubscribed:
-                    self.never_subscribed[stream_id] = dict(stream)
-                    if self.include_subscribers:
-                        self.subscribers.setdefault(stream_id, set())
-            elif event["op"] == "delete":
+        if event["op"] == "delete":
+            # `stream_ids` since Zulip feature level 343; older servers name them in
+            # `streams` (whose objects hold only `stream_id` on newer ones).
+            ids = event.get("stream_ids")
+            if ids is None:
+                ids = [stream["stream_id"] for stream in event["streams"]]
+            for stream_id in ids:
                 for table in (
                     self.streams,
                     self.subscribed,
@@ -150,16 +201,23 @@ class StateCache:
                 ):
                     table.pop(stream_id, None)
                 self.subscribers.pop(stream_id, None)
-            elif event["op"] == "update":
-                prop, value = event["property"], event["value"]
-                for table in (
-                    self.streams,
-                    self.subscribed,
-                    self.unsubscribed,
-                    self.never_subscribed,
-                ):
-                    if stream_id in table:
-                        table[stream_id][prop] = value
+            return
+        if event["op"] == "update":
+            # Zulip's form: one channel's `stream_id`, `property` and `value`.
+            stream_id, prop, value = event["stream_id"], event["property"], event["value"]
+            for table in (self.streams, self.subscribed, self.unsubscribed, self.never_subscribed):
+                if stream_id in table:
+                    table[stream_id][prop] = value
+            return
+        if event["op"] != "create":
+            return  # an op this cache does not know changes nothing it holds
+        for stream in event["streams"]:
+            stream_id = stream["stream_id"]
+            self.streams[stream_id] = dict(stream)
+            if stream_id not in self.subscribed and stream_id not in self.unsubscribed:
+                self.never_subscribed[stream_id] = dict(stream)
+                if self.include_subscribers:
+                    self.subscribers.setdefault(stream_id, set())
 
     def _apply_subscription(self, event: Mapping[str, Any]) -> None:
         op = event["op"]
@@ -225,4 +283,6 @@ class StateCache:
             "unsubscribed": with_members(self.unsubscribed),
             "never_subscribed": with_members(self.never_subscribed),
         }
-        return {key: value for key, value in shape.items() if key in self.present}
+        rendered = {key: value for key, value in shape.items() if key in self.present}
+        rendered.update(copy.deepcopy(self.own))
+        return rendered

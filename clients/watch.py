@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from clients.client import ALL_EVENTS, EventClient, JsonDict
@@ -45,12 +46,44 @@ def _channel(state: StateCache, stream_id: int, fallback: str | None = None) -> 
     return f"#{fallback}" if fallback is not None else f"#{stream_id}"
 
 
-def _channels(state: StateCache, entries: list[JsonDict]) -> str:
-    return ",".join(_channel(state, int(e["stream_id"]), e.get("name")) for e in entries)
+def _channels(
+    state: StateCache, entries: list[JsonDict], known: Mapping[int, str] | None = None
+) -> str:
+    def fallback(entry: JsonDict) -> str | None:
+        name = entry.get("name")
+        return str(name) if name is not None else (known or {}).get(int(entry["stream_id"]))
+
+    return ",".join(_channel(state, int(e["stream_id"]), fallback(e)) for e in entries)
 
 
-def format_event(state: StateCache, event: JsonDict) -> str:
-    """`[id] type op details`, with the names the cache knows (state after the event)."""
+class ChannelNames:
+    """Every channel name the user was told, kept after the channel leaves the cache: a
+    `stream` `delete` event names channels by id only (Zulip since feature level 343),
+    and the cache no longer knows them once the event is applied."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, str] = {}
+
+    def reset(self, state: StateCache) -> None:
+        """Learn the names of every channel of a (re)built cache."""
+        for table in (state.streams, state.subscribed, state.unsubscribed, state.never_subscribed):
+            for stream_id, entry in table.items():
+                if "name" in entry:
+                    self.known[stream_id] = str(entry["name"])
+
+    def learn(self, event: JsonDict) -> None:
+        """Learn the names an event carries (channels created, subscribed, left)."""
+        for key in ("streams", "subscriptions"):
+            for entry in event.get(key, []):
+                if isinstance(entry, dict) and "name" in entry and "stream_id" in entry:
+                    self.known[int(entry["stream_id"])] = str(entry["name"])
+
+
+def format_event(
+    state: StateCache, event: JsonDict, known_names: Mapping[int, str] | None = None
+) -> str:
+    """`[id] type op details`, with the names the cache knows (state after the event);
+    `known_names` names channels the event removed from the cache."""
     kind, op = str(event.get("type")), event.get("op")
     head = f"[{event.get('id')}] {kind}" + (f" {op}" if op is not None else "")
     details: str
@@ -64,7 +97,7 @@ def format_event(state: StateCache, event: JsonDict) -> str:
                 if key != "user_id"
             )
     elif kind == "stream" and "streams" in event:
-        details = _channels(state, event["streams"])
+        details = _channels(state, event["streams"], known_names)
         if op == "update":
             value = json.dumps(event.get("value"), separators=(",", ":"))
             details += f" {event.get('property')}={value}"
@@ -138,6 +171,7 @@ async def watch(
 
     client = EventClient(site, email, api_key, user_agent=WATCH_USER_AGENT)
     members = MemberTracker()
+    names = ChannelNames()
     printed = 0
     reconnecting = False
 
@@ -145,7 +179,8 @@ async def watch(
         nonlocal printed
         if max_events is not None and printed >= max_events:
             return
-        write(format_event(client.state, event))
+        write(format_event(client.state, event, names.known))
+        names.learn(event)
         printed += 1
         summary = members.summary(client.state, event)
         if summary is not None:
@@ -155,6 +190,7 @@ async def watch(
 
     def on_resync(state: StateCache) -> None:
         members.reset(state)
+        names.reset(state)
         write(f"# queue lost; registered again: queue {client.queue_id}, state rebuilt")
 
     def on_connection_state(connection: str) -> None:
@@ -168,6 +204,7 @@ async def watch(
     try:
         state = await client.register()
         members.reset(state)
+        names.reset(state)
         write(
             f"# watching {email} on {client.site}: queue {client.queue_id}, "
             f"{len(state.users)} users, {len(state.streams)} channels"

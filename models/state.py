@@ -1,99 +1,70 @@
-"""The API shapes of users and channels, and the state snapshot that `register` returns.
+"""The state snapshot that `register` returns, and the reads of the REST state endpoints.
 
 Field names follow Zulip's API documentation for `POST /register` (`realm_users`,
-`realm_non_active_users`, `subscriptions`, `unsubscribed`, `never_subscribed`,
-`streams`). Events carry the same dicts (`user_to_api`, `stream_to_api`), so a client
-that applies events ends with exactly what a fresh `register` returns.
+`realm_non_active_users`, the current user's own keys, `subscriptions`, `unsubscribed`,
+`never_subscribed`, `streams`). Every object is built by `models.wire`, the one source
+of the wire shapes; events carry the same objects, so a client that applies events ends
+with exactly what a fresh `register` returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+# The action layer's typed refusal: the HTTP layer answers every ActionError with its
+# Zulip code (a leaf module of exception classes; models imports nothing else of it).
+from actions.errors import ActionError
 from models.queries import get_stream_by_name
-from models.tables import Role, Stream, Subscription, UserProfile
+from models.tables import Stream, Subscription, UserProfile
 from models.visibility import active_subscribers, can_see_stream
+from models.wire import never_subscribed_to_api, own_profile, own_user_keys
+from models.wire import stream_to_api as stream_to_api
+from models.wire import subscription_to_api as subscription_to_api
+from models.wire import user_to_api as user_to_api
 
 # The event types whose state `register` can return.
 STATE_EVENT_TYPES = frozenset({"realm_user", "subscription", "stream"})
-# Zulip's default subscription color for a channel the user never picked one for.
-DEFAULT_STREAM_COLOR = "#c2c2c2"
 
 
-def _as_utc(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes for timezone-aware columns; they are stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+class ViewerDeactivated(ActionError):
+    """The authenticated caller no longer exists or was deactivated since it authenticated.
+
+    A request that passed authentication can lose this race with a deactivation; it is
+    answered as Zulip answers a deactivated account's requests, never with a crash.
+    """
+
+    code = "USER_DEACTIVATED"
+
+    def __init__(self) -> None:
+        super().__init__("Account is deactivated")
 
 
-def user_to_api(user: UserProfile) -> dict[str, Any]:
-    """A user as Zulip's `realm_users` entries and `realm_user` `add` events show it."""
-    return {
-        "user_id": user.id,
-        "email": user.email,
-        "delivery_email": None,
-        "full_name": user.full_name,
-        "role": user.role,
-        "is_owner": user.role == Role.OWNER,
-        "is_admin": user.role <= Role.ADMINISTRATOR,
-        "is_moderator": user.role == Role.MODERATOR,
-        "is_guest": user.role == Role.GUEST,
-        "is_bot": user.is_bot,
-        "bot_type": 1 if user.is_bot else None,
-        "bot_owner_id": None,
-        "is_active": user.is_active,
-        "is_billing_admin": False,
-        "timezone": "",
-        "avatar_url": None,
-        "avatar_version": 1,
-        "date_joined": _as_utc(user.date_joined).isoformat(),
-        "profile_data": {},
-    }
+def _viewer(session: Session, user_id: int) -> UserProfile:
+    """The calling user, active; `ViewerDeactivated` if not (any more)."""
+    viewer = session.get(UserProfile, user_id)
+    if viewer is None or not viewer.is_active:
+        raise ViewerDeactivated()
+    return viewer
 
 
-def stream_to_api(stream: Stream) -> dict[str, Any]:
-    """A channel as Zulip's `streams` entries and `stream` events show it."""
-    return {
-        "stream_id": stream.id,
-        "name": stream.name,
-        "description": stream.description,
-        "rendered_description": f"<p>{stream.description}</p>" if stream.description else "",
-        "invite_only": stream.invite_only,
-        "is_web_public": stream.is_web_public,
-        "is_archived": False,
-        "history_public_to_subscribers": not stream.invite_only,
-        "is_announcement_only": False,
-        "stream_post_policy": 1,
-        "message_retention_days": None,
-        "first_message_id": None,
-        "stream_weekly_traffic": None,
-        "date_created": int(_as_utc(stream.date_created).timestamp()),
-    }
+# A realm's users as `register` shows them: (active, not active). The same for every
+# viewer, so a server may reuse it for every register at the same outbox position.
+RealmUsers = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
-def subscription_to_api(stream: Stream, subscribers: Collection[int] | None) -> dict[str, Any]:
-    """A subscription entry: the channel plus the user's settings and, if given, subscribers."""
-    entry = stream_to_api(stream)
-    entry.update(
-        {
-            "color": DEFAULT_STREAM_COLOR,
-            "is_muted": False,
-            "in_home_view": True,
-            "pin_to_top": False,
-            "desktop_notifications": None,
-            "audible_notifications": None,
-            "push_notifications": None,
-            "email_notifications": None,
-            "wildcard_mentions_notify": None,
-        }
+def fetch_realm_users(session: Session, realm_id: int) -> RealmUsers:
+    """Every user of the realm as `realm_users` and `realm_non_active_users` list them."""
+    users = session.scalars(
+        select(UserProfile).where(UserProfile.realm_id == realm_id).order_by(UserProfile.id)
+    ).all()
+    return (
+        [user_to_api(u) for u in users if u.is_active],
+        [user_to_api(u) for u in users if not u.is_active],
     )
-    if subscribers is not None:
-        entry["subscribers"] = sorted(subscribers)
-    return entry
 
 
 def fetch_initial_state(
@@ -101,21 +72,24 @@ def fetch_initial_state(
     user: UserProfile,
     event_types: Collection[str],
     include_subscribers: bool,
+    realm_users: Callable[[], RealmUsers] | None = None,
 ) -> dict[str, Any]:
     """The part of the `register` answer for `event_types` (a subset of STATE_EVENT_TYPES).
 
-    Runs a constant number of statements: all users, all channels, this user's
-    subscription rows, and (with subscribers) one query for every visible channel.
+    With `realm_user`, the answer also holds the current user's own keys
+    (`models.wire.OWN_USER_KEYS`), as Zulip's does. `realm_users`, if given, supplies the
+    realm's user lists (a cache valid for this snapshot) instead of reading them. Runs a
+    constant number of statements: all users, all channels, this user's subscription
+    rows, and (with subscribers) one query for every visible channel.
     """
     state: dict[str, Any] = {}
     if "realm_user" in event_types:
-        users = session.scalars(
-            select(UserProfile)
-            .where(UserProfile.realm_id == user.realm_id)
-            .order_by(UserProfile.id)
-        ).all()
-        state["realm_users"] = [user_to_api(u) for u in users if u.is_active]
-        state["realm_non_active_users"] = [user_to_api(u) for u in users if not u.is_active]
+        active, non_active = (
+            realm_users() if realm_users is not None else fetch_realm_users(session, user.realm_id)
+        )
+        state["realm_users"] = active
+        state["realm_non_active_users"] = non_active
+        state.update(own_user_keys(user))
     if not {"subscription", "stream"} & set(event_types):
         return state
 
@@ -149,15 +123,9 @@ def fetch_initial_state(
             for s in visible
             if s.id in own_active and s.id not in subscribed
         ]
-        never: list[dict[str, Any]] = []
-        for s in visible:
-            if s.id in own_active:
-                continue
-            entry = stream_to_api(s)
-            if include_subscribers:
-                entry["subscribers"] = sorted(members.get(s.id, set()))
-            never.append(entry)
-        state["never_subscribed"] = never
+        state["never_subscribed"] = [
+            never_subscribed_to_api(s, subscribers_of(s)) for s in visible if s.id not in own_active
+        ]
     return state
 
 
@@ -177,6 +145,11 @@ def member(session: Session, realm_id: int, user_id: int) -> dict[str, Any] | No
     return user_to_api(user)
 
 
+def own_user(session: Session, user_id: int) -> dict[str, Any]:
+    """The caller's own data (`GET /users/me`)."""
+    return own_profile(_viewer(session, user_id))
+
+
 def _visible_stream(session: Session, viewer: UserProfile, stream: Stream | None) -> bool:
     if stream is None or stream.realm_id != viewer.realm_id:
         return False
@@ -192,16 +165,14 @@ def _visible_stream(session: Session, viewer: UserProfile, stream: Stream | None
 
 def visible_stream_id(session: Session, viewer_id: int, name: str) -> int | None:
     """The id of the channel named `name` if the viewer may see it (`GET /get_stream_id`)."""
-    viewer = session.get(UserProfile, viewer_id)
-    assert viewer is not None, "the server authenticated this user"
+    viewer = _viewer(session, viewer_id)
     stream = get_stream_by_name(session, viewer.realm_id, name)
     return stream.id if stream is not None and _visible_stream(session, viewer, stream) else None
 
 
 def visible_stream_members(session: Session, viewer_id: int, stream_id: int) -> list[int] | None:
     """The channel's subscribers if the viewer may see them (`GET /streams/{id}/members`)."""
-    viewer = session.get(UserProfile, viewer_id)
-    assert viewer is not None, "the server authenticated this user"
+    viewer = _viewer(session, viewer_id)
     stream = session.get(Stream, stream_id)
     if stream is None or not _visible_stream(session, viewer, stream):
         return None
@@ -212,6 +183,4 @@ def state_for(
     session: Session, user_id: int, event_types: Collection[str], include_subscribers: bool
 ) -> dict[str, Any]:
     """`fetch_initial_state` for a user id (the REST endpoints' shortcut)."""
-    user = session.get(UserProfile, user_id)
-    assert user is not None, "the server authenticated this user"
-    return fetch_initial_state(session, user, event_types, include_subscribers)
+    return fetch_initial_state(session, _viewer(session, user_id), event_types, include_subscribers)

@@ -11,6 +11,11 @@ The rules:
 
 A channel's metadata and its subscriber list have the same audience, so one predicate
 serves both. Deactivated users see nothing and receive nothing.
+
+Who may do what, by role (Zulip's defaults, as `actions.subscriptions` applies them and
+the current user's `can_*` keys of `register` announce them): every non-guest creates
+public and private channels and subscribes other users; only owners and administrators
+create web-public channels and unsubscribe other users.
 """
 
 from __future__ import annotations
@@ -38,6 +43,26 @@ class StreamAccess(Protocol):
 def is_realm_admin(role: int) -> bool:
     """Owners and administrators: they see every private channel."""
     return role <= Role.ADMINISTRATOR
+
+
+def can_create_channels(role: int) -> bool:
+    """Whether a user with `role` may create public and private channels (not guests)."""
+    return role != Role.GUEST
+
+
+def can_create_web_public_channels(role: int) -> bool:
+    """Whether a user with `role` may create web-public channels (administrators)."""
+    return is_realm_admin(role)
+
+
+def can_subscribe_others(role: int) -> bool:
+    """Whether a user with `role` may subscribe other users to channels it sees."""
+    return role != Role.GUEST
+
+
+def can_unsubscribe_others(role: int) -> bool:
+    """Whether a user with `role` may unsubscribe other users (administrators)."""
+    return is_realm_admin(role)
 
 
 def can_see_stream(role: int, stream: StreamAccess, is_subscribed: bool) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from models.messages import parse_narrow
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
 from server.errors import ApiError, BadRequest
@@ -74,9 +75,12 @@ class RegisterHandler(ApiHandler):
         lifespan = self.param_json("queue_lifespan_secs", check_int, None)
         if lifespan is not None and not 0 <= lifespan <= MAX_QUEUE_LIFESPAN_SECS:
             raise BadRequest(f"queue_lifespan_secs must be between 0 and {MAX_QUEUE_LIFESPAN_SECS}")
-        # Accepted for compatibility; eventq has no messages to narrow or render.
-        self.param_json("narrow", check_list, [])
-        for ignored in ("apply_markdown", "client_gravatar", "slim_presence", "all_public_streams"):
+        # Filters `message` events only (models.messages); fixed for the queue's life.
+        narrow = parse_narrow(self.param_json("narrow", check_list, []))
+        apply_markdown = self.param_json("apply_markdown", check_bool, True)
+        # Accepted for compatibility: avatars are always computed by the client, and
+        # eventq has no presence and no all-public-channels queues.
+        for ignored in ("client_gravatar", "slim_presence", "all_public_streams"):
             self.param_json(ignored, check_bool, False)
         request = RegisterRequest(
             event_types=frozenset(event_types) if event_types is not None else None,
@@ -87,6 +91,8 @@ class RegisterHandler(ApiHandler):
             include_subscribers=self.param_json("include_subscribers", check_bool, False),
             queue_lifespan_secs=lifespan,
             user_agent=self.request.headers.get("User-Agent"),
+            narrow=narrow,
+            apply_markdown=apply_markdown,
         )
         answer = await self.service.register(user, request)
         self.send_success({**VERSION_FIELDS, **answer})

@@ -11,6 +11,7 @@ from actions.subscriptions import check_add_subscriptions, check_remove_subscrip
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.state import (
     member,
+    own_user,
     realm_members,
     state_for,
     visible_stream_id,
@@ -20,6 +21,7 @@ from models.tables import Role
 from server.errors import BadRequest, StreamNotFound
 from server.http import ApiHandler
 from server.params import check_bool, check_id, check_list, check_str_list, parse_id_text
+from server.quotas import check_subscription_request
 
 
 def _check_subscription_names(name: str, value: Any) -> list[str]:
@@ -79,6 +81,14 @@ class UserHandler(ApiHandler):
         if found is None:
             raise BadRequest("No such user")
         self.send_success({"user": found})
+
+
+class OwnUserHandler(ApiHandler):
+    """`GET /users/me`: the caller's own data (Zulip's "get own user")."""
+
+    async def get(self) -> None:
+        user = await self.authenticate()
+        self.send_success(await self.query(own_user, user.id))
 
 
 class ReactivateUserHandler(ApiHandler):
@@ -151,8 +161,13 @@ class SubscriptionsHandler(ApiHandler):
         is_web_public = self.param_json("is_web_public", check_bool, False)
         for ignored in ("announce", "authorization_errors_fatal", "history_public_to_subscribers"):
             self.param_json(ignored, check_bool, False)
+        # Before anything runs: a refused request changes nothing.
+        check_subscription_request(
+            user.id, len(names), None if principals is None else len(principals), self.service.abuse
+        )
         result = await self.act(
             check_add_subscriptions,
+            user.realm_id,
             user.id,
             names,
             principals,
@@ -170,7 +185,12 @@ class SubscriptionsHandler(ApiHandler):
         user = await self.authenticate()
         names = self.param_json("subscriptions", check_str_list)
         principals = self.param_json("principals", _check_principals, None)
-        result = await self.act(check_remove_subscriptions, user.id, names, principals)
+        check_subscription_request(
+            user.id, len(names), None if principals is None else len(principals), self.service.abuse
+        )
+        result = await self.act(
+            check_remove_subscriptions, user.realm_id, user.id, names, principals
+        )
         removed = sorted({n for names in result.changed.values() for n in names})
         not_removed = sorted({n for names in result.unchanged.values() for n in names})
         self.send_success({"removed": removed, "not_removed": not_removed})
@@ -182,7 +202,12 @@ class QueuesAdminHandler(ApiHandler):
     async def get(self) -> None:
         user = await self.authenticate()
         self.require_admin()
-        self.send_success({"queues": self.service.summaries(user.realm_id)})
+        self.send_success(
+            {
+                "queues": self.service.summaries(user.realm_id),
+                "delivery": self.service.delivery_status(user.realm_id),
+            }
+        )
 
 
 class ClientsAdminHandler(ApiHandler):
@@ -211,6 +236,8 @@ _ID = r"([^/]+)"
 REST_ROUTES: list[tuple[str, type[ApiHandler]]] = [
     (r"/api/v1/users", UsersHandler),
     (r"/api/v1/users/me/subscriptions", SubscriptionsHandler),
+    # Before users/{id}, which would take "me" for an id.
+    (r"/api/v1/users/me", OwnUserHandler),
     (rf"/api/v1/users/{_ID}", UserHandler),
     (rf"/api/v1/users/{_ID}/reactivate", ReactivateUserHandler),
     (r"/api/v1/streams", StreamsHandler),

@@ -41,11 +41,13 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from models.database import Database
 from models.descriptors import DescriptorRecord, load_descriptor
+from models.messages import EventNarrow, NarrowTerm
 from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
-from models.state import STATE_EVENT_TYPES, fetch_initial_state
+from models.state import STATE_EVENT_TYPES, RealmUsers, fetch_initial_state, fetch_realm_users
 from models.tables import QueueDescriptorRow, Realm, UserProfile
 from queues.descriptor import (
     ClientDescriptor,
@@ -125,6 +127,9 @@ class RegisterRequest:
     include_subscribers: bool
     queue_lifespan_secs: int | None
     user_agent: str | None
+    # The `narrow` (for `message` events only) and `apply_markdown` parameters.
+    narrow: tuple[NarrowTerm, ...] = ()
+    apply_markdown: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,8 @@ class EventService:
         self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0
         self._registers_in_flight = 0
+        # realm id -> (outbox position, its user lists): see `_realm_users_at`.
+        self._realm_users: dict[int, tuple[int, RealmUsers]] = {}
         self.registers_shed = 0
         self._no_polls = asyncio.Event()
         self._no_polls.set()
@@ -370,12 +377,16 @@ class EventService:
                 profile = session.get(UserProfile, user.id)
                 if profile is None or not profile.is_active:
                     raise UserDeactivated()
-                state = fetch_initial_state(
-                    session, profile, fetch & STATE_EVENT_TYPES, request.include_subscribers
-                )
                 seq = session.execute(
                     select(Realm.last_event_seq).where(Realm.id == user.realm_id)
                 ).scalar_one()
+                state = fetch_initial_state(
+                    session,
+                    profile,
+                    fetch & STATE_EVENT_TYPES,
+                    request.include_subscribers,
+                    realm_users=lambda: self._realm_users_at(session, user.realm_id, int(seq)),
+                )
             record = DescriptorRecord(
                 queue_id=queue_id,
                 realm_id=user.realm_id,
@@ -391,6 +402,8 @@ class EventService:
                 last_active=now,
                 checkpoint_seq=int(seq),
                 checkpoint_event_id=-1,
+                narrow=request.narrow,
+                apply_markdown=request.apply_markdown,
             )
             return state, record
 
@@ -470,6 +483,21 @@ class EventService:
             log.warning("could not delete queues dropped for the cap yet: %s", error)
             self._request_deletions()
 
+    def _realm_users_at(self, session: Session, realm_id: int, seq: int) -> RealmUsers:
+        """The realm's user lists as of outbox position `seq`, read once per position.
+
+        Every change of a user is an action that writes an outbox event, so two
+        snapshots at the same `last_event_seq` see the same users: in a reconnect storm
+        the lists are built once, not once per register (the dicts are shared, read-only).
+        Runs on database threads; a dict read and a dict write are each atomic.
+        """
+        cached = self._realm_users.get(realm_id)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        users = fetch_realm_users(session, realm_id)
+        self._realm_users[realm_id] = (seq, users)
+        return users
+
     # -- activation (register, and cold queues on first poll) ---------------------------
 
     def _load_record(self, live: LiveQueue, record: DescriptorRecord) -> None:
@@ -494,6 +522,10 @@ class EventService:
                 newest_pruned_id=checkpoint_id if checkpoint_id >= 0 else None,
             ),
             legacy_deactivation=record.legacy_deactivation,
+            narrow=_shared_value(EventNarrow(record.narrow, record.user_id))
+            if record.narrow
+            else None,
+            apply_markdown=record.apply_markdown,
         )
 
     async def _catch_up(self, live: LiveQueue, *, check_owner_active: bool) -> None:

@@ -269,6 +269,29 @@ def test_page_survives_restart_and_lost_queue(
     browser_page.assert_no_problems()
 
 
+def test_page_shows_a_channel_description_with_markup_as_text(
+    database_url: str, realm: SampleRealm, browser_page: BrowserPage
+) -> None:
+    """A description is user input: the page shows it as text, from register and from a
+    stream create event alike, and no element of it ever exists in the page."""
+    page = browser_page.page
+    hostile = '<img src=x onerror="document.title=1"><b>bold</b> & more'
+    eventq(database_url, "create-stream", "zulip", "hostile", "--description", hostile)
+    with live_server(database_url) as server:
+        page.goto(server.url + "/")
+        sign_in(page, realm.emails["owner"], realm.api_keys["owner"])
+        channel = page.locator("[data-stream-id]", has_text="hostile")
+        expect(channel.locator(".channel-description")).to_have_text(hostile, timeout=SLOW_MS)
+
+        eventq(database_url, "create-stream", "zulip", "hostile too", "--description", hostile)
+        later = page.locator("[data-stream-id]", has_text="hostile too")
+        expect(later.locator(".channel-description")).to_have_text(hostile, timeout=LATENCY_MS)
+        for markup in ("img", "b"):
+            expect(page.locator(f"#channel-list {markup}")).to_have_count(0)
+        assert page.title() == "eventq"
+    browser_page.assert_no_problems()
+
+
 def test_page_files_carry_a_strict_content_security_policy(database_url: str) -> None:
     with live_server(database_url) as server:
         for path in ("/", "/static/app.js", "/static/style.css"):

@@ -50,8 +50,10 @@ from tests.helpers.server import LiveServer, live_server
 # Generous bound on one condition (an event crossing server and client): a failure
 # shows as a timeout with the state that differed, never as a hang.
 CONDITION_TIMEOUT_SECS = 15.0
-# stop() must end run() well within a long-poll; one second is "promptly" with margin.
-STOP_WITHIN_SECS = 1.0
+# stop() must end run() well within a long-poll (the server answers a parked poll after
+# 45-55 s): ten seconds still tells "promptly" from "at the heartbeat", and leaves a
+# loaded machine time to schedule the client's task.
+STOP_WITHIN_SECS = 10.0
 # Retries in the restart test wait at most this long: the backoff itself is tested
 # with injected sleeps, here it only must not slow the test down.
 FAST_RETRY_SECS = 0.05
@@ -236,6 +238,55 @@ def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
     assert backoff_delay(100_000, lambda: 1.0) == BACKOFF_CAP_SECS  # no float overflow
 
 
+def test_cache_keeps_own_keys_and_applies_zulips_stream_forms() -> None:
+    """Without a server: the current user's keys follow updates about that user only; a
+    stream delete by `stream_ids` (or by id-only `streams`) and a stream update apply."""
+    me, peer = 7, 8
+    people = [
+        {"user_id": me, "email": "me@example.com", "full_name": "Me", "is_active": True},
+        {"user_id": peer, "email": "peer@example.com", "full_name": "Peer", "is_active": True},
+    ]
+    channels = [{"stream_id": s, "name": f"c{s}", "description": ""} for s in (20, 21, 22)]
+    answer = {
+        "realm_users": people,
+        "realm_non_active_users": [],
+        "user_id": me,
+        "full_name": "Me",
+        "is_admin": False,
+        "is_owner": False,
+        "is_moderator": False,
+        "is_guest": True,
+        "streams": channels,
+    }
+    cache = StateCache.from_register(answer, me)
+    assert cache.to_register_shape()["full_name"] == "Me"
+
+    def update(user_id: int, **change: object) -> None:
+        cache.apply(
+            {"type": "realm_user", "op": "update", "person": {"user_id": user_id, **change}}
+        )
+
+    update(peer, full_name="Someone else")
+    update(me, full_name="Renamed")
+    update(me, role=300)
+    shape = cache.to_register_shape()
+    assert (shape["full_name"], shape["is_moderator"], shape["is_guest"]) == (
+        "Renamed",
+        True,
+        False,
+    )
+    assert shape["realm_users"][1]["full_name"] == "Someone else"
+
+    cache.apply(
+        {"type": "stream", "op": "delete", "streams": [{"stream_id": 20}], "stream_ids": [20]}
+    )
+    cache.apply({"type": "stream", "op": "delete", "streams": [{"stream_id": 21}]})  # older form
+    cache.apply(
+        {"type": "stream", "op": "update", "stream_id": 22, "property": "name", "value": "new"}
+    )
+    assert cache.to_register_shape()["streams"] == [{**channels[2], "name": "new"}]
+
+
 async def test_connection_errors_are_retried_with_backoff_until_stop() -> None:
     delays: list[float] = []
 
@@ -301,6 +352,9 @@ async def test_legacy_server_5xx_retries_heartbeats_and_auth_stop() -> None:
         "queue_id": "q1",
         "last_event_id": -1,
         "zulip_feature_level": LEGACY_FEATURE_LEVEL - 1,
+        # The current user as every Zulip server names it with realm_user state; the
+        # client takes its id from here, not from matching its email.
+        "user_id": me,
         "realm_users": people,
         "realm_non_active_users": [],
         "subscriptions": [{"stream_id": channel, "name": "general", "subscribers": [me, peer]}],
@@ -379,6 +433,11 @@ async def test_cache_converges_through_subscribe_unsubscribe_deactivate_reactiva
         for name in ("owner", "member")
     }
     users, streams = realm.users, realm.streams
+    for name, viewer in viewers.items():
+        # The current user comes from register's own keys, not from a guess.
+        assert viewer.client.user_id == users[name]
+        assert viewer.client.state.own["email"] == realm.emails[name]
+        assert viewer.client.state.own["is_admin"] is (name == "owner")
     steps: list[tuple[str, Callable[[Session], object]]] = [
         (
             "subscribe loner to public and private",
@@ -390,6 +449,13 @@ async def test_cache_converges_through_subscribe_unsubscribe_deactivate_reactiva
             "unsubscribe member from public",
             lambda s: bulk_remove_subscriptions(
                 s, realm.realm_id, [users["member"]], [streams["public"]]
+            ),
+        ),
+        (
+            # The member loses sight of the private channel: a stream delete by id.
+            "unsubscribe member from private",
+            lambda s: bulk_remove_subscriptions(
+                s, realm.realm_id, [users["member"]], [streams["private"]]
             ),
         ),
         ("deactivate guest", lambda s: do_deactivate_user(s, realm.realm_id, users["guest"])),
@@ -627,4 +693,22 @@ async def test_watch_prints_events_and_member_summaries(
     await asyncio.wait_for(task, CONDITION_TIMEOUT_SECS)
     assert [line for line in out.lines() if not line.startswith("#")] == [
         "[0] stream create #watched"
+    ]
+
+    # A stream delete names channels by id only; watch still prints the name it knew.
+    guest = realm.emails["guest"]
+    out = LineOutput(changes)
+    task = await _watching(
+        out, lambda: watch(server.url, guest, realm.api_keys["guest"], out, max_events=2)
+    )
+    await act(
+        db,
+        lambda s: bulk_remove_subscriptions(
+            s, realm.realm_id, [realm.users["guest"]], [realm.streams["private"]]
+        ),
+    )
+    await asyncio.wait_for(task, CONDITION_TIMEOUT_SECS)
+    assert [line for line in out.lines() if line.startswith("[")] == [
+        "[0] subscription remove #private",
+        "[1] stream delete #private",
     ]

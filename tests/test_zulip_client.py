@@ -22,6 +22,7 @@ import zulip
 from actions.subscriptions import bulk_add_subscriptions
 from actions.users import do_create_user, do_deactivate_user
 from models.database import Database
+from tests.helpers import zulip_schema
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
 from tests.helpers.realms import VIEWPOINTS, SampleRealm
@@ -346,6 +347,94 @@ def test_users_streams_and_subscriptions(
     refused = member.remove_subscriptions(["public"], principals=[realm.emails["guest"]])
     assert refused["result"] == "error", refused
     assert subscribers("public") == sorted([realm.users["member"], guest])
+
+
+# The fields the conformance issue names, read here through the unmodified client.
+CHANNEL_FIELDS = {
+    "creator_id",
+    "is_recently_active",
+    "can_add_subscribers_group",
+    "can_remove_subscribers_group",
+    "can_administer_channel_group",
+    "can_send_message_group",
+    "can_subscribe_group",
+}
+SUBSCRIPTION_FIELDS = CHANNEL_FIELDS | {"topics_policy"}
+OWN_USER_FIELDS = {
+    "user_id",
+    "email",
+    "delivery_email",
+    "full_name",
+    "is_admin",
+    "is_owner",
+    "is_moderator",
+    "is_guest",
+    "avatar_source",
+    "avatar_url",
+    "avatar_url_medium",
+    "can_create_streams",
+    "can_create_public_streams",
+    "can_create_private_streams",
+    "can_create_web_public_streams",
+    "can_subscribe_other_users",
+    "can_invite_others_to_realm",
+    "cross_realm_bots",
+}
+
+
+@pytest.mark.parametrize("name", ["member", "guest"])
+def test_answers_carry_zulips_documented_fields(
+    server: LiveServer, realm: SampleRealm, name: str
+) -> None:
+    """get_profile, get_members, get_streams, get_subscriptions and register, as the
+    unmodified client gets them: Zulip's documented fields, and none Zulip's User lacks."""
+    client = zulip_client(server, realm, name)
+    user_id, email = realm.users[name], realm.emails[name]
+    is_guest = name == "guest"
+
+    profile = client.get_profile()
+    zulip_schema.check(zulip_schema.OWN_PROFILE, profile, "get_profile()")
+    assert (profile["user_id"], profile["email"], profile["full_name"]) == (
+        user_id,
+        email,
+        name.title(),
+    )
+    assert profile["is_guest"] is is_guest and profile["avatar_url"].startswith("https://")
+
+    members = client.get_members()
+    zulip_schema.check(zulip_schema.ANSWERS[("GET", "/users")], members, "get_members()")
+    for person in members["members"]:
+        assert not {"is_moderator", "is_billing_admin"} & person.keys(), person
+        assert person["delivery_email"] == person["email"]
+
+    streams = client.get_streams()
+    zulip_schema.check(zulip_schema.ANSWERS[("GET", "/streams")], streams, "get_streams()")
+    assert streams["streams"] and all(CHANNEL_FIELDS <= s.keys() for s in streams["streams"])
+
+    subscribed = client.get_subscriptions()
+    what = "get_subscriptions()"
+    zulip_schema.check(zulip_schema.ANSWERS[("GET", "/users/me/subscriptions")], subscribed, what)
+    names = {s["name"] for s in subscribed["subscriptions"]}
+    assert names == {"public", "private", "web-public"}
+    assert all(SUBSCRIPTION_FIELDS <= s.keys() for s in subscribed["subscriptions"])
+
+    registered = client.register(event_types=["realm_user", "subscription", "stream"])
+    fetched = ["realm_user", "subscription", "stream"]
+    zulip_schema.check(zulip_schema.register(fetched, False), registered, "register()")
+    assert OWN_USER_FIELDS <= registered.keys()
+    assert (registered["user_id"], registered["email"]) == (user_id, email)
+    assert registered["is_guest"] is is_guest
+    assert registered["can_create_public_streams"] is not is_guest
+    assert registered["can_subscribe_other_users"] is not is_guest
+    assert registered["can_create_web_public_streams"] is False  # not an administrator
+    assert client.deregister(registered["queue_id"])["result"] == "success"
+
+    # Without realm_user state, the answer has no current-user keys (Zulip: "present if
+    # realm_user is present in fetch_event_types").
+    streams_only = client.register(event_types=["stream"])
+    zulip_schema.check(zulip_schema.register(["stream"], False), streams_only, "register()")
+    assert not OWN_USER_FIELDS & streams_only.keys()
+    assert client.deregister(streams_only["queue_id"])["result"] == "success"
 
 
 def test_deactivation_ends_the_poll_and_refuses_the_client(

@@ -1,14 +1,15 @@
 /*
  * eventq browser page: sign in with an email and API key, register an event queue,
- * show every channel the user can see with its live member list, and keep it current
- * by long-polling the queue (DESIGN.md §6).
+ * show every channel the user can see with its live member list and its newest messages
+ * (with a form to send one), and keep it current by long-polling the queue (DESIGN.md §6).
  *
  * Plain JavaScript, no build step. Credentials live only in this page's memory: they
  * are sent as an HTTP Basic header built here, never stored in a cookie or in storage,
  * so a reload signs the user out.
  *
  * Events update the DOM by key: a channel is `[data-stream-id]`, a member row inside it
- * `[data-user-id]`, a person in the people list `[data-person-id]`. An event touches only
+ * `[data-user-id]`, a message `[data-message-id]`, a person in the people list
+ * `[data-person-id]`. An event touches only
  * the rows it names; nothing is re-rendered wholesale except after a (re-)register.
  */
 "use strict";
@@ -16,7 +17,10 @@
 (() => {
   // -- constants ------------------------------------------------------------------------
 
-  const EVENT_TYPES = ["realm_user", "subscription", "stream"];
+  const EVENT_TYPES = ["realm_user", "subscription", "stream", "message"];
+  // Each channel shows its newest messages only: a glance at what is being said, kept
+  // current by message events, not a reader of the whole history.
+  const MESSAGES_PER_CHANNEL = 5;
   // The server answers an idle poll with a heartbeat within 55 s; 90 s is Zulip's own
   // clients' read timeout, so a poll that outlives it is on a dead connection.
   const POLL_TIMEOUT_MS = 90_000;
@@ -47,6 +51,12 @@
     channelCount: byId("channel-count"),
     peopleList: byId("people-list"),
     peopleCount: byId("people-count"),
+    actionStatus: byId("action-status"),
+    adminLink: byId("admin-link"),
+    confirmDialog: byId("confirm-dialog"),
+    confirmText: byId("confirm-text"),
+    confirmOk: byId("confirm-ok"),
+    confirmCancel: byId("confirm-cancel"),
   };
   const collator = new Intl.Collator(undefined, { sensitivity: "base", numeric: true });
 
@@ -222,13 +232,12 @@
     return person ? person.is_active !== false : true;
   }
 
+  // Zulip's role numbers; a user object has no is_moderator flag, only its role.
+  const ROLE_NAMES = { 100: "owner", 200: "admin", 300: "moderator", 400: "member", 600: "guest" };
+
   function roleName(person) {
     if (person.is_bot) return "bot";
-    if (person.is_owner) return "owner";
-    if (person.is_admin) return "admin";
-    if (person.is_moderator) return "moderator";
-    if (person.is_guest) return "guest";
-    return "member";
+    return ROLE_NAMES[person.role] || "member";
   }
 
   function userKey(userId) {
@@ -267,11 +276,14 @@
     }
     if (!row) {
       row = newUserRow("person", "data-person-id", userId);
-      row.append(element("span", "role"));
+      const action = element("button", "person-action");
+      action.type = "button";
+      row.append(element("span", "role"), action);
       view.peopleRows.set(userId, row);
     }
     fillUserRow(row, userId);
     row.querySelector(".role").textContent = roleName(person);
+    renderPersonAction(row, userId);
     placeSorted(dom.peopleList, row, userKey(userId));
   }
 
@@ -298,15 +310,20 @@
     const relation = element("span", "badge relation");
     const count = element("span", "member-count");
     head.append(name, privacy, relation, count);
+    // The plain-text `description`, never `rendered_description`: nothing a user typed
+    // is ever parsed as HTML here.
+    const description = element("p", "channel-description");
     const members = element("ul", "members");
     members.setAttribute("aria-label", "members");
-    root.append(head, members);
+    const { messages, compose } = createMessagePane();
+    root.append(head, description, messages, compose, members);
     return {
       id: streamId,
       info: {},
       relation: "not subscribed",
       rows: new Map(),
-      nodes: { root, name, privacy, relation, count, members },
+      messages: new Map(),
+      nodes: { root, name, privacy, relation, count, description, members, messages, compose },
     };
   }
 
@@ -332,13 +349,15 @@
   }
 
   function renderChannelHead(channel) {
-    const { root, name, privacy, relation } = channel.nodes;
+    const { root, name, privacy, relation, description } = channel.nodes;
     const kind = privacyOf(channel.info);
     root.dataset.privacy = kind;
     root.dataset.relation = channel.relation.replace(/ /g, "-");
     name.textContent = channel.info.name;
     privacy.textContent = kind;
     relation.textContent = channel.relation;
+    description.textContent = channel.info.description || "";
+    description.hidden = !channel.info.description;
   }
 
   function renderMemberCount(channel) {
@@ -421,14 +440,15 @@
     dom.peopleList.replaceChildren();
     dom.channelCount.textContent = "";
     dom.peopleCount.textContent = "";
+    showActionStatus("", "");
   }
 
-  function buildView(answer, email) {
+  function buildView(answer) {
     resetView();
     const people = [...(answer.realm_users || []), ...(answer.realm_non_active_users || [])];
     for (const person of people) view.users.set(person.user_id, { ...person });
-    const self = people.find((p) => p.email.toLowerCase() === email.toLowerCase());
-    view.selfId = self ? self.user_id : null;
+    // The answer names the current user in its own keys (it fetches realm_user state).
+    view.selfId = typeof answer.user_id === "number" ? answer.user_id : null;
     for (const userId of view.users.keys()) renderPerson(userId);
     updatePeopleCount();
     for (const [key, relation] of Object.entries(RELATIONS)) {
@@ -458,6 +478,11 @@
         removeUserFromChannels(userId);
       }
       refreshUser(userId, "full_name" in person);
+      // Our own role changed: the Deactivate and Reactivate buttons come or go.
+      if (userId === view.selfId && "role" in person) {
+        for (const otherId of view.users.keys()) renderPerson(otherId);
+        dom.adminLink.hidden = !canManageUsers();
+      }
     } else if (event.op === "remove") {
       removeUserFromChannels(userId);
       view.users.delete(userId);
@@ -475,7 +500,9 @@
         renderMemberCount(view.channels.get(info.stream_id));
       }
     } else if (event.op === "delete") {
-      for (const info of event.streams) removeChannel(info.stream_id);
+      // `stream_ids` since Zulip feature level 343; `streams` on older servers.
+      const ids = event.stream_ids || event.streams.map((info) => info.stream_id);
+      for (const streamId of ids) removeChannel(streamId);
     } else if (event.op === "update" && view.channels.has(event.stream_id)) {
       upsertChannel({ stream_id: event.stream_id, [event.property]: event.value }, null);
     }
@@ -506,11 +533,175 @@
     }
   }
 
+  // -- messages ---------------------------------------------------------------------------
+  // Queues and history ask for apply_markdown=false: a message's content is what its
+  // sender typed, and is shown as text, so no markup of theirs ever becomes an element.
+
+  function createMessagePane() {
+    const messages = element("ol", "messages");
+    messages.setAttribute("aria-label", "newest messages");
+    const compose = element("form", "compose");
+    const topic = element("input", "compose-topic");
+    topic.name = "topic";
+    topic.placeholder = "topic";
+    topic.required = true;
+    topic.maxLength = 60;
+    topic.setAttribute("aria-label", "topic");
+    const content = element("input", "compose-content");
+    content.name = "content";
+    content.placeholder = "message";
+    content.required = true;
+    content.setAttribute("aria-label", "message");
+    const send = element("button", "compose-send", "Send");
+    send.type = "submit";
+    const error = element("p", "compose-error");
+    error.setAttribute("role", "alert");
+    error.hidden = true;
+    compose.append(topic, content, send, error);
+    return { messages, compose };
+  }
+
+  /** Show `message` in its channel, in id order, keeping only the newest few. */
+  function addMessage(channel, message) {
+    if (channel.messages.has(message.id)) return;
+    const row = element("li", "message");
+    row.dataset.messageId = String(message.id);
+    row.append(
+      element("span", "message-sender", message.sender_full_name),
+      element("span", "message-topic", message.subject),
+      element("span", "message-content", message.content),
+    );
+    channel.messages.set(message.id, row);
+    const list = channel.nodes.messages;
+    const later = [...list.children].find((other) => Number(other.dataset.messageId) > message.id);
+    list.insertBefore(row, later || null);
+    while (channel.messages.size > MESSAGES_PER_CHANNEL) {
+      const oldest = Math.min(...channel.messages.keys());
+      channel.messages.get(oldest).remove();
+      channel.messages.delete(oldest);
+    }
+  }
+
+  function applyMessage(event) {
+    const message = event.message;
+    if (message.type !== "stream") return; // direct messages have no channel to show in
+    const channel = view.channels.get(message.stream_id);
+    if (channel) addMessage(channel, message);
+  }
+
+  /** Each channel's newest messages, after a (re-)register; events may come first, and a
+   * message both fetched and received shows once. */
+  function loadHistory(session) {
+    for (const channel of view.channels.values()) {
+      const params = {
+        anchor: "newest",
+        num_before: MESSAGES_PER_CHANNEL,
+        num_after: 0,
+        narrow: [{ operator: "channel", operand: channel.id }],
+        apply_markdown: false,
+      };
+      callApi(session, "GET", "/api/v1/messages", params, REQUEST_TIMEOUT_MS)
+        .then((answer) => {
+          if (session !== current || view.channels.get(channel.id) !== channel) return;
+          for (const message of answer.messages) addMessage(channel, message);
+        })
+        // The list stays as the events fill it; the next register tries again.
+        .catch(() => {});
+    }
+  }
+
+  /** Send the compose form's message; it shows when its event comes back, like anyone's. */
+  async function sendMessage(session, channel, form) {
+    const error = form.querySelector(".compose-error");
+    const content = form.elements.content;
+    const params = {
+      type: "stream",
+      to: channel.id,
+      topic: form.elements.topic.value,
+      content: content.value,
+    };
+    error.hidden = true;
+    try {
+      await callApi(session, "POST", "/api/v1/messages", params, REQUEST_TIMEOUT_MS);
+      if (session === current) content.value = "";
+    } catch (failure) {
+      if (failure instanceof Cancelled || session !== current) return;
+      error.textContent = failure.message;
+      error.hidden = false;
+    }
+  }
+
   function applyEvent(event) {
     if (event.type === "realm_user") applyRealmUser(event);
     else if (event.type === "stream") applyStream(event);
     else if (event.type === "subscription") applySubscription(event);
+    else if (event.type === "message") applyMessage(event);
     // heartbeat and anything else: only its id matters, taken by the caller.
+  }
+
+  // -- deactivating and reactivating users (owners and administrators) -------------------
+
+  // Zulip's role numbers of the two roles that may deactivate and reactivate users.
+  const MANAGING_ROLES = new Set([100, 200]);
+  // The change the confirmation dialog is asking about, with the session it belongs to.
+  let pendingChange = null;
+
+  /** Whether the signed-in user may deactivate and reactivate others (the server checks
+   * again: this only decides whether the buttons show). */
+  function canManageUsers() {
+    const me = view.users.get(view.selfId);
+    return Boolean(me && me.is_active !== false && MANAGING_ROLES.has(me.role));
+  }
+
+  function renderPersonAction(row, userId) {
+    const button = row.querySelector(".person-action");
+    const active = isActive(userId);
+    button.hidden = !canManageUsers();
+    button.dataset.action = active ? "deactivate" : "reactivate";
+    button.textContent = active ? "Deactivate" : "Reactivate";
+    button.setAttribute("aria-label", `${button.textContent} ${displayName(userId)}`);
+  }
+
+  /** The outcome line above the people list: kind "pending", "done" or "error". */
+  function showActionStatus(kind, text) {
+    dom.actionStatus.dataset.kind = kind;
+    dom.actionStatus.textContent = text;
+    dom.actionStatus.hidden = !text;
+  }
+
+  function askToConfirm(userId, action) {
+    const name = displayName(userId);
+    let question = `Reactivate ${name}? Their channel subscriptions come back.`;
+    if (action === "deactivate") {
+      question =
+        userId === view.selfId
+          ? "Deactivate your own account? You will be signed out."
+          : `Deactivate ${name}? Their API key and event queues stop working at once.`;
+    }
+    pendingChange = { userId, action, session: current };
+    dom.confirmText.textContent = question;
+    dom.confirmOk.textContent = action === "deactivate" ? "Deactivate" : "Reactivate";
+    dom.confirmOk.dataset.action = action;
+    dom.confirmDialog.showModal();
+  }
+
+  /** Send the confirmed change; the lists change when its events arrive, like anyone's. */
+  async function changeActive({ userId, action, session }) {
+    if (session !== current) return;
+    const name = displayName(userId);
+    const deactivate = action === "deactivate";
+    showActionStatus("pending", `${deactivate ? "Deactivating" : "Reactivating"} ${name}…`);
+    const path = deactivate ? `/api/v1/users/${userId}` : `/api/v1/users/${userId}/reactivate`;
+    try {
+      await callApi(session, deactivate ? "DELETE" : "POST", path, {}, REQUEST_TIMEOUT_MS);
+      if (session !== current) return;
+      showActionStatus("done", `${name} ${deactivate ? "deactivated" : "reactivated"}.`);
+    } catch (error) {
+      if (error instanceof Cancelled || session !== current) return;
+      // The server's refusal is a sentence ("Cannot deactivate the only organization
+      // owner."): shown as it is.
+      showActionStatus("error", `Could not ${action} ${name}: ${error.message}`);
+    }
   }
 
   // -- the session: register, then long-poll ----------------------------------------------
@@ -533,6 +724,7 @@
         event_types: EVENT_TYPES,
         include_subscribers: true,
         client_capabilities: { deactivation_peer_events: true },
+        apply_markdown: false,
       },
       REQUEST_TIMEOUT_MS,
     );
@@ -543,7 +735,10 @@
       throw new Cancelled();
     }
     session.lastEventId = answer.last_event_id;
-    buildView(answer, session.email);
+    buildView(answer);
+    loadHistory(session);
+    dom.adminLink.hidden = !canManageUsers();
+    if (answer.full_name) dom.whoami.textContent = `${answer.full_name} (${answer.email})`;
     dom.view.hidden = false;
   }
 
@@ -654,6 +849,8 @@
     dom.form.hidden = false;
     dom.signInError.textContent = errorMessage || "";
     dom.signInError.hidden = !errorMessage;
+    if (dom.confirmDialog.open) dom.confirmDialog.close();
+    dom.adminLink.hidden = true;
     setConnectionState("signed out", errorMessage || "");
     (errorMessage ? dom.apiKey : dom.email).focus();
   }
@@ -680,6 +877,36 @@
   });
 
   dom.signOut.addEventListener("click", () => endSession(""));
+
+  dom.channelList.addEventListener("submit", (event) => {
+    const form = event.target.closest(".compose");
+    const root = form && form.closest("[data-stream-id]");
+    if (!root) return;
+    event.preventDefault();
+    const channel = view.channels.get(Number(root.dataset.streamId));
+    if (channel && current) sendMessage(current, channel, form);
+  });
+
+  dom.peopleList.addEventListener("click", (event) => {
+    const button = event.target.closest(".person-action");
+    const row = button && button.closest("[data-person-id]");
+    if (!row || !canManageUsers()) return;
+    askToConfirm(Number(row.dataset.personId), button.dataset.action);
+  });
+
+  dom.confirmOk.addEventListener("click", () => {
+    const change = pendingChange;
+    pendingChange = null;
+    dom.confirmDialog.close();
+    if (change) changeActive(change);
+  });
+
+  dom.confirmCancel.addEventListener("click", () => dom.confirmDialog.close());
+
+  // Escape, Cancel, or a sign-out: the question is void.
+  dom.confirmDialog.addEventListener("close", () => {
+    pendingChange = null;
+  });
 
   window.addEventListener("pagehide", () => {
     if (current && current.queueId) deleteQueue(current);

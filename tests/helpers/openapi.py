@@ -3,8 +3,11 @@
 `validate_response(method, path, status, body)` finds the documented operation for a
 concrete request path (with or without the `/api/v1` prefix of the document's server),
 takes the response schema for the status (the exact code, else `default`) and checks the
-body with jsonschema (Draft 2020-12). `validate_event(event)` checks one delivered event
-(with its `id`). Both raise `AssertionError` with a readable message.
+body with jsonschema (Draft 2020-12); an answer of one of Zulip's endpoints is then also
+checked against Zulip's documented shape (`tests.helpers.zulip_schema`), so eventq's
+document and Zulip's both hold for every answer a test sees. `validate_event(event)`
+checks one delivered event (with its `id`) the same two ways. Both raise
+`AssertionError` with a readable message.
 
 `$ref`s are JSON pointers into the document; schemas are validated by reference
 (`urn:eventq:openapi#/...`) through a `referencing.Registry` holding the whole document,
@@ -29,6 +32,9 @@ from jsonschema.exceptions import (  # type: ignore[import-untyped]
 )
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+
+# Imported for its effect: it adds Zulip's message shapes to zulip_schema's tables.
+from tests.helpers import zulip_messages, zulip_schema  # noqa: F401
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "server" / "openapi.json"
 # The document is registered under this URI, so schemas are referenced as URI#pointer.
@@ -80,9 +86,13 @@ def resolve_ref(ref: str) -> Any:
     return node
 
 
-def iter_refs(node: Any = None, where: str = "#") -> Iterator[tuple[str, str]]:
+_WHOLE_DOCUMENT: Any = object()
+
+
+def iter_refs(node: Any = _WHOLE_DOCUMENT, where: str = "#") -> Iterator[tuple[str, str]]:
     """Every `$ref` of the document (or of `node`), as (location pointer, ref) pairs."""
-    if node is None:
+    # A sentinel, not None: null is a value the document holds (`enum: [1, null]`).
+    if node is _WHOLE_DOCUMENT:
         node = load_document()
     if isinstance(node, dict):
         ref = node.get("$ref")
@@ -178,7 +188,11 @@ def _best(errors: Iterable[ValidationError]) -> ValidationError | None:
     For an event with an unknown field, say, jsonschema only says "is not valid under
     any of the given schemas"; the branch with the same `type` and `op` says which field.
     """
-    top = max(errors, key=relevance, default=None)
+    found = list(errors)
+    # A schema closed with unevaluatedProperties reports every property as unevaluated
+    # when one of its allOf parts fails (say, on a missing field): that part is the news.
+    telling = [e for e in found if e.validator != "unevaluatedProperties"] or found
+    top = max(telling, key=relevance, default=None)
     if top is None:
         return None
     if top.validator in ("oneOf", "anyOf") and top.context:
@@ -253,9 +267,13 @@ def validate_response(method: str, path: str, status: int, body: object) -> None
         return
     tokens += ["content", "application/json", "schema"]
     _check(_schema_pointer(*tokens), body, f"{what} ({method.upper()} {template})")
+    if zulip_schema.is_zulip_endpoint(method, template):
+        zulip_schema.check_answer(method, template, status, body)
 
 
 def validate_event(event: dict[str, Any]) -> None:
-    """Assert `event` (as delivered, with its `id`) matches one kind of the Event schema."""
+    """Assert `event` (as delivered, with its `id`) matches one kind of the Event schema,
+    and Zulip's documented shape of its kind."""
     kind = f"{event.get('type')}/{event.get('op')}" if isinstance(event, dict) else "?"
     _check(_schema_pointer("components", "schemas", "Event"), event, f"event {kind}")
+    zulip_schema.check_event(event)

@@ -6,7 +6,16 @@ transaction while counting its SQL statements, read the outbox rows it wrote (ga
 sequence numbers), check their count and shape, apply to each user's state exactly the
 events addressed to them, and compare with a fresh `register` state after. It also
 checks that no user receives an event naming a channel they could see neither before
-nor after, so private channels never leak.
+nor after, so private channels never leak, and that every state and every event has
+Zulip's documented shape (`tests.helpers.zulip_schema`).
+
+`message` events get checks of their own (`_check_messages`): each is delivered in both
+renderings (HTML, and the raw Markdown a queue registered with `apply_markdown` false
+gets) with Zulip's shape and eventq's documented one; a message reaches exactly its
+recipients (the channel's active subscribers and the sender, or the conversation's
+participants), each once, the sender flagged `read`; and each recipient's history
+(`GET /messages`) ends with exactly the messages its events carried, in both renderings,
+while nobody else's history grows.
 """
 
 from __future__ import annotations
@@ -16,16 +25,23 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from clients.state import StateCache
 from models.database import Database
+from models.messages import RAW_MARKDOWN_KEY, fetch_messages
 from models.outbox import StoredEvent, read_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
-from models.tables import Realm, UserProfile
+from models.tables import Realm, UserMessage, UserProfile
+from queues.types import SharedEvent
+from tests.helpers import zulip_messages, zulip_schema
 from tests.helpers.events import check_event_shape
+from tests.helpers.openapi import validate_event
 from tests.helpers.statements import count_statements
+
+# Message events and the message endpoints join Zulip's conformance tables.
+zulip_messages.install()
 
 T = TypeVar("T")
 
@@ -64,6 +80,9 @@ def _visible_stream_ids(state: dict[str, Any]) -> set[int]:
 
 
 def _named_stream_ids(event: dict[str, Any]) -> set[int]:
+    if event["type"] == "message":
+        stream_id = event["message"].get("stream_id")
+        return {stream_id} if stream_id is not None else set()
     if event["type"] == "stream":
         return {s["stream_id"] for s in event["streams"]}
     if event["type"] == "subscription":
@@ -89,6 +108,7 @@ def verify_action(
             select(Realm.last_event_seq).where(Realm.id == realm_id)
         ).scalar_one()
         before = _states(session, realm_id, include_subscribers)
+        received_before = _received_count(session, realm_id)
 
     with count_statements(db.engine) as statements, db.write() as session:
         result = action(session)
@@ -107,8 +127,20 @@ def verify_action(
         assert len(events) == num_events, [e.event for e in events]
     if max_statements is not None:
         assert statements.count <= max_statements, statements.statements
+    # The state part of a register answer: wrapped in the keys every answer has.
+    envelope = {"result": "success", "msg": "", "queue_id": "q", "last_event_id": -1}
+    envelope |= {"zulip_version": "", "zulip_feature_level": 0, "zulip_merge_base": ""}
+    register_schema = zulip_schema.register(STATE_EVENT_TYPES, include_subscribers)
+    # Every user's state is built by the same builders (`models.wire`), so one state
+    # shows the shapes; checking all of them would cost O(users^2) for nothing more.
+    for user_id in sorted(after)[:1]:
+        state = {**envelope, **after[user_id]}
+        zulip_schema.check(register_schema, state, f"user {user_id}'s state")
     for stored in events:
-        check_event_shape(stored.event)
+        if stored.event.get("type") == "message":
+            _check_message_shape(stored)
+        else:
+            check_event_shape(stored.event)
         assert stored.user_ids, "an outbox event without recipients is never written"
         for user_id in stored.user_ids:
             assert user_id in before or user_id in after, (
@@ -116,6 +148,7 @@ def verify_action(
             )
 
     verified = VerifiedAction(result, events, statements.count)
+    _check_messages(db, realm_id, verified, after, received_before)
     for user_id, state in before.items():
         received = verified.received_by(user_id, legacy=user_id in legacy_users)
         visible = _visible_stream_ids(state) | _visible_stream_ids(after.get(user_id, {}))
@@ -135,3 +168,108 @@ def verify_action(
             f"user {user_id}'s state after applying {received} differs from a fresh register"
         )
     return verified
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def delivered(stored: StoredEvent, apply_markdown: bool = True) -> dict[str, Any]:
+    """The event as a queue with this `apply_markdown` hands it out (with an id of 0),
+    through the queues' own code: the stored raw fields never reach a client."""
+    shared = SharedEvent(stored.realm_id, stored.seq, stored.event, stored.user_ids)
+    if not apply_markdown:
+        shared = shared.raw_markdown_variant()
+    decoded: dict[str, Any] = json.loads(shared.encode_with_id(0))
+    return decoded
+
+
+def _received_count(session: Session, realm_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(UserMessage)
+            .join(UserProfile, UserProfile.id == UserMessage.user_profile_id)
+            .where(UserProfile.realm_id == realm_id)
+        )
+        or 0
+    )
+
+
+def _check_message_shape(stored: StoredEvent) -> None:
+    event = stored.event
+    assert "id" not in event, "the per-queue id is added at delivery, never stored"
+    raw = event.get(RAW_MARKDOWN_KEY)
+    assert isinstance(raw, dict) and raw["content_type"] == "text/x-markdown", event
+    for apply_markdown in (True, False):
+        shown = delivered(stored, apply_markdown)
+        assert RAW_MARKDOWN_KEY not in shown, shown
+        validate_event(shown)  # eventq's document, then Zulip's shape
+        message = shown["message"]
+        if apply_markdown:
+            assert message["content_type"] == "text/html", message
+        else:
+            assert message["content"] == raw["content"], message
+            assert message["content_type"] == "text/x-markdown", message
+    sender = event["message"]["sender_id"]
+    if set(stored.user_ids) == {sender}:
+        assert event["flags"] == ["read"], event
+    else:
+        assert sender not in stored.user_ids and event["flags"] == [], event
+
+
+def _check_messages(
+    db: Database,
+    realm_id: int,
+    verified: VerifiedAction[Any],
+    after: dict[int, Any],
+    received_before: int,
+) -> None:
+    """Recipients, and events against history (see the module)."""
+    by_message: dict[int, list[StoredEvent]] = {}
+    for stored in verified.events:
+        if stored.event.get("type") == "message":
+            by_message.setdefault(stored.event["message"]["id"], []).append(stored)
+    per_user: dict[int, list[StoredEvent]] = {}
+    pairs = 0
+    for message_id, stored_events in by_message.items():
+        message = stored_events[0].event["message"]
+        recipients: list[int] = [u for stored in stored_events for u in stored.user_ids]
+        assert len(recipients) == len(set(recipients)), f"message {message_id} sent twice"
+        if message["type"] == "stream":
+            stream_id = message["stream_id"]
+            subscribers = {
+                user_id
+                for user_id, state in after.items()
+                if any(s["stream_id"] == stream_id for s in state.get("subscriptions", []))
+            }
+            expected = subscribers | {message["sender_id"]}
+        else:
+            expected = {person["id"] for person in message["display_recipient"]}
+        assert set(recipients) == expected, (
+            f"message {message_id} went to {sorted(recipients)}, not to {sorted(expected)}"
+        )
+        pairs += len(recipients)
+        for stored in stored_events:
+            for user_id in stored.user_ids:
+                per_user.setdefault(user_id, []).append(stored)
+    with db.snapshot() as session:
+        grown = _received_count(session, realm_id) - received_before
+        assert grown == pairs, f"{grown} messages received in history, {pairs} by events"
+        for user_id, stored_events in per_user.items():
+            for apply_markdown in (True, False):
+                history = fetch_messages(
+                    session,
+                    user_id,
+                    anchor="newest",
+                    num_before=len(stored_events),
+                    num_after=0,
+                    apply_markdown=apply_markdown,
+                )["messages"]
+                expected_messages = []
+                for stored in stored_events:
+                    shown = delivered(stored, apply_markdown)
+                    expected_messages.append({**shown["message"], "flags": shown["flags"]})
+                assert history == expected_messages, (
+                    f"user {user_id}'s history does not end with the messages its events "
+                    f"carried (apply_markdown={apply_markdown})"
+                )

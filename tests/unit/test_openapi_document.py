@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,6 +13,24 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 import server.errors
+from models.tables import Role, Stream, UserProfile
+from models.wire import (
+    never_subscribed_to_api,
+    own_profile,
+    own_user_keys,
+    realm_user_active_event,
+    realm_user_add_event,
+    stream_create_event,
+    stream_delete_event,
+    stream_to_api,
+    subscription_add_event,
+    subscription_peer_event,
+    subscription_remove_event,
+    subscription_to_api,
+    user_to_api,
+)
+from server.handlers_events import VERSION_FIELDS
+from tests.helpers import zulip_schema
 from tests.helpers.openapi import (
     DOCUMENT_PATH,
     iter_refs,
@@ -32,7 +51,10 @@ EXPECTED_OPERATIONS = {
     ("GET", "/users"),
     ("POST", "/users"),
     ("GET", "/users/{user_id}"),
+    ("GET", "/users/me"),
     ("DELETE", "/users/{user_id}"),
+    ("GET", "/messages"),
+    ("POST", "/messages"),
     ("POST", "/users/{user_id}/reactivate"),
     ("GET", "/streams"),
     ("GET", "/get_stream_id"),
@@ -42,73 +64,73 @@ EXPECTED_OPERATIONS = {
     ("DELETE", "/users/me/subscriptions"),
     ("GET", "/eventq/queues"),
     ("GET", "/eventq/clients"),
+    ("GET", "/eventq/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
 }
-UNAUTHENTICATED = {("GET", "/server_settings"), ("GET", "/openapi.json")}
+UNAUTHENTICATED = {
+    ("GET", "/server_settings"),
+    ("GET", "/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+}
 
 
-# -- examples -----------------------------------------------------------------------------
+# -- examples ---------------------------------------------------------------------------
+# Built by `models.wire`, the one source of eventq's wire shapes, from rows that never
+# touch a database: the examples are what eventq sends, so accepting them checks the
+# builders against eventq's document and (through `validate_response`) Zulip's shapes.
+
+JOINED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def user_row(user_id: int = 10, role: Role = Role.MEMBER, **columns: Any) -> UserProfile:
+    values: dict[str, Any] = {
+        "id": user_id,
+        "realm_id": 1,
+        "email": f"user{user_id}@example.com",
+        "full_name": f"User {user_id}",
+        "role": int(role),
+        "is_active": True,
+        "is_bot": False,
+        "date_joined": JOINED,
+    }
+    values.update(columns)
+    return UserProfile(**values)
+
+
+def stream_row(stream_id: int = 3, **columns: Any) -> Stream:
+    values: dict[str, Any] = {
+        "id": stream_id,
+        "realm_id": 1,
+        "name": f"channel {stream_id}",
+        "description": "",
+        "invite_only": False,
+        "is_web_public": False,
+        "date_created": JOINED,
+    }
+    values.update(columns)
+    return Stream(**values)
 
 
 def user(user_id: int = 10, **changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "user_id": user_id,
-        "email": f"user{user_id}@example.com",
-        "delivery_email": None,
-        "full_name": f"User {user_id}",
-        "role": 400,
-        "is_owner": False,
-        "is_admin": False,
-        "is_moderator": False,
-        "is_guest": False,
-        "is_bot": False,
-        "is_active": True,
-        "is_billing_admin": False,
-        "bot_type": None,
-        "bot_owner_id": None,
-        "timezone": "",
-        "avatar_url": None,
-        "avatar_version": 1,
-        "date_joined": "2025-01-02T03:04:05+00:00",
-        "profile_data": {},
-    }
+    data: dict[str, Any] = _json(user_to_api(user_row(user_id)))
     data.update(changes)
     return data
 
 
 def stream(stream_id: int = 3, **changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "stream_id": stream_id,
-        "name": f"channel {stream_id}",
-        "description": "",
-        "rendered_description": "",
-        "invite_only": False,
-        "is_web_public": False,
-        "is_archived": False,
-        "history_public_to_subscribers": True,
-        "is_announcement_only": False,
-        "stream_post_policy": 1,
-        "message_retention_days": None,
-        "first_message_id": None,
-        "stream_weekly_traffic": None,
-        "date_created": 1735787045,
-    }
+    data: dict[str, Any] = _json(stream_to_api(stream_row(stream_id)))
     data.update(changes)
     return data
 
 
 def subscription(stream_id: int = 3, **changes: Any) -> dict[str, Any]:
-    data = stream(stream_id)
-    data.update(
-        color="#76ce90",
-        is_muted=False,
-        in_home_view=True,
-        pin_to_top=False,
-        desktop_notifications=None,
-        audible_notifications=None,
-        push_notifications=None,
-        email_notifications=None,
-        wildcard_mentions_notify=None,
-    )
+    data: dict[str, Any] = _json(subscription_to_api(stream_row(stream_id), None))
     data.update(changes)
     return data
 
@@ -121,55 +143,44 @@ def register_answer() -> dict[str, Any]:
         "last_event_id": -1,
         "zulip_version": "11.0-eventq",
         "zulip_feature_level": 377,
-        "zulip_merge_base": "11.0-eventq",
-        "realm_users": [user(10), user(11, role=200, is_admin=True)],
+        "zulip_merge_base": "",
+        "realm_users": [user(10), _json(user_to_api(user_row(11, Role.ADMINISTRATOR)))],
         "realm_non_active_users": [user(12, is_active=False)],
+        **_json(own_user_keys(user_row(10))),
         "subscriptions": [subscription(3, subscribers=[10, 11])],
         "unsubscribed": [subscription(4, subscribers=[])],
-        "never_subscribed": [{**stream(5), "subscribers": [11]}, stream(6)],
-        "streams": [stream(3), stream(4), stream(5), stream(6, invite_only=True)],
+        "never_subscribed": [
+            _json(never_subscribed_to_api(stream_row(5), [11])),
+            _json(never_subscribed_to_api(stream_row(6), [])),
+        ],
+        "streams": [
+            stream(3),
+            stream(4),
+            stream(5),
+            _json(stream_to_api(stream_row(6, invite_only=True, description="<b>x</b>"))),
+        ],
     }
 
 
 def one_event_of_each_kind() -> list[dict[str, Any]]:
-    return [
-        {"type": "heartbeat", "id": 0},
-        {"type": "realm_user", "op": "add", "person": user(13), "id": 1},
-        {
-            "type": "realm_user",
-            "op": "update",
-            "person": {"user_id": 12, "is_active": False},
-            "id": 2,
-        },
-        {
-            "type": "realm_user",
-            "op": "update",
-            "person": {"user_id": 12, "full_name": "X", "role": 300, "email": "x@example.com"},
-            "id": 3,
-        },
-        {"type": "stream", "op": "create", "streams": [stream(7)], "id": 4},
-        {"type": "stream", "op": "delete", "streams": [stream(7)], "id": 5},
-        {
-            "type": "subscription",
-            "op": "add",
-            "subscriptions": [subscription(8), subscription(9, subscribers=[10])],
-            "id": 6,
-        },
-        {
-            "type": "subscription",
-            "op": "remove",
-            "subscriptions": [{"name": "channel 8", "stream_id": 8}],
-            "id": 7,
-        },
-        {"type": "subscription", "op": "peer_add", "stream_ids": [3, 4], "user_ids": [12], "id": 8},
-        {
-            "type": "subscription",
-            "op": "peer_remove",
-            "stream_ids": [3],
-            "user_ids": [12, 13],
-            "id": 9,
-        },
+    events = [
+        realm_user_add_event(user_row(13)),
+        realm_user_active_event(12, False),
+        stream_create_event([stream_row(7)]),
+        stream_delete_event([stream_row(7), stream_row(8)]),
+        subscription_add_event(
+            [
+                subscription_to_api(stream_row(8), None),
+                subscription_to_api(stream_row(9), [10]),
+            ]
+        ),
+        subscription_remove_event([stream_row(8)]),
+        subscription_peer_event("peer_add", [3, 4], [12]),
+        subscription_peer_event("peer_remove", [3], [12, 13]),
     ]
+    delivered = [{"type": "heartbeat", "id": 0}]
+    delivered += [{**_json(event), "id": number} for number, event in enumerate(events, 1)]
+    return delivered
 
 
 def events_answer() -> dict[str, Any]:
@@ -179,6 +190,10 @@ def events_answer() -> dict[str, Any]:
         "events": one_event_of_each_kind(),
         "queue_id": "1733-abcdef",
     }
+
+
+def own_user_answer() -> dict[str, Any]:
+    return {"result": "success", "msg": "", **_json(own_profile(user_row(10)))}
 
 
 def error(code: str, **extra: Any) -> dict[str, Any]:
@@ -292,6 +307,8 @@ def test_error_codes_cover_the_server_errors() -> None:
         "INVALID_API_KEY",
         "USER_DEACTIVATED",
         "REALM_DEACTIVATED",
+        "RATE_LIMIT_HIT",
+        "BAD_NARROW",
         "STREAM_DOES_NOT_EXIST",
         "UNAUTHORIZED_PRINCIPAL",
     }
@@ -318,10 +335,10 @@ def test_error_codes_cover_the_server_errors() -> None:
         ("/api/v1/events?queue_id=abc&last_event_id=3", "/events"),
         ("http://127.0.0.1:9991/api/v1/get_stream_id?stream=x", "/get_stream_id"),
         ("/api/v1/openapi.json", "/openapi.json"),
-        ("/api/v1/users/me", None),
+        ("/api/v1/users/me", "/users/me"),
         ("/api/v1/users/abc/reactivate", None),
         ("/api/v1/streams//members", None),
-        ("/api/v1/messages", None),
+        ("/api/v1/realm/emoji", None),
         ("/api/v1/users/12/reactivate/now", None),
     ],
 )
@@ -358,6 +375,101 @@ def test_accepts_an_events_answer_with_every_kind_of_event() -> None:
         validate_event(event)
 
 
+def test_register_state_comes_in_the_documented_groups() -> None:
+    # The current user's keys come with realm_user state, never alone or partly.
+    message = rejected("POST", "/api/v1/register", 200, without(register_answer(), "user_id"))
+    assert "'user_id' is a dependency" in message
+    alone = without(without(register_answer(), "realm_users"), "realm_non_active_users")
+    assert "realm_users" in rejected("POST", "/api/v1/register", 200, alone)
+    assert "unsubscribed" in rejected(
+        "POST", "/api/v1/register", 200, without(register_answer(), "unsubscribed")
+    )
+
+
+def test_user_objects_carry_only_zulips_fields() -> None:
+    for extra in ("is_moderator", "is_billing_admin"):
+        answer = {"result": "success", "msg": "", "user": user(**{extra: False})}
+        assert f"'{extra}' was unexpected" in rejected("GET", "/api/v1/users/10", 200, answer)
+        with pytest.raises(AssertionError, match=extra):
+            zulip_schema.check(zulip_schema.USER, answer["user"], "user")
+    bot = _json(user_to_api(user_row(14, is_bot=True)))
+    assert bot["bot_type"] == 1 and "profile_data" not in bot, "Zulip: no profile_data for bots"
+    validate_response("GET", "/api/v1/users/14", 200, {"result": "success", "msg": "", "user": bot})
+    assert "profile_data" in rejected(
+        "GET",
+        "/api/v1/users/14",
+        200,
+        {"result": "success", "msg": "", "user": {**bot, "profile_data": {}}},
+    )
+
+
+def test_channels_carry_zulips_required_fields() -> None:
+    for name in ("creator_id", "is_recently_active", "can_subscribe_group", "topics_policy"):
+        answer = {"result": "success", "msg": "", "streams": [without(stream(), name)]}
+        assert f"'{name}' is a required property" in rejected("GET", "/api/v1/streams", 200, answer)
+    wrong = {"result": "success", "msg": "", "streams": [stream(can_add_subscribers_group="x")]}
+    assert "can_add_subscribers_group" in rejected("GET", "/api/v1/streams", 200, wrong)
+
+
+def test_stream_delete_events_name_channels_by_id_only() -> None:
+    (deleted,) = [e for e in one_event_of_each_kind() if e.get("op") == "delete"]
+    assert deleted["stream_ids"] == [7, 8]
+    assert deleted["streams"] == [{"stream_id": 7}, {"stream_id": 8}]
+    with pytest.raises(AssertionError, match="unexpected"):
+        validate_event({**deleted, "streams": [stream(7), stream(8)]})  # the old, full form
+    with pytest.raises(AssertionError):
+        validate_event(without(deleted, "stream_ids"))
+
+
+def test_rendered_description_escapes_markup() -> None:
+    hostile = "<img src=x onerror=alert(1)> & <b>bold</b>"
+    rendered = stream_to_api(stream_row(description=hostile))["rendered_description"]
+    assert rendered == "<p>&lt;img src=x onerror=alert(1)&gt; &amp; &lt;b&gt;bold&lt;/b&gt;</p>"
+    assert stream_to_api(stream_row(description=""))["rendered_description"] == ""
+
+
+def _closed_schema(name: str) -> tuple[set[str], set[str]]:
+    """Property names and required names of a schema of the document, with its allOf."""
+    schema = load_document()["components"]["schemas"][name]
+    properties, required = set(schema.get("properties", {})), set(schema.get("required", []))
+    for part in schema.get("allOf", []):
+        if "$ref" in part and part["$ref"] != "#/components/schemas/JsonSuccessBase":
+            inner = resolve_ref(part["$ref"])
+            properties |= set(inner.get("properties", {}))
+            required |= set(inner.get("required", []))
+    return properties, required
+
+
+@pytest.mark.parametrize(
+    ("name", "zulip"),
+    [
+        ("User", zulip_schema.USER),
+        ("Stream", zulip_schema.BASIC_CHANNEL),
+        ("Subscription", zulip_schema.subscription()),
+        ("NeverSubscribed", zulip_schema.never_subscribed()),
+        ("OwnUserResponse", zulip_schema.OWN_PROFILE),
+        ("RegisterResponse", zulip_schema.register()),
+        ("ServerSettingsResponse", zulip_schema.SERVER_SETTINGS),
+    ],
+)
+def test_the_document_never_contradicts_zulip(name: str, zulip: dict[str, Any]) -> None:
+    """Where eventq's document and Zulip's disagree, Zulip's wins: eventq documents no
+    field Zulip does not allow and makes optional no field Zulip's shape requires."""
+    properties, required = _closed_schema(name)
+    base = {"result", "msg"}
+    assert properties - base <= set(zulip["properties"]), properties - set(zulip["properties"])
+    assert set(zulip["required"]) - base <= required, set(zulip["required"]) - required
+
+
+def test_every_event_kind_of_the_document_is_one_of_zulips() -> None:
+    for ref in load_document()["components"]["schemas"]["Event"]["oneOf"]:
+        schema = resolve_ref(ref["$ref"])
+        kind = schema["properties"]["type"]["const"]
+        ops = schema["properties"].get("op", {})
+        for op in ops.get("enum", [ops.get("const")]):
+            assert (kind, op) in zulip_schema.EVENTS, (kind, op)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "body"),
     [
@@ -379,18 +491,19 @@ def test_accepts_an_events_answer_with_every_kind_of_event() -> None:
                 "msg": "",
                 "zulip_version": "11.0-eventq",
                 "zulip_feature_level": 377,
-                "zulip_merge_base": "11.0-eventq",
+                "zulip_merge_base": "",
                 "push_notifications_enabled": False,
                 "is_incompatible": False,
-                "email_auth_enabled": True,
+                "email_auth_enabled": False,
                 "require_email_format_usernames": True,
-                "authentication_methods": {"password": False, "dev": False},
-                "realm_name": "extra fields are allowed here",
+                "authentication_methods": {"password": False, "dev": False, "email": False},
+                "external_authentication_methods": [],
             },
         ),
         ("GET", "/api/v1/users", 200, {"result": "success", "msg": "", "members": [user()]}),
         ("POST", "/api/v1/users", 200, {"result": "success", "msg": "", "user_id": 14}),
         ("GET", "/api/v1/users/10", 200, {"result": "success", "msg": "", "user": user()}),
+        ("GET", "/api/v1/users/me", 200, own_user_answer()),
         ("GET", "/api/v1/streams", 200, {"result": "success", "msg": "", "streams": [stream()]}),
         ("GET", "/api/v1/get_stream_id", 200, {"result": "success", "msg": "", "stream_id": 3}),
         (
@@ -457,6 +570,14 @@ def test_accepts_an_events_answer_with_every_kind_of_event() -> None:
                         "waiting": True,
                     }
                 ],
+                "delivery": {
+                    "routed_seq": 41,
+                    "failing": True,
+                    "consecutive_failures": 2,
+                    "last_error": "JSONDecodeError: unexpected character",
+                    "retry_in_secs": 1.5,
+                    "failures_total": 2,
+                },
             },
         ),
         (
@@ -556,9 +677,28 @@ def test_rejects_an_unknown_error_code_and_a_success_shaped_error() -> None:
     )
 
 
+def test_rejects_a_server_setting_eventq_does_not_serve() -> None:
+    answer = {
+        "result": "success",
+        "msg": "",
+        **VERSION_FIELDS,
+        "push_notifications_enabled": False,
+        "is_incompatible": False,
+        "email_auth_enabled": True,
+        "require_email_format_usernames": True,
+        "authentication_methods": {"password": False, "dev": False, "email": False},
+        "external_authentication_methods": [],
+    }
+    assert "email_auth_enabled" in rejected("GET", "/api/v1/server_settings", 200, answer)
+    answer["email_auth_enabled"] = False
+    validate_response("GET", "/api/v1/server_settings", 200, answer)
+    answer["realm_name"] = "a realm-specific key"
+    assert "realm_name" in rejected("GET", "/api/v1/server_settings", 200, answer)
+
+
 def test_rejects_undocumented_paths_methods_and_statuses() -> None:
     ok = {"result": "success", "msg": ""}
-    assert "not in the OpenAPI document" in rejected("GET", "/api/v1/messages", 200, ok)
+    assert "not in the OpenAPI document" in rejected("GET", "/api/v1/realm/emoji", 200, ok)
     assert "documents no PATCH" in rejected("PATCH", "/api/v1/users/1", 200, ok)
     assert "status 500 is not documented" in rejected("GET", "/api/v1/users", 500, ok)
     assert "status 401 is not documented" in rejected(
