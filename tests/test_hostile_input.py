@@ -451,7 +451,9 @@ CASES = [
     case("get-user-invalid-utf8", "GET", "/users/%FF", 400, BAD),
     case("deactivate-negative", "DELETE", "/users/-1", 400, BAD, user="admin"),
     case("deactivate-zero", "DELETE", "/users/0", 400, BAD, user="admin"),
-    case("deactivate-word", "DELETE", "/users/me", 400, BAD, user="admin"),
+    case("deactivate-word", "DELETE", "/users/someone", 400, BAD, user="admin"),
+    # /users/me is the caller's own profile (GET only), never a user id to deactivate.
+    case("deactivate-me", "DELETE", "/users/me", 405, BAD, user="admin"),
     case("deactivate-huge", "DELETE", f"/users/{HUGE}", 400, BAD, user="admin"),
     case("deactivate-past-max-id", "DELETE", f"/users/{PAST_MAX_ID}", 400, BAD, user="admin"),
     case("deactivate-as-member", "DELETE", "/users/{loner_id}", 400, PRINCIPAL),
@@ -720,7 +722,7 @@ CASES = [
     case("method-post-server_settings", "POST", "/server_settings", 405, BAD, user=None),
     case("method-delete-streams", "DELETE", "/streams", 405, BAD),
     case("method-post-events", "POST", "/events", 405, BAD, form={"queue_id": "q"}),
-    case("unknown-path", "GET", "/messages", 404, BAD),
+    case("unknown-path", "GET", "/no_such_endpoint", 404, BAD),
     case("unknown-subpath", "GET", "/users/1/nope", 404, BAD),
     case("unknown-version", "GET", "//api/v2/users", 404, BAD),
 ]
