@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection
+from typing import Literal
 
 from models.outbox import PendingEvent
 from models.tables import Stream
 from models.visibility import AudienceIndex, AudienceKey
+from models.wire import subscription_peer_event
 
 # The audience bases of `AudienceIndex`, each contained in the next: an administrator is
 # a non-guest, a non-guest is an active user. A user's base class decides which base
@@ -30,7 +32,13 @@ _BASES_BY_CLASS = {
 class PeerEventGrouper:
     """Collects (channel, changed users) pairs and emits grouped peer events."""
 
-    def __init__(self, op: str, audience: AudienceIndex, *, tell_changed_users: bool) -> None:
+    def __init__(
+        self,
+        op: Literal["peer_add", "peer_remove"],
+        audience: AudienceIndex,
+        *,
+        tell_changed_users: bool,
+    ) -> None:
         self.op = op
         self.audience = audience
         # peer_add: new subscribers get the full list in their `add` event, so they need
@@ -54,12 +62,7 @@ class PeerEventGrouper:
         for (user_ids, stream_ids), recipients in sorted(
             groups.items(), key=lambda item: (item[0][1], sorted(item[0][0]))
         ):
-            event = {
-                "type": "subscription",
-                "op": self.op,
-                "stream_ids": list(stream_ids),
-                "user_ids": sorted(user_ids),
-            }
+            event = subscription_peer_event(self.op, stream_ids, user_ids)
             result.append(PendingEvent(event, recipients))
         return result
 

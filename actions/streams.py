@@ -17,7 +17,6 @@ from actions.errors import AlreadyExists, InvalidInput
 from actions.validation import check_name
 from models.outbox import PendingEvent, append_events, lock_realm
 from models.queries import get_streams_by_names, values_as_table
-from models.state import stream_to_api
 from models.tables import (
     MAX_STREAM_DESCRIPTION_LENGTH,
     MAX_STREAM_NAME_LENGTH,
@@ -25,6 +24,7 @@ from models.tables import (
     utcnow,
 )
 from models.visibility import AudienceIndex, active_user_roles
+from models.wire import stream_create_event
 
 
 def check_new_stream(
@@ -86,7 +86,7 @@ def insert_streams(
     streams = [by_name[name] for name in names]
     events = [
         PendingEvent(
-            {"type": "stream", "op": "create", "streams": [stream_to_api(stream)]},
+            stream_create_event([stream]),
             audience.users(audience.key(stream, ())),
         )
         for stream in streams

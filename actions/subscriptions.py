@@ -37,7 +37,6 @@ from actions.peer_events import PeerEventGrouper
 from actions.streams import check_new_stream, insert_streams
 from models.outbox import PendingEvent, append_events, lock_realm
 from models.queries import get_streams_by_names, get_users_by_ids_and_emails
-from models.state import stream_to_api, subscription_to_api
 from models.tables import Stream, Subscription, UserProfile
 from models.visibility import (
     AudienceIndex,
@@ -48,6 +47,13 @@ from models.visibility import (
     can_see_stream,
     can_subscribe_others,
     can_unsubscribe_others,
+)
+from models.wire import (
+    stream_create_event,
+    stream_delete_event,
+    subscription_add_event,
+    subscription_remove_event,
+    subscription_to_api,
 )
 
 
@@ -192,26 +198,13 @@ def _add_subscriptions(
 
     events: list[PendingEvent] = []
     for group_streams, recipients in _group_by_stream_set(newly_visible):
-        events.append(
-            PendingEvent(
-                {
-                    "type": "stream",
-                    "op": "create",
-                    "streams": [stream_to_api(s) for s in group_streams],
-                },
-                recipients,
-            )
-        )
+        events.append(PendingEvent(stream_create_event(group_streams), recipients))
     for group_streams, recipients in _group_by_stream_set(added_by_user):
         events.append(
             PendingEvent(
-                {
-                    "type": "subscription",
-                    "op": "add",
-                    "subscriptions": [
-                        subscription_to_api(s, subscribers.get(s.id, set())) for s in group_streams
-                    ],
-                },
+                subscription_add_event(
+                    [subscription_to_api(s, subscribers.get(s.id, set())) for s in group_streams]
+                ),
                 recipients,
             )
         )
@@ -270,30 +263,9 @@ def _remove_subscriptions(
 
     events: list[PendingEvent] = []
     for group_streams, recipients in _group_by_stream_set(removed_by_user):
-        events.append(
-            PendingEvent(
-                {
-                    "type": "subscription",
-                    "op": "remove",
-                    "subscriptions": [{"name": s.name, "stream_id": s.id} for s in group_streams],
-                },
-                recipients,
-            )
-        )
+        events.append(PendingEvent(subscription_remove_event(group_streams), recipients))
     for group_streams, recipients in _group_by_stream_set(no_longer_visible):
-        events.append(
-            PendingEvent(
-                {
-                    "type": "stream",
-                    "op": "delete",
-                    # Zulip since feature level 343: `stream_ids`, and `streams` kept for
-                    # older clients holding only ids (models.wire.stream_delete_event).
-                    "streams": [{"stream_id": s.id} for s in group_streams],
-                    "stream_ids": [s.id for s in group_streams],
-                },
-                recipients,
-            )
-        )
+        events.append(PendingEvent(stream_delete_event(group_streams), recipients))
     peers = PeerEventGrouper("peer_remove", audience, tell_changed_users=True)
     for stream_id in sorted(changed_streams):
         peers.add(

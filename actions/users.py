@@ -13,7 +13,6 @@ from actions.peer_events import PeerEventGrouper
 from actions.validation import check_email, check_name
 from models.outbox import PendingEvent, append_events, lock_realm
 from models.queries import get_user_by_email
-from models.state import user_to_api
 from models.tables import (
     API_KEY_LENGTH,
     MAX_EMAIL_LENGTH,
@@ -24,6 +23,7 @@ from models.tables import (
     UserProfile,
 )
 from models.visibility import AudienceIndex, active_subscribers, active_user_roles
+from models.wire import realm_user_active_event, realm_user_add_event
 
 _API_KEY_ALPHABET = string.ascii_letters + string.digits
 
@@ -66,11 +66,7 @@ def do_create_user(
     append_events(
         session,
         realm_id,
-        [
-            PendingEvent(
-                {"type": "realm_user", "op": "add", "person": user_to_api(user)}, recipients
-            )
-        ],
+        [PendingEvent(realm_user_add_event(user), recipients)],
     )
     return user
 
@@ -125,7 +121,7 @@ def _flip_active(
     for stream in streams:
         peers.add(stream, subscribers.get(stream.id, set()), {user.id})
     update_event = PendingEvent(
-        {"type": "realm_user", "op": "update", "person": {"user_id": user.id, "is_active": active}},
+        realm_user_active_event(user.id, active),
         roles.keys(),
     )
     return peers.events(), update_event
