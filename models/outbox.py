@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -52,6 +53,9 @@ class StoredEvent:
     # The decoded event, decoded where the row is read (a database thread, not the
     # event loop); None when the stored JSON is not an object.
     data: dict[str, Any] | None = None
+    # When the row was written (Unix time; 0.0 when unknown): the start of its delivery
+    # lag (`server.metrics`).
+    created_at: float = 0.0
 
     @property
     def event(self) -> dict[str, Any]:
@@ -173,11 +177,12 @@ _STORED_COLUMNS = (
     OutboxEvent.user_ids,
     OutboxEvent.legacy_skip,
     OutboxEvent.cut_off_user_id,
+    OutboxEvent.created_at,
 )
 
 
 def _stored(realm_id: int, row: Any) -> StoredEvent:
-    seq, event_json, user_ids, legacy_skip, cut_off_user_id = row
+    seq, event_json, user_ids, legacy_skip, cut_off_user_id, created_at = row
     try:
         decoded = orjson.loads(event_json)
     except orjson.JSONDecodeError:
@@ -190,7 +195,17 @@ def _stored(realm_id: int, row: Any) -> StoredEvent:
         legacy_skip=bool(legacy_skip),
         cut_off_user_id=int(cut_off_user_id) if cut_off_user_id is not None else None,
         data=decoded if isinstance(decoded, dict) else None,
+        created_at=_unix_time(created_at),
     )
+
+
+def _unix_time(value: datetime | None) -> float:
+    """A `created_at` as Unix time; SQLite hands back naive datetimes, written in UTC."""
+    if value is None:
+        return 0.0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
 
 
 def read_events(

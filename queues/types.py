@@ -6,7 +6,8 @@ every queue that accepts it; it is never copied per queue. Its JSON body is
 encoded once, lazily, and each queue splices its own event id onto that
 encoding. Treat ``SharedEvent.data`` as immutable once the event exists:
 mutating it would change what every queue delivers and would not refresh the
-cached encoding.
+cached encoding. A `message` event has a second form, for queues that asked for
+raw Markdown (`SharedEvent.raw_markdown_variant`), built once and shared too.
 
 Not thread-safe; call from the IOLoop.
 """
@@ -15,11 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 JsonDict = dict[str, Any]
+
+# A stored `message` event carries, under this key, the fields of its `message` that a
+# queue registered with `apply_markdown` false receives instead (the content as written,
+# `content_type` "text/x-markdown"). The key never reaches a client: `SharedEvent` takes
+# it out of `data`, and `raw_markdown_variant` builds the other form once, shared by
+# every such queue, so routing still hands one object to each queue and encodes nothing.
+RAW_MARKDOWN_KEY = "eventq_raw_markdown"
+
+# A queue's message filter (its register `narrow`), fixed at register: called with the
+# `data` of each `message` event offered to the queue. Built by the server layer.
+MessageFilter = Callable[[JsonDict], bool]
 
 # Compact separators: the body goes on the wire to every accepting client, so
 # the spaces json.dumps adds by default would be paid thousands of times.
@@ -74,7 +86,17 @@ class SharedEvent:
     peer_remove events written by a user deactivation).
     """
 
-    __slots__ = ("realm_id", "seq", "data", "user_ids", "legacy_skip", "_encoded")
+    __slots__ = (
+        "realm_id",
+        "seq",
+        "data",
+        "user_ids",
+        "legacy_skip",
+        "_encoded",
+        "created_at",
+        "_raw_fields",
+        "_raw_variant",
+    )
 
     def __init__(
         self,
@@ -84,11 +106,20 @@ class SharedEvent:
         user_ids: frozenset[int] | Collection[int],
         legacy_skip: bool = False,
         encoded: bytes | None = None,
+        created_at: float = 0.0,
     ) -> None:
         if "id" in data:
             # encode_with_id appends "id"; a second one would give a JSON
             # object with a duplicate key that parsers resolve differently.
             raise ValueError("SharedEvent data must not contain 'id'; ids are per queue")
+        raw_fields = data.get(RAW_MARKDOWN_KEY)
+        if raw_fields is not None:
+            # The stored JSON holds the key, so it cannot be sent as it is: encode the
+            # event without it (once, lazily, like any event without stored JSON).
+            data = {key: value for key, value in data.items() if key != RAW_MARKDOWN_KEY}
+            encoded = None
+        self._raw_fields: JsonDict | None = raw_fields if isinstance(raw_fields, dict) else None
+        self._raw_variant: SharedEvent | None = None
         self.realm_id = realm_id
         self.seq = seq
         self.data = data
@@ -100,6 +131,31 @@ class SharedEvent:
         self.legacy_skip = legacy_skip
         # The outbox already stores the compact JSON; passing it in saves the encoding.
         self._encoded: bytes | None = encoded
+        # When its outbox row was written (Unix time, 0.0 if unknown): delivery lag.
+        self.created_at = created_at
+
+    def raw_markdown_variant(self) -> SharedEvent:
+        """The event as a queue registered with ``apply_markdown`` false receives it: its
+        ``message`` with the stored raw fields; ``self`` when it has none.
+
+        Built on first use and cached, so every such queue shares one object, one
+        encoding, the same ``seq`` and the same checkpoints.
+        """
+        if self._raw_fields is None:
+            return self
+        if self._raw_variant is None:
+            message = self.data.get("message")
+            if not isinstance(message, dict):
+                return self
+            self._raw_variant = SharedEvent(
+                self.realm_id,
+                self.seq,
+                {**self.data, "message": {**message, **self._raw_fields}},
+                self.user_ids,
+                self.legacy_skip,
+                created_at=self.created_at,
+            )
+        return self._raw_variant
 
     @property
     def type(self) -> str:

@@ -60,6 +60,7 @@ def make_app(
     `rate_limiter` None: Zulip's default limits (`server.ratelimit.RateLimits()`).
     `serve_metrics` False: `/metrics` is left to a listener of its own (`make_ops_app`).
     """
+    from server.handlers_messages import MESSAGE_ROUTES
     from server.handlers_page import PAGE_ROUTES
     from server.handlers_rest import REST_ROUTES
 
@@ -69,6 +70,7 @@ def make_app(
         (r"/api/v1/register", RegisterHandler),
         (r"/api/v1/events", EventsHandler),
         *REST_ROUTES,
+        *MESSAGE_ROUTES,
         *ADMIN_ROUTES,
         *PROBE_ROUTES,
         *(METRICS_ROUTES if serve_metrics else []),

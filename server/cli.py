@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from actions.errors import ActionError, InvalidInput, NotFound
+from actions.messages import ChannelTarget, DirectTarget, check_send_message
 from actions.realms import do_create_realm
 from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
@@ -34,7 +35,9 @@ from models.queries import (
 )
 from models.tables import Realm, Role, Stream, UserProfile
 from models.visibility import active_subscribers
-from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings
+from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings, log_format_from_env
+from server.logs import JSON, TEXT, configure_logging
+from server.probe import DEFAULT_CRIT_MS, DEFAULT_WARN_MS
 
 log = logging.getLogger("eventq.cli")
 
@@ -190,6 +193,33 @@ def cmd_reactivate_user(args: argparse.Namespace, db: Database) -> None:
     _set_user_active(args, db, active=True)
 
 
+# The `client` of messages sent from the command line.
+CLI_CLIENT_NAME = "eventq"
+
+
+def cmd_send(args: argparse.Namespace, db: Database) -> None:
+    target: ChannelTarget | DirectTarget
+    recipients: list[str] = []
+    if args.channel is not None:
+        if args.topic is None:
+            raise InvalidInput("--channel needs --topic.")
+        target = ChannelTarget(args.channel)
+    else:
+        recipients = [e.strip() for value in args.to for e in value.split(",") if e.strip()]
+        target = DirectTarget(emails=tuple(recipients))
+    with db.write() as session:
+        # The subdomain must be read to know which realm to lock; the sender is read
+        # under the lock, and read again by the action, which refuses a deactivated one.
+        realm = _realm(session, args.realm)
+        lock_realm(session, realm.id)
+        sender = _user(session, realm, args.email)
+        message_id = check_send_message(
+            session, realm.id, sender.id, target, args.topic, args.text, CLI_CLIENT_NAME
+        )
+    where = f"#{args.channel} > {args.topic}" if args.channel is not None else ", ".join(recipients)
+    _emit(args, {"id": message_id}, f"Sent message {message_id} to {where}.")
+
+
 def cmd_users(args: argparse.Namespace, db: Database) -> None:
     with db.snapshot() as session:
         realm = _realm(session, args.realm)
@@ -261,7 +291,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         demo = None
         if args.demo:
             demo = ensure_demo_realm(settings.database_url)
-        print_connection_help(host, bound_port, demo)
+        if settings.log_format == JSON:
+            # Every output line must be a JSON object: the help goes through the log.
+            url = f"http://{host}:{bound_port}"
+            log.info("member page %s/, operator page %s/admin, API %s/api/v1/", url, url, url)
+            if demo is not None:
+                log.info("demo login: email %s, API key %s", demo.email, demo.api_key)
+        else:
+            print_connection_help(host, bound_port, demo)
 
     asyncio.run(run_server(settings, host, port, on_ready))
 
@@ -447,6 +484,30 @@ def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
     _emit(args, data, text + ".")
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """`eventq probe`: prints one Nagios line (or JSON); returns the plugin's status."""
+    from server.probe import CRITICAL, UNKNOWN, ProbeResult, database_error, run_probe
+
+    try:
+        settings = Settings.from_env(args.database_url)
+        db = Database(settings.database_url)
+    except ValueError as error:
+        result = ProbeResult(UNKNOWN, str(error), None, args.warn, args.crit)
+    else:
+        try:
+            check_schema(db.url)
+            result = run_probe(db, args.realm, args.server, args.warn, args.crit)
+        except SchemaOutOfDate as error:
+            result = ProbeResult(UNKNOWN, str(error), None, args.warn, args.crit)
+        except SQLAlchemyError as error:
+            message = f"database: {database_error(error)}"
+            result = ProbeResult(CRITICAL, message, None, args.warn, args.crit)
+        finally:
+            db.dispose()
+    _emit(args, result.to_json(), result.line())
+    return result.status
+
+
 DataCommand = Callable[[argparse.Namespace, Database], None]
 
 
@@ -467,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[..., None], help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[..., object], help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         command.set_defaults(func=func)
         return command
@@ -581,6 +642,56 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECS",
         help="minimum age of a removed row (default: EVENTQ_OUTBOX_MIN_AGE_SECS or 3600)",
     )
+    p = add(
+        "probe",
+        cmd_probe,
+        "Check event delivery end to end, as a Nagios plugin: commit a probe event for "
+        "the realm's probe bot (eventq-probe-bot@REALM.invalid, created on first use) and "
+        "time it until a long-poll of the bot's queue receives it. Prints one line, "
+        "'EVENTQ OK - 12.3 ms | delivery=12.3ms;WARN;CRIT;0', and exits 0 (OK), 1 "
+        "(slower than --warn), 2 (slower than --crit, never delivered within it, server "
+        "or database unreachable) or 3 (unknown realm, bad arguments).",
+    )
+    p.add_argument("realm", help="realm subdomain")
+    p.add_argument(
+        "--server",
+        default=default_server,
+        help=f"URL of the running server (default: {default_server})",
+    )
+    p.add_argument(
+        "--warn",
+        type=float,
+        metavar="MS",
+        default=DEFAULT_WARN_MS,
+        help=f"warning above this many milliseconds (default: {DEFAULT_WARN_MS:g})",
+    )
+    p.add_argument(
+        "--crit",
+        type=float,
+        metavar="MS",
+        default=DEFAULT_CRIT_MS,
+        help=f"critical above this many milliseconds, and the longest wait "
+        f"(default: {DEFAULT_CRIT_MS:g})",
+    )
+    p = add(
+        "send",
+        cmd_send,
+        "Send a message as a user, to a channel and topic or to users directly; its "
+        "recipients get it as a message event. Prints the new message's id.",
+    )
+    p.add_argument("realm", help="realm subdomain")
+    p.add_argument("email", help="the sender's email")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--channel", metavar="NAME", help="the channel to send to")
+    # Repeated, or with commas (`--to a@x,b@x`): a list option would swallow the text.
+    where.add_argument(
+        "--to",
+        action="append",
+        metavar="EMAIL",
+        help="a user to send a direct message to (repeat, or separate emails with commas)",
+    )
+    p.add_argument("--topic", metavar="T", help="the topic (with --channel)")
+    p.add_argument("text", help="the message (Markdown)")
     p = add("users", cmd_users, "List the realm's users.")
     p.add_argument("realm", help="realm subdomain")
     p = add("streams", cmd_streams, "List the realm's channels with their subscribers.")
@@ -592,12 +703,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `eventq` command; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        log_format = log_format_from_env()
+    except ValueError:
+        log_format = TEXT  # Settings.from_env reports the bad value below
     # Admin commands print their own answer; only the server logs at INFO.
-    logging.basicConfig(
-        level=logging.INFO if args.command == "serve" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.INFO if args.command == "serve" else logging.WARNING, log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.func is cmd_probe:
+        # Its own statuses (Nagios'), whatever goes wrong.
+        return cmd_probe(args)
     try:
         settings = Settings.from_env(args.database_url)
         if args.func in (cmd_migrate, cmd_serve):

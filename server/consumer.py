@@ -65,6 +65,7 @@ def shared_event(row: StoredEvent) -> SharedEvent:
         row.user_ids,
         row.legacy_skip,
         encoded=row.event_json.encode("utf-8"),
+        created_at=row.created_at,
     )
 
 

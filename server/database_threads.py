@@ -9,9 +9,12 @@ no session ever crosses threads.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+from server.metrics import DATABASE_WAIT_BUCKETS, LockedHistogram
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,11 +30,19 @@ class DatabaseThreads:
 
     def __init__(self, threads: int = DATABASE_THREADS) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="eventq-db")
+        # From submit to the call's start: how long work queued for a free thread.
+        self.wait = LockedHistogram(DATABASE_WAIT_BUCKETS)
 
     async def run(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`func(*args, **kwargs)` on a worker thread; its exception is raised here."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+        submitted = time.monotonic()
+
+        def call() -> R:
+            self.wait.observe(time.monotonic() - submitted)
+            return func(*args, **kwargs)
+
+        return await loop.run_in_executor(self._executor, call)
 
     def shutdown(self) -> None:
         """Wait for the calls in flight, then stop the threads."""

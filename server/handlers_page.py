@@ -1,4 +1,6 @@
-"""The browser page: `clients/static/index.html` at `/` and its files under `/static/`.
+"""The browser pages: the member page `clients/static/index.html` at `/`, the operator
+page `admin.html` at `/admin` (owners and administrators: the API refuses anyone else),
+and their files under `/static/`.
 
 The page is plain files (no build step), so Tornado's `StaticFileHandler` serves them
 with its ETag and Last-Modified revalidation and its path-traversal guard. Every answer
@@ -16,6 +18,7 @@ import tornado.web
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "clients" / "static"
 INDEX_FILENAME = "index.html"
+ADMIN_FILENAME = "admin.html"
 
 # 'none' by default so that anything the page does not name (frames, objects, fonts,
 # workers) is refused; the page needs only its own script, stylesheet and icon and
@@ -77,9 +80,21 @@ class PageIndexHandler(PageFileHandler):
         super().initialize(path, default_filename, allowed_symlink_directory)
 
 
+class AdminPageHandler(PageFileHandler):
+    """`GET /admin`: the operator page. It is plain files like the member page; what
+    it shows comes from the admin endpoints, which check the signed-in user's role."""
+
+    async def get(self, path: str = ADMIN_FILENAME, include_body: bool = True) -> None:
+        await super().get(ADMIN_FILENAME, include_body)
+
+    async def head(self, path: str = ADMIN_FILENAME) -> None:
+        await super().get(ADMIN_FILENAME, include_body=False)
+
+
 # Appended to the application's routes by `server.app.make_app`. `/()` captures an
 # empty path, which StaticFileHandler resolves to the folder's index.html.
 PAGE_ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/()", PageIndexHandler),
+    (r"/admin/?", AdminPageHandler),
     (r"/static/(.*)", PageFileHandler),
 ]

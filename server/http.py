@@ -354,12 +354,14 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if isinstance(service, EventService):
         # A long-poll answered 200 is quiet exactly when its answer was a heartbeat.
         service.metrics.count_request(request.method, request.path, status, code, quiet)
-    who = f"user {user.id}" if user is not None else "anonymous"
     level = logging.INFO
     if quiet:
         level = logging.DEBUG
     elif status >= 500:
         level = logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return  # a heartbeat at INFO: no fields to build for a line nobody writes
+    who = f"user {user.id}" if user is not None else "anonymous"
     fields: dict[str, Any] = {
         "request_id": getattr(handler, "request_id", None) or secrets.token_hex(16),
         "method": request.method,

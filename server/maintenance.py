@@ -58,8 +58,9 @@ class Maintenance:
         self.db = db
         self.outbox_min_age_secs = outbox_min_age_secs
         self.max_retained_events = MAX_RETAINED_EVENTS_PER_REALM
-        # How long the last prune pass took (for operators and metrics).
+        # How long the last prune pass took, and the rows pruned so far (metrics).
         self.last_prune_secs = 0.0
+        self.pruned_rows_total = 0
         self.threads = threads
         self.live = live
         self.consumer = consumer
@@ -230,6 +231,7 @@ class Maintenance:
                 if batch.done:
                     break
         self.last_prune_secs = time.monotonic() - started
+        self.pruned_rows_total += events
         if events or dropped:
             log.info(
                 "outbox: pruned %d events (%d recipient rows) in %.2fs; dropped %d queues "
