@@ -12,7 +12,7 @@ Each call runs a fixed number of statements whatever the number of users and cha
 
 Peer events are grouped, one event per set of identical recipients and users, with
 `stream_ids` and `user_ids` lists, as Zulip does. No user receives a peer event that
-names themselves (DESIGN.md §3).
+names themselves (docs/architecture.md §3).
 
 `check_add_subscriptions` and `check_remove_subscriptions` serve the REST requests, by
 channel name and principal: they take the realm's writer lock first, then re-read the

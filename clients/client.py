@@ -1,6 +1,6 @@
 """`EventClient`: register an event queue, long-poll it and keep a `StateCache` current.
 
-Owns the client side of the wire protocol (DESIGN.md §6): `register`, the long-poll loop
+Owns the client side of the wire protocol (docs/architecture.md §6): `register`, the long-poll loop
 with acknowledgements, retries with capped exponential backoff and full jitter, resync
 after the server forgot the queue, and a clean stop. It speaks HTTP only (tornado's
 `AsyncHTTPClient`) and imports nothing of ours but `clients.state`, so it can be copied

@@ -9,7 +9,7 @@ events with a fresh `register`. The current user's own keys of the answer (`user
 sets, so `peer_add` and `peer_remove` events with many `stream_ids` x `user_ids` cost
 set operations, not list scans.
 
-Deactivation has two sequences (DESIGN.md §4): a client on the full sequence receives
+Deactivation has two sequences (docs/architecture.md §4): a client on the full sequence receives
 `peer_remove` events before the `realm_user` update and only checks that the user is
 in no list afterwards; a legacy client (`removes_deactivated_users=True`) receives the
 update alone and removes the user from every subscriber list itself.

@@ -4,7 +4,7 @@ Two kinds of transaction exist, and every caller picks one:
 
 * `Database.write()`: a transaction that may append outbox events. On SQLite it starts
   with `BEGIN IMMEDIATE`, which takes the database's write lock before anything is
-  read, so that the realm counter lock of DESIGN.md §4 holds on SQLite too. On
+  read, so that the realm counter lock of docs/architecture.md §4 holds on SQLite too. On
   PostgreSQL the action locks the realm row itself (`models.outbox.lock_realm`).
 * `Database.snapshot()`: a read-only transaction in which every query sees the same
   snapshot (REPEATABLE READ on PostgreSQL; a deferred SQLite transaction in WAL mode).

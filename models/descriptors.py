@@ -1,4 +1,4 @@
-"""Durable queue descriptors (DESIGN.md §5): create, load, checkpoint, delete, expire.
+"""Durable queue descriptors (docs/architecture.md §5): create, load, checkpoint, delete, expire.
 
 A descriptor plus the outbox is enough to rebuild a queue with the same event IDs,
 so the server writes one at register, refreshes its checkpoint and `last_active` as
@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from models.messages import NarrowTerm, narrow_from_json, narrow_to_json
 from models.tables import QueueDescriptorRow
+
+# `apply_markdown` is stored with the capabilities: like them, a choice of what the client
+# receives, fixed at register. Only `false` is written, so a descriptor of a client that
+# never asked stores exactly its declared capabilities.
+APPLY_MARKDOWN_KEY = "apply_markdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,10 @@ class DescriptorRecord:
     last_active: float
     checkpoint_seq: int
     checkpoint_event_id: int
+    # The register's `narrow` (filters `message` events only); () for none.
+    narrow: tuple[NarrowTerm, ...] = ()
+    # False: `message` events carry the content as written (raw Markdown).
+    apply_markdown: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +57,14 @@ class CheckpointUpdate:
 
 
 def _record(row: QueueDescriptorRow) -> DescriptorRecord:
+    capabilities = json.loads(row.capabilities)
+    apply_markdown = bool(capabilities.pop(APPLY_MARKDOWN_KEY, True))
     return DescriptorRecord(
         queue_id=row.queue_id,
         realm_id=row.realm_id,
         user_id=row.user_id,
         event_types=tuple(json.loads(row.event_types)) if row.event_types is not None else None,
-        capabilities=json.loads(row.capabilities),
+        capabilities=capabilities,
         client_name=row.client_name,
         client_version=row.client_version,
         legacy_deactivation=row.legacy_deactivation,
@@ -60,10 +72,15 @@ def _record(row: QueueDescriptorRow) -> DescriptorRecord:
         last_active=row.last_active,
         checkpoint_seq=row.checkpoint_seq,
         checkpoint_event_id=row.checkpoint_event_id,
+        narrow=narrow_from_json(row.narrow),
+        apply_markdown=apply_markdown,
     )
 
 
 def _row_values(record: DescriptorRecord) -> dict[str, object]:
+    capabilities: dict[str, bool] = dict(record.capabilities)
+    if not record.apply_markdown:
+        capabilities[APPLY_MARKDOWN_KEY] = False
     return {
         "queue_id": record.queue_id,
         "realm_id": record.realm_id,
@@ -71,7 +88,7 @@ def _row_values(record: DescriptorRecord) -> dict[str, object]:
         "event_types": json.dumps(list(record.event_types))
         if record.event_types is not None
         else None,
-        "capabilities": json.dumps(record.capabilities, sort_keys=True),
+        "capabilities": json.dumps(capabilities, sort_keys=True),
         "client_name": record.client_name[:100],
         "client_version": record.client_version[:100] if record.client_version else None,
         "legacy_deactivation": record.legacy_deactivation,
@@ -79,6 +96,7 @@ def _row_values(record: DescriptorRecord) -> dict[str, object]:
         "last_active": record.last_active,
         "checkpoint_seq": record.checkpoint_seq,
         "checkpoint_event_id": record.checkpoint_event_id,
+        "narrow": narrow_to_json(record.narrow),
         "created_at": datetime.now(UTC),
     }
 

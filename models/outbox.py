@@ -1,4 +1,5 @@
-"""The transactional outbox (DESIGN.md §4): the realm lock, appending events, reading them.
+"""The transactional outbox (docs/architecture.md §4): the realm lock, appending and reading
+events.
 
 Every action calls `lock_realm` before it reads anything and `append_events` once it
 knows its events. The lock serializes the writers of one realm, so sequence numbers

@@ -1,4 +1,4 @@
-"""Who sees what (DESIGN.md §3), in one place for `register` and for event recipients.
+"""Who sees what (docs/architecture.md §3), in one place for `register` and for event recipients.
 
 The rules:
 

@@ -3,10 +3,12 @@ owns it, what it filters, what the client understands, the opaque waiting-poll
 slot, and idle expiry. Also the User-Agent parsing and the "legacy client"
 rules that decide which deactivation sequence a client receives.
 
-The descriptor decides *whether* an event goes into its queue (`deliver`);
-the queue data itself is `queues.queue.EventQueue`. The filter
-(``event_types``, ``legacy_deactivation``) is fixed at register, which is what
-makes replaying the outbox into a rebuilt queue deterministic.
+The descriptor decides *whether* an event goes into its queue (`deliver`),
+and in which form (raw Markdown or HTML for a `message`); the queue data itself
+is `queues.queue.EventQueue`. The filter (``event_types``,
+``legacy_deactivation``, and the ``narrow`` that applies to `message` events
+only) is fixed at register, which is what makes replaying the outbox into a
+rebuilt queue deterministic.
 
 Not thread-safe; call from the IOLoop.
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from queues.queue import EventQueue
-from queues.types import Capabilities, SharedEvent
+from queues.types import Capabilities, MessageFilter, SharedEvent
 
 # Zulip's default idle lifespan for a queue with no waiting poll: long enough
 # to survive a page reload or a short network outage, short enough that
@@ -27,7 +29,7 @@ DEFAULT_QUEUE_LIFESPAN_SECS = 600
 
 # Zulip's ceiling (one week) for clients that ask for a long lifespan, such as
 # mobile apps that sleep. A long lifespan costs outbox retention, not memory,
-# since an idle queue can be evicted and rebuilt (DESIGN.md section 5).
+# since an idle queue can be evicted and rebuilt (docs/architecture.md §5).
 MAX_QUEUE_LIFESPAN_SECS = 7 * 24 * 3600
 
 # Floor on a requested lifespan. The GC sweep runs every 60 s, so a shorter
@@ -195,6 +197,8 @@ class ClientDescriptor:
         "queue",
         "legacy_deactivation",
         "waiter",
+        "narrow",
+        "apply_markdown",
     )
 
     def __init__(
@@ -211,6 +215,8 @@ class ClientDescriptor:
         now: float,
         queue: EventQueue,
         legacy_deactivation: bool,
+        narrow: MessageFilter | None = None,
+        apply_markdown: bool = True,
     ) -> None:
         self.queue_id = queue_id
         self.realm_id = realm_id
@@ -230,6 +236,11 @@ class ClientDescriptor:
         self.legacy_deactivation = legacy_deactivation
         # The waiting long-poll, owned and interpreted by the server only.
         self.waiter: object | None = None
+        # The register's `narrow`, for `message` events only (None: every message); like
+        # the rest of the filter, never changed after register.
+        self.narrow = narrow
+        # False: `message` events come with the content as written (raw Markdown).
+        self.apply_markdown = apply_markdown
 
     def __repr__(self) -> str:
         return (
@@ -245,7 +256,9 @@ class ClientDescriptor:
         """Whether this client's filter lets ``event`` into its queue."""
         if self.event_types is not None and event.type not in self.event_types:
             return False
-        return not (event.legacy_skip and self.legacy_deactivation)
+        if event.legacy_skip and self.legacy_deactivation:
+            return False
+        return self.narrow is None or event.type != "message" or self.narrow(event.data)
 
     def deliver(self, event: SharedEvent) -> bool:
         """Offer one outbox event; True if it was pushed onto the queue.
@@ -257,7 +270,7 @@ class ClientDescriptor:
         if event.seq <= self.queue.last_seq:
             return False
         if self.accepts(event):
-            self.queue.push(event)
+            self.queue.push(event if self.apply_markdown else event.raw_markdown_variant())
             return True
         self.queue.skip(event.seq)
         return False

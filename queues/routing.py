@@ -1,6 +1,6 @@
 """Delivery of one committed outbox event to the queues that must see it.
 
-This is the hot path (DESIGN.md section 9): one `realm_user` event in a realm
+This is the hot path (docs/architecture.md §9): one `realm_user` event in a realm
 of 10,000 users becomes 10,000 pushes. So `route` looks queues up only
 through the registry's user index for the event's target users (it never
 scans every queue), pushes the same `SharedEvent` object onto each accepting

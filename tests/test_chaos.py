@@ -1,6 +1,6 @@
 """Chaos: `kill -9` the server again and again while a writer process keeps committing.
 
-Durable queues (DESIGN.md §5) promise that a client polling with its `queue_id` and
+Durable queues (docs/architecture.md §5) promise that a client polling with its `queue_id` and
 `last_event_id` after a crash and a restart receives every event it had not
 acknowledged, then every newer one, with the same IDs in the same order, and that the
 events committed while the server was down arrive once it is back. Here four clients
