@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from server.errors import ApiError
 from server.metrics import DATABASE_WAIT_BUCKETS, LockedHistogram
 
 P = ParamSpec("P")
@@ -25,11 +26,22 @@ R = TypeVar("R")
 DATABASE_THREADS = 8
 
 
+class ShuttingDown(ApiError):
+    """A request that needs the database arrived while the server stops: 503, and the
+    client retries (Zulip's clients back off and retry on 5xx), on the next process."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("The server is restarting; try again.")
+
+
 class DatabaseThreads:
     """Runs blocking callables on worker threads and awaits them from the loop."""
 
     def __init__(self, threads: int = DATABASE_THREADS) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="eventq-db")
+        self._closed = False
         # From submit to the call's start: how long work queued for a free thread.
         self.wait = LockedHistogram(DATABASE_WAIT_BUCKETS)
 
@@ -42,8 +54,15 @@ class DatabaseThreads:
             self.wait.observe(time.monotonic() - submitted)
             return func(*args, **kwargs)
 
-        return await loop.run_in_executor(self._executor, call)
+        try:
+            return await loop.run_in_executor(self._executor, call)
+        except RuntimeError as error:
+            if self._closed:  # "cannot schedule new futures after shutdown"
+                raise ShuttingDown() from error
+            raise
 
     def shutdown(self) -> None:
-        """Wait for the calls in flight, then stop the threads."""
+        """Wait for the calls in flight, then stop the threads; later calls raise
+        `ShuttingDown` (a request that arrives while the server stops)."""
+        self._closed = True
         self._executor.shutdown(wait=True)

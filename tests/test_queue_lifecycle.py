@@ -28,6 +28,7 @@ from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import PendingEvent, append_events, lock_realm, read_events
 from models.tables import OutboxEvent
+from server.database_threads import ShuttingDown
 from server.errors import BadEventQueueId, InvalidApiKey, UserDeactivated
 from server.live_queues import DropCause, QueueState
 from server.maintenance import COLD_QUEUE_IDLE_SECS
@@ -548,3 +549,14 @@ async def test_registers_at_one_outbox_position_share_the_realm_user_lists(
         assert "new@zulip.example.com" not in {u["email"] for u in first["realm_users"]}
     finally:
         await service.stop()
+
+
+async def test_a_request_that_arrives_while_the_server_stops_gets_a_503(
+    db: Database, realm: SampleRealm
+) -> None:
+    service = EventService(db)
+    await service.start()
+    await service.stop()
+    with pytest.raises(ShuttingDown) as refused:
+        await service.register(owner(realm), request())
+    assert refused.value.status == 503
