@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -17,7 +15,16 @@ from sqlalchemy import insert, select
 
 from actions.realms import do_create_realm
 from actions.users import do_deactivate_user, generate_api_key
-from bench.support import ServerProcess, basic_auth, fresh_database, http_request
+from bench.support import (
+    BareTornado,
+    ServerProcess,
+    bare_parked,
+    basic_auth,
+    build_request,
+    fresh_database,
+    http_request,
+    wait_until,
+)
 from models.database import Database
 from models.outbox import read_events
 from models.tables import Realm, Role, Stream, Subscription, UserProfile
@@ -27,6 +34,8 @@ from tests.helpers.statements import count_statements
 # database threads busy without exhausting the client's file descriptors.
 CONCURRENCY = 200
 OTHER_SUBSCRIBERS_PER_CHANNEL = 20
+# A poll retried after a refused connection or a heartbeat, at most this many times.
+MAX_POLL_TRIES = 100
 
 
 def _populate(db: Database, users: int, channels: int) -> tuple[int, list[tuple[str, str]], int]:
@@ -111,7 +120,7 @@ async def _register_and_park(
 
     async def poll(auth: str, queue_id: str) -> float:
         # Parking 10,000 polls can outlast a heartbeat: poll again until a real event.
-        while True:
+        for _ in range(MAX_POLL_TRIES):
             try:
                 status, body = await http_request(
                     port,
@@ -125,6 +134,7 @@ async def _register_and_park(
             assert status == 200 and body["events"], body
             if body["events"][0]["type"] != "heartbeat":
                 return time.time()
+        raise RuntimeError(f"no event for queue {queue_id} after {MAX_POLL_TRIES} polls")
 
     tasks = [asyncio.create_task(poll(auth, queue_id)) for auth, queue_id in queues]
     return tasks, register_secs
@@ -136,30 +146,40 @@ async def _parked_count(port: int, owner: tuple[str, str]) -> int:
 
 
 def bare_tornado_baseline(parked: int) -> float:
-    """Milliseconds for a bare Tornado process to answer `parked` parked requests."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_tornado"], stdout=subprocess.PIPE, text=True
-    )
+    """Milliseconds for a bare Tornado process to answer `parked` parked requests, each
+    on its own connection as the polls above, released once all of them are parked."""
+    bare = BareTornado()
     try:
-        assert process.stdout is not None
-        port = int(process.stdout.readline())
 
         async def measure() -> float:
+            limit = asyncio.Semaphore(CONCURRENCY)
+
             async def park() -> float:
-                await http_request(port, "GET", "/park", "none")
-                return time.time()
+                for _ in range(MAX_POLL_TRIES):
+                    async with limit:
+                        try:
+                            connection = asyncio.open_connection("127.0.0.1", bare.port)
+                            reader, writer = await connection
+                        except ConnectionError:
+                            continue  # the listen backlog overflowed: retry
+                    writer.write(build_request("GET", "/park", keep_alive=False))
+                    await reader.read()
+                    writer.close()
+                    return time.time()
+                raise RuntimeError(f"could not park after {MAX_POLL_TRIES} tries")
 
             tasks = [asyncio.create_task(park()) for _ in range(parked)]
-            await asyncio.sleep(max(1.0, parked / 1000))  # let them all connect and park
+            count = await wait_until(lambda: bare_parked(bare.port), parked, 300.0)
+            if count < parked:
+                raise RuntimeError(f"only {count} of {parked} requests parked (bare)")
             released = time.time()
-            await http_request(port, "POST", "/release", "none")
+            await http_request(bare.port, "POST", "/release", "none")
             done = await asyncio.gather(*tasks)
             return 1000 * (max(done) - released)
 
         return asyncio.run(measure())
     finally:
-        process.terminate()
-        process.wait(10)
+        bare.stop()
 
 
 def run(users: int, channels: int) -> dict[str, Any]:

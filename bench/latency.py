@@ -45,7 +45,7 @@ async def _measure(port: int, auth: str, writer: subprocess.Popen[str]) -> dict[
         assert writer.stdin is not None and writer.stdout is not None
         writer.stdin.write("go\n")
         writer.stdin.flush()
-        committed = float(await loop.run_in_executor(None, writer.stdout.readline))
+        committed = float((await loop.run_in_executor(None, writer.stdout.readline)).split()[1])
         _, body = await poll
         latencies.append(time.time() - committed)
         last = max(event["id"] for event in body["events"])

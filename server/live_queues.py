@@ -67,6 +67,7 @@ class Wake(enum.Enum):
     REPLACED = "replaced"  # a newer poll of the same queue took the slot
     CLOSED = "closed"  # the client's connection closed
     SHUTDOWN = "shutdown"  # the server is stopping
+    HEARTBEAT = "heartbeat"  # nothing came within the heartbeat time
 
 
 # What a waiting poll's future resolves to.
