@@ -17,7 +17,8 @@ eventq does:
   (`nobody_group`), which leaves exactly the role-based rules Zulip applies regardless of the
   setting: organization administrators administer channels and remove subscribers,
   who may subscribe whom follows roles (`models.visibility`), and nobody is named as
-  allowed to post (right while eventq had no messages; see `CHANNEL_GROUP_SETTINGS`);
+  allowed to post: a known gap now that channels carry messages, since who may post
+  follows the content-access rules of `actions.messages` (see `CHANNEL_GROUP_SETTINGS`);
 * eventq records no channel creators (`creator_id` null), archives no channels
   (`is_archived` false), stores no avatars (a user's avatar is the Gravatar of their
   email: null in user objects, as Zulip sends for a Gravatar avatar when
@@ -50,7 +51,7 @@ AVATAR_SOURCE_GRAVATAR = "G"
 # eventq never changes an avatar, so its version never moves from Zulip's initial 1.
 AVATAR_VERSION = 1
 # Zulip's `stream_post_policy` 1, "any user can post": the deprecated field is documented
-# as a superset of `can_send_message_group`, and with no messages nothing narrower holds.
+# as a superset of `can_send_message_group`; eventq's posting rules are no narrower.
 STREAM_POST_POLICY_ANY = 1
 # Zulip's `topics_policy` value for "follow the organization's setting".
 TOPICS_POLICY_INHERIT = "inherit"
@@ -184,7 +185,7 @@ def own_user_keys(user: UserProfile) -> dict[str, Any]:
 def own_profile(user: UserProfile) -> dict[str, Any]:
     """The fields of `GET /users/me` (Zulip's "get own user").
 
-    `max_message_id` is left out: the field is deprecated and eventq has no messages.
+    `max_message_id` is left out: Zulip documents the field as deprecated.
     """
     data: dict[str, Any] = {
         "user_id": user.id,

@@ -55,7 +55,7 @@ def make_app(
     figures: FigureReader | None = None,
     ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS,
 ) -> tornado.web.Application:
-    """The application with every route of DESIGN.md §6.
+    """The application with every route of docs/architecture.md §6.
 
     `rate_limiter` None: Zulip's default limits (`server.ratelimit.RateLimits()`).
     `serve_metrics` False: `/metrics` is left to a listener of its own (`make_ops_app`).

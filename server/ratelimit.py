@@ -40,10 +40,9 @@ the queue is drained however busy it is, and heartbeats arrive on time. A client
 spins (`dont_block` on an empty queue, re-polling without acknowledging, polling an
 unknown queue, replacing its own poll) spends the budget and is refused.
 
-State is in memory, per process, and starts empty at every start. With several shards
-behind a proxy, each shard counts only the requests it serves: a user's budget is per
-shard (users are on their realm's shard, so that is their whole budget), and an address
-talking to k shards gets k address budgets.
+State is in memory, per process, and starts empty at every start: each server process
+counts only the requests it serves, so with several processes behind a proxy every
+process has its own budgets.
 
 Runs on the event loop; not thread-safe.
 """
