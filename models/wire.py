@@ -187,24 +187,10 @@ def own_profile(user: UserProfile) -> dict[str, Any]:
 
     `max_message_id` is left out: Zulip documents the field as deprecated.
     """
-    data: dict[str, Any] = {
-        "user_id": user.id,
-        "email": user.email,
-        "delivery_email": user.email,
-        "full_name": user.full_name,
-        "role": user.role,
-        "is_owner": user.role == Role.OWNER,
-        "is_admin": is_realm_admin(user.role),
-        "is_guest": user.role == Role.GUEST,
-        "is_bot": user.is_bot,
-        "is_active": user.is_active,
-        "timezone": "",
-        "avatar_url": gravatar_url(user.email),
-        "avatar_version": AVATAR_VERSION,
-        "date_joined": _as_utc(user.date_joined).isoformat(),
-    }
-    if not user.is_bot:
-        data["profile_data"] = {}
+    data = user_to_api(user)
+    # The own-user answer carries no bot fields, and always the avatar's URL.
+    del data["bot_type"], data["bot_owner_id"]
+    data["avatar_url"] = gravatar_url(user.email)
     return data
 
 
