@@ -40,6 +40,8 @@ from server.ratelimit import RateLimits, Rule, parse_rules
 
 # Kept here, not imported from the server, so the CLI reads settings without Tornado.
 DEFAULT_OUTBOX_MIN_AGE_SECS = 3600.0
+# A year: an audit trail longer than that belongs in a log store, not the outbox.
+MAX_OUTBOX_MIN_AGE_SECS = 365 * 24 * 3600.0
 
 DEFAULT_HOST = "127.0.0.1"
 # Zulip's Tornado listens on 9993 behind its proxy; eventq takes the same port.
@@ -109,21 +111,14 @@ class Settings:
                     "EVENTQ_HEARTBEAT_SECS must be a number of seconds from 0.1 "
                     f"to 85 (Zulip clients give up after 90), not {heartbeat_text!r}"
                 )
-        min_age_text = os.environ.get("EVENTQ_OUTBOX_MIN_AGE_SECS", "")
-        min_age = DEFAULT_OUTBOX_MIN_AGE_SECS
-        if min_age_text:
-            try:
-                min_age = float(min_age_text)
-            except ValueError:
-                min_age = -1.0
-            if not 0 <= min_age < float("inf"):
-                raise ValueError(
-                    "EVENTQ_OUTBOX_MIN_AGE_SECS must be a number of seconds, 0 or more, "
-                    f"not {min_age_text!r}"
-                )
         return cls(
             heartbeat_secs=heartbeat,
-            outbox_min_age_secs=min_age,
+            outbox_min_age_secs=_seconds(
+                "EVENTQ_OUTBOX_MIN_AGE_SECS",
+                DEFAULT_OUTBOX_MIN_AGE_SECS,
+                0,
+                MAX_OUTBOX_MIN_AGE_SECS,
+            ),
             database_url=database_url or default_database_url(),
             host=os.environ.get("EVENTQ_HOST", DEFAULT_HOST),
             port=port,
@@ -166,8 +161,10 @@ def log_format_from_env() -> str:
     return text
 
 
-def _seconds(name: str, default: float) -> float:
-    """A timeout setting in seconds, `default` when unset."""
+def _seconds(
+    name: str, default: float, low: float = MIN_TIMEOUT_SECS, high: float = MAX_TIMEOUT_SECS
+) -> float:
+    """A setting in seconds within [low, high], `default` when unset."""
     text = os.environ.get(name, "")
     if not text:
         return default
@@ -175,10 +172,9 @@ def _seconds(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not MIN_TIMEOUT_SECS <= value <= MAX_TIMEOUT_SECS:
+    if not low <= value <= high:
         raise ValueError(
-            f"{name} must be a number of seconds from {MIN_TIMEOUT_SECS:g} to "
-            f"{MAX_TIMEOUT_SECS:g}, not {text!r}"
+            f"{name} must be a number of seconds from {low:g} to {high:g}, not {text!r}"
         )
     return value
 
