@@ -1,5 +1,10 @@
 """Property-based: random realms and random action sequences converge for every observer,
-full-sequence and legacy alike, and no observer ever hears of a channel it cannot see."""
+full-sequence and legacy alike, and no observer ever hears of a channel it cannot see.
+
+The sequences send messages too, to channels and as direct messages: every user's
+history holds exactly the messages its events brought (`verify_action` checks each send),
+and no user ever reads a private channel's message it did not receive, through events or
+through history, whoever joined, left, was deactivated or came back meanwhile."""
 
 from __future__ import annotations
 
@@ -9,17 +14,20 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from actions.errors import ActionError
+from actions.messages import ChannelTarget, DirectTarget, check_send_message
 from actions.realms import do_create_realm
 from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
-from models.tables import Role
+from models.messages import BadNarrow, NarrowTerm, fetch_messages
+from models.tables import Role, Stream
 from tests.helpers.realms import CHANNEL_KINDS
-from tests.helpers.verify import verify_action
+from tests.helpers.verify import VerifiedAction, verify_action
 
 _realm_numbers = itertools.count()
 ROLES = [Role.OWNER, Role.ADMINISTRATOR, Role.MODERATOR, Role.MEMBER, Role.GUEST]
@@ -31,7 +39,11 @@ step = st.one_of(
     st.tuples(st.just("reactivate"), st.integers(0, 50), st.just(0)),
     st.tuples(st.just("create_user"), st.integers(0, len(ROLES) - 1), st.just(0)),
     st.tuples(st.just("create_stream"), st.integers(0, len(CHANNEL_KINDS) - 1), st.just(0)),
+    st.tuples(st.just("send_channel"), st.integers(0, 50), st.integers(0, 50)),
+    st.tuples(st.just("send_dm"), st.integers(0, 50), st.integers(0, 50)),
 )
+# Enough for any history of one example (at most 8 steps).
+HISTORY_PAGE = 100
 
 
 def _stream(session: Session, realm_id: int, kind: str, name: str) -> int:
@@ -41,10 +53,16 @@ def _stream(session: Session, realm_id: int, kind: str, name: str) -> int:
 
 
 def _action(
-    name: str, realm_id: int, user: int, stream: int, a: int, position: int
+    name: str, realm_id: int, user: int, stream: int, a: int, position: int, other: int
 ) -> Callable[[Session], Any]:
     """The action a drawn step stands for, bound to its values."""
     calls: dict[str, Callable[[Session], Any]] = {
+        "send_channel": lambda s: check_send_message(
+            s, realm_id, user, ChannelTarget(stream), "topic", f"step {position}", "prop"
+        ),
+        "send_dm": lambda s: check_send_message(
+            s, realm_id, user, DirectTarget(user_ids=(other,)), None, f"step {position}", "prop"
+        ),
         "subscribe": lambda s: bulk_add_subscriptions(s, realm_id, [user], [stream]),
         "unsubscribe": lambda s: bulk_remove_subscriptions(s, realm_id, [user], [stream]),
         "deactivate": lambda s: do_deactivate_user(s, realm_id, user),
@@ -95,6 +113,27 @@ def test_random_actions_converge_for_every_observer(
                 [streams[stream_index % len(streams)]],
             )
 
+    received: dict[int, list[int]] = {}
+
+    def note(verified: VerifiedAction[Any]) -> None:
+        for stored in verified.events:
+            if stored.event["type"] == "message":
+                for user_id in stored.user_ids:
+                    received.setdefault(user_id, []).append(stored.event["message"]["id"])
+
+    # Every channel with a subscriber starts with a message from one, so the steps that
+    # follow (joining, leaving, deactivating) act on channels that have history.
+    first_members: dict[int, int] = {}
+    for user_index, stream_index in sorted(memberships):
+        first_members.setdefault(stream_index % len(streams), users[user_index % len(users)])
+    for stream_index, sender in sorted(first_members.items()):
+        note(
+            verify_action(
+                db,
+                realm_id,
+                _action("send_channel", realm_id, sender, streams[stream_index], 0, -1, sender),
+            )
+        )
     for position, (name, a, b) in enumerate(steps):
         user = users[a % len(users)]
         stream = streams[b % len(streams)]
@@ -104,7 +143,7 @@ def test_random_actions_converge_for_every_observer(
             verified = verify_action(
                 db,
                 realm_id,
-                _action(name, realm_id, user, stream, a, position),
+                _action(name, realm_id, user, stream, a, position, users[b % len(users)]),
                 legacy_users=legacy,
             )
         except ActionError:
@@ -113,3 +152,39 @@ def test_random_actions_converge_for_every_observer(
             users.append(verified.result.id)
         elif name == "create_stream":
             streams.append(verified.result)
+        note(verified)
+    _check_no_private_message_leaks(db, users, streams, received)
+
+
+def _check_no_private_message_leaks(
+    db: Database, users: list[int], streams: list[int], received: dict[int, list[int]]
+) -> None:
+    """Each user's history is what its events brought, and a private channel's history,
+    as each user may read it, holds only messages that user received."""
+    with db.snapshot() as session:
+        private = list(
+            session.scalars(select(Stream.id).where(Stream.id.in_(streams), Stream.invite_only))
+        )
+        for user_id in users:
+            try:
+                own = fetch_messages(
+                    session, user_id, anchor="newest", num_before=HISTORY_PAGE, num_after=0
+                )
+            except ActionError:
+                continue  # deactivated: reads nothing
+            got = received.get(user_id, [])
+            assert [m["id"] for m in own["messages"]] == got, (user_id, got)
+            for stream_id in private:
+                try:
+                    seen = fetch_messages(
+                        session,
+                        user_id,
+                        anchor="newest",
+                        num_before=HISTORY_PAGE,
+                        num_after=0,
+                        narrow=[NarrowTerm("channel", stream_id)],
+                    )
+                except BadNarrow:
+                    continue  # a channel it cannot see: answered as if it did not exist
+                leaked = {m["id"] for m in seen["messages"]} - set(got)
+                assert not leaked, f"user {user_id} reads private messages {leaked}"

@@ -1,0 +1,322 @@
+"""Sending a message: Zulip's checks, the message, who receives it, and its events.
+
+`check_send_message` serves the API, the CLI and the benchmarks alike. It normalizes
+and renders the content first (pure work, no statement), then takes the realm's writer
+lock, then reads the sender, the channel or the participants, and writes in one
+transaction:
+
+* the `message` row, and its `recipient` (created with the first message to a channel or
+  a conversation);
+* one `user_message` row per recipient: a channel's active subscribers and the sender
+  (who always receives their own message, flagged `read`), or a direct message's
+  participants;
+* the `message` events: one to the recipients other than the sender, with no flags, and
+  one to the sender, flagged `read`; each recipient gets exactly one.
+
+The statements are a fixed number whatever the number of recipients (one bulk insert for
+every `user_message` row, and `append_events`' three or four).
+
+Refusals, with Zulip's codes and wording: a channel the sender may not see (including
+one that does not exist) is STREAM_DOES_NOT_EXIST; a channel the sender sees but may not
+post to (a private one they are not subscribed to, or any channel a guest is not
+subscribed to) is "Not authorized to send to channel"; an empty content or topic, an
+unknown or deactivated direct-message recipient are BAD_REQUEST; a sender deactivated
+since the server authenticated them is USER_DEACTIVATED. Content and topic longer than
+Zulip's limits are truncated, as Zulip truncates them.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Integer, case, insert, literal, select
+from sqlalchemy.orm import Session
+
+from actions.errors import ActionError, ActorDeactivated, InvalidInput, NotFound
+from models.messages import (
+    READ_FLAG,
+    RECIPIENT_DIRECT,
+    RECIPIENT_STREAM,
+    MessageView,
+    Participant,
+    dm_key,
+    message_event,
+    render_markdown,
+    timestamp_of,
+)
+from models.outbox import PendingEvent, append_events, lock_realm
+from models.queries import get_stream_by_name, get_users_by_ids_and_emails, values_as_table
+from models.tables import (
+    MAX_CLIENT_NAME_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    MAX_TOPIC_NAME_LENGTH,
+    Message,
+    Realm,
+    Recipient,
+    Role,
+    Stream,
+    UserMessage,
+    UserProfile,
+    utcnow,
+)
+from models.visibility import active_subscribers, can_see_stream
+
+# Zulip's truncation markers: what a too-long content or topic ends with once cut.
+CONTENT_TRUNCATED = "\n[message truncated]"
+TOPIC_TRUNCATED = "..."
+# Unicode categories Zulip refuses in a topic: control, surrogate and unassigned code
+# points, which no client can show.
+_UNPRINTABLE = frozenset({"Cc", "Cs", "Cn"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTarget:
+    """A channel message's destination: the channel's id, or its name."""
+
+    channel: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectTarget:
+    """A direct message's recipients, by user id or by email (Zulip allows one kind)."""
+
+    user_ids: tuple[int, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+class StreamDoesNotExist(ActionError):
+    """The channel does not exist, or the sender may not see it (never told apart)."""
+
+    code = "STREAM_DOES_NOT_EXIST"
+
+    def __init__(self, channel: int | str) -> None:
+        self.channel = channel
+        if isinstance(channel, int):
+            super().__init__(f"Channel with ID '{channel}' does not exist")
+        else:
+            super().__init__(f"Channel '{channel}' does not exist")
+
+
+class NotAuthorizedToSend(InvalidInput):
+    """The sender sees the channel but may not post to it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Not authorized to send to channel '{name}'")
+
+
+def _truncate(text: str, limit: int, marker: str) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(marker)] + marker
+
+
+def normalize_content(content: str) -> str:
+    """The content as stored: Zulip strips trailing whitespace and leading blank lines,
+    refuses what is left empty, and truncates past `MAX_MESSAGE_LENGTH`."""
+    body = content.rstrip().lstrip("\n")
+    if not body:
+        raise InvalidInput("Message must not be empty")
+    if "\x00" in body:
+        raise InvalidInput("Message must not contain null bytes")
+    return _truncate(body, MAX_MESSAGE_LENGTH, CONTENT_TRUNCATED)
+
+
+def normalize_topic(topic: str | None) -> str:
+    """A channel message's topic: stripped, non-empty, printable, truncated past
+    `MAX_TOPIC_NAME_LENGTH` (Zulip's rules and wording)."""
+    if topic is None:
+        raise InvalidInput("Missing topic")
+    name = topic.strip()
+    if not name:
+        raise InvalidInput("Topic can't be empty!")
+    for position, character in enumerate(name):
+        if unicodedata.category(character) in _UNPRINTABLE:
+            raise InvalidInput(f"Invalid character in topic, at position {position}!")
+    return _truncate(name, MAX_TOPIC_NAME_LENGTH, TOPIC_TRUNCATED)
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """What the message holds once checked, before its rows exist."""
+
+    sender: UserProfile
+    realm_str: str
+    subject: str
+    content: str
+    rendered: str
+    client: str
+
+
+def check_send_message(
+    session: Session,
+    realm_id: int,
+    sender_id: int,
+    target: ChannelTarget | DirectTarget,
+    topic: str | None,
+    content: str,
+    client: str,
+) -> int:
+    """Send a message as `sender_id` (see the module); returns its id.
+
+    `topic` is ignored for a direct message. `client` is the sending client's name
+    (Zulip's `client` field), cut to `MAX_CLIENT_NAME_LENGTH`.
+    """
+    body = normalize_content(content)
+    subject = normalize_topic(topic) if isinstance(target, ChannelTarget) else ""
+    rendered = render_markdown(body)
+    lock_realm(session, realm_id)
+    row = session.execute(
+        select(UserProfile, Realm.string_id)
+        .join(Realm, Realm.id == UserProfile.realm_id)
+        .where(UserProfile.id == sender_id, UserProfile.realm_id == realm_id)
+        # Authenticated before this transaction: read the committed row, under the lock.
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"No user with id {sender_id} in this realm.")
+    sender, realm_str = row
+    if not sender.is_active:
+        raise ActorDeactivated()
+    draft = _Draft(sender, realm_str, subject, body, rendered, client[:MAX_CLIENT_NAME_LENGTH])
+    if isinstance(target, ChannelTarget):
+        return _send_to_channel(session, draft, target.channel)
+    return _send_direct(session, draft, target)
+
+
+def _send_to_channel(session: Session, draft: _Draft, channel: int | str) -> int:
+    sender = draft.sender
+    stream: Stream | None
+    if isinstance(channel, int):
+        stream = session.get(Stream, channel)
+    else:
+        stream = get_stream_by_name(session, sender.realm_id, channel)
+    if stream is None or stream.realm_id != sender.realm_id:
+        raise StreamDoesNotExist(channel)
+    subscribers = active_subscribers(session, [stream.id]).get(stream.id, set())
+    subscribed = sender.id in subscribers
+    if not can_see_stream(sender.role, stream, subscribed):
+        raise StreamDoesNotExist(channel)
+    if not subscribed and (stream.invite_only or sender.role == Role.GUEST):
+        raise NotAuthorizedToSend(stream.name)
+    recipient_id = session.scalar(select(Recipient.id).where(Recipient.stream_id == stream.id))
+    if recipient_id is None:
+        recipient_id = session.execute(
+            insert(Recipient)
+            .values(realm_id=sender.realm_id, type=RECIPIENT_STREAM, stream_id=stream.id)
+            .returning(Recipient.id)
+        ).scalar_one()
+    # The sender receives their own message even when not subscribed (a member posting to
+    # a public channel), so their clients show what they sent.
+    return _write(session, draft, int(recipient_id), (stream.id, stream.name), (), subscribers)
+
+
+def _send_direct(session: Session, draft: _Draft, target: DirectTarget) -> int:
+    sender = draft.sender
+    emails = tuple(email.strip().lower() for email in target.emails)
+    if not target.user_ids and not emails:
+        raise InvalidInput("Message must have recipients")
+    found = get_users_by_ids_and_emails(session, sender.realm_id, target.user_ids, emails)
+    by_id = {user.id: user for user in found}
+    by_email = {user.email: user for user in found}
+    named: dict[int, UserProfile] = {}
+    for user_id in target.user_ids:
+        if user_id not in by_id:
+            raise InvalidInput(f"Invalid user ID {user_id}")
+        named[user_id] = by_id[user_id]
+    for email in emails:
+        if email not in by_email:
+            raise InvalidInput(f"Invalid email '{email}'")
+        named[by_email[email].id] = by_email[email]
+    for user in named.values():
+        if not user.is_active:
+            raise InvalidInput(f"'{user.email}' is no longer using Zulip.")
+    named[sender.id] = sender
+    people = tuple(
+        Participant(user.id, user.email, user.full_name)
+        for user in sorted(named.values(), key=lambda u: u.id)
+    )
+    ids = [person.id for person in people]
+    key = dm_key(ids)
+    recipient_id = session.scalar(
+        select(Recipient.id).where(Recipient.realm_id == sender.realm_id, Recipient.dm_key == key)
+    )
+    if recipient_id is None:
+        recipient_id = session.execute(
+            insert(Recipient)
+            .values(
+                realm_id=sender.realm_id,
+                type=RECIPIENT_DIRECT,
+                dm_key=key,
+                dm_user_ids=json.dumps(ids, separators=(",", ":")),
+            )
+            .returning(Recipient.id)
+        ).scalar_one()
+    return _write(session, draft, int(recipient_id), None, people, set(ids))
+
+
+def _write(
+    session: Session,
+    draft: _Draft,
+    recipient_id: int,
+    stream: tuple[int, str] | None,
+    participants: tuple[Participant, ...],
+    receivers: set[int],
+) -> int:
+    """Insert the message, its `user_message` rows and its events (the lock is held)."""
+    sender = draft.sender
+    sent_at: datetime = utcnow()
+    message_id = int(
+        session.execute(
+            insert(Message)
+            .values(
+                realm_id=sender.realm_id,
+                sender_id=sender.id,
+                recipient_id=recipient_id,
+                subject=draft.subject,
+                content=draft.content,
+                rendered_content=draft.rendered,
+                date_sent=sent_at,
+                sending_client=draft.client,
+            )
+            .returning(Message.id)
+        ).scalar_one()
+    )
+    everyone = sorted(receivers | {sender.id})
+    # One statement for every recipient's row, however many (`values_as_table`).
+    users = values_as_table(session, "receivers", everyone, Integer)
+    session.execute(
+        insert(UserMessage).from_select(
+            ["user_profile_id", "message_id", "flags"],
+            select(
+                users.c.value,
+                literal(message_id, Integer),
+                case((users.c.value == sender.id, READ_FLAG), else_=0),
+            ),
+        )
+    )
+    view = MessageView(
+        id=message_id,
+        sender=Participant(sender.id, sender.email, sender.full_name),
+        realm_str=draft.realm_str,
+        recipient_id=recipient_id,
+        stream=stream,
+        participants=participants,
+        subject=draft.subject,
+        content=draft.content,
+        rendered_content=draft.rendered,
+        timestamp=timestamp_of(sent_at),
+        client=draft.client,
+    )
+    others = [user_id for user_id in everyone if user_id != sender.id]
+    append_events(
+        session,
+        sender.realm_id,
+        [
+            PendingEvent(message_event(view, []), others),
+            PendingEvent(message_event(view, ["read"]), [sender.id]),
+        ],
+    )
+    return message_id
