@@ -37,7 +37,7 @@ def route(registry: QueueRegistry, event: SharedEvent) -> RouteResult:
     do with woken and overflowed clients is the caller's business."""
     result = RouteResult()
     for user_id in event.user_ids:
-        for client in registry.for_user(user_id):
+        for client in registry.iter_user(user_id):
             # User ids are global, so this never skips in practice; it keeps a
             # misrouted event from leaking into another realm's queue.
             if client.realm_id != event.realm_id:

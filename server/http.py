@@ -140,6 +140,11 @@ class ApiHandler(tornado.web.RequestHandler):
                 self._request_id = secrets.token_hex(16)
         return self._request_id
 
+    def compute_etag(self) -> None:
+        """No ETag: every answer is fresh (`Cache-Control: no-store`), and hashing each
+        poll's body costs CPU on the hot path for nothing."""
+        return None
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
