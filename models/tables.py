@@ -5,7 +5,7 @@ Field names and limits follow Zulip's models (`Realm`, `UserProfile`, `Stream`,
 `Subscription`, `Recipient`, `Message`, `UserMessage`), so the wire format can be
 produced without renaming. Roles use
 Zulip's numbers. The outbox (`OutboxEvent`) and the durable queue descriptors
-(`QueueDescriptorRow`) are described in DESIGN.md sections 4 and 5.
+(`QueueDescriptorRow`) are described in docs/architecture.md §4 and §5.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def utcnow() -> datetime:
 
 
 class Realm(Base):
-    """An organization. `last_event_seq` is the realm's outbox counter (DESIGN.md §4)."""
+    """An organization. `last_event_seq` is the realm's outbox counter (docs/architecture.md §4)."""
 
     __tablename__ = "realm"
 
@@ -155,7 +155,7 @@ class Subscription(Base):
 class OutboxEvent(Base):
     """One event, written by the action that caused it in the same transaction.
 
-    `seq` is gap-free per realm and equals commit order (DESIGN.md §4). `event` is the
+    `seq` is gap-free per realm and equals commit order (docs/architecture.md §4). `event` is the
     compact JSON the clients receive (without the per-queue `id`), `user_ids` the JSON
     list of recipients computed at write time. `legacy_skip` marks events that queues
     on the legacy deactivation path do not receive; `cut_off_user_id` marks the event
@@ -201,7 +201,7 @@ class OutboxRecipient(Base):
 
 
 class QueueDescriptorRow(Base):
-    """The durable part of an event queue (DESIGN.md §5).
+    """The durable part of an event queue (docs/architecture.md §5).
 
     With the outbox it is enough to rebuild the queue: replaying the realm's outbox
     after `checkpoint_seq` through the same filter, numbering from

@@ -1,7 +1,7 @@
 /*
  * eventq browser page: sign in with an email and API key, register an event queue,
  * show every channel the user can see with its live member list and its newest messages
- * (with a form to send one), and keep it current by long-polling the queue (DESIGN.md §6).
+ * (with a form to send one), and keep it current by long-polling the queue (docs/architecture.md §6).
  *
  * Plain JavaScript, no build step. Credentials live only in this page's memory: they
  * are sent as an HTTP Basic header built here, never stored in a cookie or in storage,
