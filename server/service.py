@@ -35,7 +35,6 @@ import random
 import secrets
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -162,14 +161,6 @@ def _resolve_wait(waiter: asyncio.Future[WakeReason], reason: WakeReason) -> Non
     """End this one wait (not whichever poll holds the queue's slot by now)."""
     if not waiter.done():
         waiter.set_result(reason)
-
-
-def _refusal(cause: DropCause, queue_id: str, counts: Counter[str]) -> Exception:
-    """What a poll of a queue dropped for `cause` is answered with (counted by cause)."""
-    if cause is DropCause.DEACTIVATED:
-        return UserDeactivated()
-    counts[cause.value] += 1
-    return BadEventQueueId(queue_id)
 
 
 class EventService:
@@ -427,7 +418,7 @@ class EventService:
             self.live.drop(live, DropCause.ACTIVATION_FAILED)
             self._request_deletions()
             if isinstance(error, QueueDropped):
-                raise _refusal(error.cause, queue_id, self.metrics.bad_queue_ids) from None
+                raise self._refusal(error.cause, queue_id) from None
             raise
         log.info(
             "registered queue %s for user %d (%s %s, %s sequence, lifespan %ds)",
@@ -607,10 +598,15 @@ class EventService:
             if live.state is QueueState.WARM:
                 return live
             if live.state is QueueState.DROPPED:
-                cause = live.drop_cause or DropCause.ACTIVATION_FAILED
-                raise _refusal(cause, queue_id, self.metrics.bad_queue_ids)
+                raise self._refusal(live.drop_cause, queue_id)
             # The other poll's build failed and left the queue cold: build it ourselves.
         raise self._bad_queue_id(queue_id, DropCause.ACTIVATION_FAILED.value)
+
+    def _refusal(self, cause: DropCause | None, queue_id: str) -> Exception:
+        """What a poll of a queue dropped for `cause` is answered with."""
+        if cause is DropCause.DEACTIVATED:
+            return UserDeactivated()
+        return self._bad_queue_id(queue_id, (cause or DropCause.ACTIVATION_FAILED).value)
 
     def _bad_queue_id(self, queue_id: str, cause: str) -> BadEventQueueId:
         """The BAD_EVENT_QUEUE_ID answer, counted by `cause` for the metrics."""
@@ -716,8 +712,7 @@ class EventService:
             if self._polls_in_flight == 0:
                 self._no_polls.set()
         if live.state is QueueState.DROPPED:
-            cause = live.drop_cause or DropCause.ACTIVATION_FAILED
-            raise _refusal(cause, queue_id, self.metrics.bad_queue_ids)
+            raise self._refusal(live.drop_cause, queue_id)
         if not queue.empty():
             self.metrics.handed_out(queue.contents())
             return PollAnswer(queue_id, queue.encoded_events())

@@ -26,7 +26,7 @@ from playwright.sync_api import ConsoleMessage, Locator, Page, Response, expect,
 
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
-from tests.helpers.databases import IN_CI
+from tests.helpers.databases import skip_or_fail
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer, live_server
 
@@ -55,10 +55,10 @@ def require_chromium() -> str:
     """The browser's path; skip (developer) or fail (CI) when it is not installed."""
     if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
         return str(CHROMIUM)
-    problem = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)"
-    if IN_CI:
-        pytest.fail(f"CI=true requires the browser: {problem}")
-    pytest.skip(problem)
+    skip_or_fail(
+        "the browser",
+        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)",
+    )
 
 
 @dataclass

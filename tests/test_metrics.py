@@ -25,7 +25,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.api import ApiClient
-from tests.helpers.databases import IN_CI
+from tests.helpers.databases import skip_or_fail
 from tests.helpers.openapi import validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer, live_server
@@ -61,10 +61,7 @@ def require_promtool() -> str:
     path = shutil.which("promtool")
     if path is not None:
         return path
-    problem = "promtool is missing: install Debian's prometheus package"
-    if IN_CI:
-        pytest.fail(f"CI=true requires promtool: {problem}")
-    pytest.skip(problem)
+    skip_or_fail("promtool", "promtool is missing: install Debian's prometheus package")
 
 
 @pytest.fixture

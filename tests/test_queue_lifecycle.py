@@ -349,17 +349,17 @@ async def test_a_large_batch_yields_to_the_event_loop(db: Database, realm: Sampl
         start = service.consumer.routed[realm.realm_id]
         await in_thread(db, many)
         seen: set[int] = set()
-        done = False
+        loop = asyncio.get_running_loop()
 
-        async def observe() -> None:
-            while not done:
-                seen.add(service.consumer.routed[realm.realm_id])
-                await asyncio.sleep(0)
+        def observe() -> None:
+            # A callback that runs once per turn of the loop: it only runs mid-batch if
+            # the consumer hands the loop back while routing.
+            seen.add(service.consumer.routed[realm.realm_id])
+            observer[0] = loop.call_soon(observe)
 
-        observer = asyncio.create_task(observe())
+        observer = [loop.call_soon(observe)]
         await service.drain_outbox()
-        done = True
-        await observer
+        observer[0].cancel()
         middle = {seq for seq in seen if start < seq < start + batch}
         assert middle, "other tasks ran while the batch was being routed"
     finally:
