@@ -8,11 +8,12 @@ clients acknowledge events, and deletes it when the queue is deleted or expires.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.messages import NarrowTerm, narrow_from_json, narrow_to_json
@@ -44,6 +45,9 @@ class DescriptorRecord:
     narrow: tuple[NarrowTerm, ...] = ()
     # False: `message` events carry the content as written (raw Markdown).
     apply_markdown: bool = True
+    # The shard holding the queue and its fencing epoch (`claim_descriptor`).
+    owner_shard: str | None = None
+    owner_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class CheckpointUpdate:
     checkpoint_seq: int
     checkpoint_event_id: int
     last_active: float
+    # Written only while the descriptor still carries this epoch: a shard that lost
+    # the queue to another cannot move its checkpoint.
+    owner_epoch: int
 
 
 def _record(row: QueueDescriptorRow) -> DescriptorRecord:
@@ -74,6 +81,8 @@ def _record(row: QueueDescriptorRow) -> DescriptorRecord:
         checkpoint_event_id=row.checkpoint_event_id,
         narrow=narrow_from_json(row.narrow),
         apply_markdown=apply_markdown,
+        owner_shard=row.owner_shard,
+        owner_epoch=row.owner_epoch,
     )
 
 
@@ -97,6 +106,8 @@ def _row_values(record: DescriptorRecord) -> dict[str, object]:
         "checkpoint_seq": record.checkpoint_seq,
         "checkpoint_event_id": record.checkpoint_event_id,
         "narrow": narrow_to_json(record.narrow),
+        "owner_shard": record.owner_shard,
+        "owner_epoch": record.owner_epoch,
         "created_at": datetime.now(UTC),
     }
 
@@ -126,27 +137,78 @@ def load_descriptors(session: Session, realm_id: int | None = None) -> list[Desc
     return [_record(row) for row in session.scalars(query)]
 
 
-def save_checkpoints(session: Session, updates: Iterable[CheckpointUpdate]) -> None:
-    """Write acknowledged positions in one executemany statement."""
+_TABLE = cast(Table, QueueDescriptorRow.__table__)
+
+# One statement for a batch of checkpoints, each conditioned on its holder's epoch.
+_FENCED_CHECKPOINT = (
+    update(_TABLE)
+    .where(_TABLE.c.queue_id == bindparam("b_queue_id"))
+    .where(_TABLE.c.owner_epoch == bindparam("b_epoch"))
+    .values(
+        checkpoint_seq=bindparam("b_seq"),
+        checkpoint_event_id=bindparam("b_event_id"),
+        last_active=bindparam("b_last_active"),
+    )
+)
+_FENCED_DELETE = delete(_TABLE).where(
+    _TABLE.c.queue_id == bindparam("b_queue_id"), _TABLE.c.owner_epoch == bindparam("b_epoch")
+)
+
+
+def save_checkpoints(session: Session, updates: Collection[CheckpointUpdate]) -> list[str]:
+    """Write acknowledged positions in one executemany statement; returns the ids of
+    queues whose descriptor no longer carries the writer's epoch (claimed by another
+    shard, or deleted), which were not written."""
     rows = [
         {
-            "queue_id": u.queue_id,
-            "checkpoint_seq": u.checkpoint_seq,
-            "checkpoint_event_id": u.checkpoint_event_id,
-            "last_active": u.last_active,
+            "b_queue_id": u.queue_id,
+            "b_epoch": u.owner_epoch,
+            "b_seq": u.checkpoint_seq,
+            "b_event_id": u.checkpoint_event_id,
+            "b_last_active": u.last_active,
         }
         for u in updates
     ]
-    if rows:
-        session.execute(update(QueueDescriptorRow), rows)
+    if not rows:
+        return []
+    session.execute(_FENCED_CHECKPOINT, rows)
+    return lost_queues(session, {u.queue_id: u.owner_epoch for u in updates})
+
+
+def lost_queues(session: Session, held: dict[str, int]) -> list[str]:
+    """Of the queues `held` (id -> epoch), those whose descriptor is gone or carries
+    another epoch."""
+    current: dict[str, int] = {}
+    ids = list(held)
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        current.update(
+            session.execute(
+                select(QueueDescriptorRow.queue_id, QueueDescriptorRow.owner_epoch).where(
+                    QueueDescriptorRow.queue_id.in_(chunk)
+                )
+            ).all()
+        )
+    return [queue_id for queue_id, epoch in held.items() if current.get(queue_id) != epoch]
+
+
+# Ids per IN list: far below SQLite's limit on bound parameters (32,766).
+_ID_CHUNK = 5000
 
 
 def delete_descriptors(session: Session, queue_ids: Collection[str]) -> None:
-    """Delete these descriptors (deleted, expired or overflowed queues)."""
+    """Delete these descriptors, whoever holds them (history pruned under them)."""
     if queue_ids:
         session.execute(
             delete(QueueDescriptorRow).where(QueueDescriptorRow.queue_id.in_(list(queue_ids)))
         )
+
+
+def delete_held_descriptors(session: Session, held: dict[str, int]) -> None:
+    """Delete the descriptors of dropped queues (id -> epoch), each only if it still
+    carries that epoch: a copy of a queue another shard claimed deletes nothing."""
+    if held:
+        session.execute(_FENCED_DELETE, [{"b_queue_id": q, "b_epoch": e} for q, e in held.items()])
 
 
 def delete_user_descriptors(session: Session, user_id: int, before_seq: int) -> None:
@@ -162,15 +224,25 @@ def delete_user_descriptors(session: Session, user_id: int, before_seq: int) -> 
     )
 
 
-def delete_expired_descriptors(session: Session, now: float, keep: Collection[str]) -> list[str]:
+def delete_expired_descriptors(
+    session: Session, now: float, keep: Collection[str], shard: str, grace_secs: float
+) -> list[str]:
     """Delete descriptors idle past their lifespan, except the `keep` ids (live queues).
 
     Returns the deleted ids. Queues in memory are expired by `queues.gc`; this covers
     the descriptors of queues that are not (evicted, or never polled since a restart).
+    A queue another shard holds gets `grace_secs` more: its activity time is written
+    behind by that shard, and a dead shard's queues are still expired by the others.
     """
+    lifespan_end = QueueDescriptorRow.last_active + QueueDescriptorRow.lifespan_secs
     rows = session.execute(
         select(QueueDescriptorRow.queue_id).where(
-            QueueDescriptorRow.last_active + QueueDescriptorRow.lifespan_secs < now
+            lifespan_end < now,
+            or_(
+                QueueDescriptorRow.owner_shard == shard,
+                QueueDescriptorRow.owner_shard.is_(None),
+                lifespan_end + grace_secs < now,
+            ),
         )
     ).scalars()
     expired = [queue_id for queue_id in rows if queue_id not in keep]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from models.descriptors import delete_descriptors_behind
@@ -34,6 +34,9 @@ BATCH_RECIPIENT_ROWS = 20_000
 # At most this many rows per realm are kept for queues that fall behind: about a week of
 # a busy realm. A queue further behind is dropped and its client re-registers.
 MAX_RETAINED_EVENTS_PER_REALM = 1_000_000
+# The first key of the PostgreSQL advisory lock a prune batch takes per realm (the second
+# is the realm id): shards share the database, and one pruner per realm is enough.
+PRUNE_LOCK_SPACE = 0x6576_71  # "evq"
 
 
 @dataclass
@@ -59,6 +62,15 @@ def prune_batch(
 
     `older_than` is a Unix time: only rows created before it may go.
     """
+    if (
+        session.get_bind().dialect.name == "postgresql"
+        and not session.execute(
+            text("SELECT pg_try_advisory_xact_lock(:space, :realm)"),
+            {"space": PRUNE_LOCK_SPACE, "realm": realm_id},
+        ).scalar_one()
+    ):
+        # Another shard is pruning this realm right now; its pass covers this one's.
+        return BatchResult()
     pruned = session.execute(
         select(Realm.outbox_pruned_seq).where(Realm.id == realm_id)
     ).scalar_one_or_none()
@@ -110,7 +122,13 @@ def prune_batch(
         )
     )
     # Last, so the realm row (which every action locks first) is held only to commit.
-    session.execute(update(Realm).where(Realm.id == realm_id).values(outbox_pruned_seq=end))
+    # Never backwards, whatever else pruned meanwhile (SQLite serializes writers; the
+    # PostgreSQL advisory lock above keeps two shards from pruning one realm at once).
+    session.execute(
+        update(Realm)
+        .where(Realm.id == realm_id, Realm.outbox_pruned_seq < end)
+        .values(outbox_pruned_seq=end)
+    )
     result.recipients = int(recipients.rowcount or 0)  # type: ignore[attr-defined]
     result.events = int(events.rowcount or 0)  # type: ignore[attr-defined]
     return result

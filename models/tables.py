@@ -230,6 +230,42 @@ class QueueDescriptorRow(Base):
     # JSON list of the register's `narrow` terms (`models.messages.NarrowTerm`), or NULL:
     # part of the filter, fixed at register, so a rebuilt queue filters identically.
     narrow: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    # The shard that holds the queue, and its fencing token: the epoch goes up whenever
+    # another shard claims the queue, and every write a shard makes to the descriptor
+    # is conditioned on the epoch it holds (docs/architecture.md §10).
+    owner_shard: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
+    owner_epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class QueueClaim(Base):
+    """A queue claimed by a shard from another: the feed that fences the old holder.
+
+    Every shard's consumer reads the claims newer than the last it saw and forgets its
+    copy of a queue claimed at a higher epoch. Pruned after `CLAIM_RETENTION_SECS`.
+    """
+
+    __tablename__ = "queue_claim"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    queue_id: Mapped[str] = mapped_column(String(64))
+    shard: Mapped[str] = mapped_column(String(32))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    # Unix time of the claim.
+    claimed_at: Mapped[float] = mapped_column(Float)
+
+
+class Shard(Base):
+    """A server process of the cluster, as it announced itself: for the admin views."""
+
+    __tablename__ = "shard"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Where its own (not the proxy's) API answers, e.g. http://127.0.0.1:9994.
+    url: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    # Unix times: when the process started, and when it last said it was alive.
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
 
 
 class Recipient(Base):

@@ -125,6 +125,7 @@ async def run_server(
         else (HEARTBEAT_MIN_SECS, HEARTBEAT_MAX_SECS),
         outbox_min_age_secs=settings.outbox_min_age_secs,
         max_queues_per_user=settings.max_queues_per_user,
+        shard=settings.shard,
     )
     await service.start()
     rate_limiter = RateLimiter(settings.rate_limits, service.abuse)
@@ -144,7 +145,9 @@ async def run_server(
         app,
         max_body_size=MAX_READ_BODY_BYTES,
         max_header_size=MAX_HEADER_BYTES,
-        xheaders=False,
+        # Behind nginx every connection comes from the proxy: its X-Real-IP (or
+        # X-Forwarded-For) names the client, for the rate limits and the logs.
+        xheaders=settings.trusted_proxy,
         idle_connection_timeout=settings.header_timeout_secs,
         body_timeout=settings.body_timeout_secs,
     )
@@ -165,11 +168,14 @@ async def run_server(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    own_host = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    await service.announce(f"http://{own_host}:{bound_port}")
     log.info(
-        "eventq listening on http://%s:%d (database %s)",
+        "eventq listening on http://%s:%d (database %s, shard %s)",
         host,
         bound_port,
         "SQLite" if db.is_sqlite else "PostgreSQL",
+        service.shard,
     )
     if on_ready is not None:
         await on_ready(service, bound_port)

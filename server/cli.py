@@ -9,6 +9,7 @@ command runs in one transaction that commits only when the whole command succeed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from migrations import SchemaOutOfDate, check_schema
 from models.database import Database
 from models.outbox import lock_realm
+from models.ownership import check_shard_name
 from models.queries import (
     get_realm,
     get_streams_by_names,
@@ -286,6 +288,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
+    if args.shard is not None:
+        settings = dataclasses.replace(settings, shard=check_shard_name(args.shard))
 
     async def on_ready(service: object, bound_port: int) -> None:
         demo = None
@@ -546,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="create a demo realm with users and channels if missing and print a login",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="NAME",
+        help="this process's name among several on one database (default: EVENTQ_SHARD or "
+        "main): the prefix of the queue ids it creates, which a proxy routes polls by; "
+        "lower-case letters, digits and underscores (see docs/deployment.md)",
     )
     p = add("create-realm", cmd_create_realm, "Create a realm (an organization).")
     p.add_argument("subdomain", help="the realm's subdomain: lower-case letters, digits, hyphens")

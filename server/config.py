@@ -21,6 +21,8 @@
 | `EVENTQ_METRICS_ADDRESS` | empty | `HOST:PORT` serving /metrics (and probes) apart from the API |
 | `EVENTQ_LOG_FORMAT` | `text` | `json`: one JSON object per log line (`server.logs`) |
 | `EVENTQ_READY_MAX_LAG_SECS` | 10 | /readyz fails when a committed row waits longer to be routed |
+| `EVENTQ_SHARD` | `main` | this process's shard name: the prefix of its queue ids |
+| `EVENTQ_TRUSTED_PROXY` | `off` | `on`: the client address comes from X-Real-IP / X-Forwarded-For |
 
 Rate-limit rules are Zulip's `SECONDS:REQUESTS[,SECONDS:REQUESTS...]`, or `off`.
 
@@ -34,6 +36,7 @@ import os
 from dataclasses import dataclass
 
 from models.database import default_database_url
+from models.ownership import DEFAULT_SHARD_NAME, check_shard_name
 from server.logs import LOG_FORMATS, TEXT
 from server.quotas import DEFAULT_MAX_QUEUES_PER_USER, MAX_QUEUES_PER_USER_CEILING
 from server.ratelimit import RateLimits, Rule, parse_rules
@@ -90,6 +93,12 @@ class Settings:
     log_format: str = TEXT
     # /readyz answers 503 once a committed outbox row has waited this long to be routed.
     ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS
+    # This process's name among the shards of one database (docs/deployment.md).
+    shard: str = DEFAULT_SHARD_NAME
+    # Behind a reverse proxy: take the client's address from the proxy's headers, so rate
+    # limits and logs see clients, not the proxy. Off by default: a client talking to
+    # the server directly could otherwise claim any address.
+    trusted_proxy: bool = False
 
     @classmethod
     def from_env(cls, database_url: str | None = None) -> Settings:
@@ -134,6 +143,8 @@ class Settings:
             ),
             log_format=log_format_from_env(),
             ready_max_lag_secs=_seconds("EVENTQ_READY_MAX_LAG_SECS", DEFAULT_READY_MAX_LAG_SECS),
+            shard=_shard_name(),
+            trusted_proxy=_switch("EVENTQ_TRUSTED_PROXY", "off") == "on",
         )
 
 
@@ -194,12 +205,26 @@ def _count(name: str, low: int, high: int | None) -> int | None:
     return value
 
 
+def _shard_name() -> str:
+    text = os.environ.get("EVENTQ_SHARD", "").strip() or DEFAULT_SHARD_NAME
+    try:
+        return check_shard_name(text)
+    except ValueError as error:
+        raise ValueError(f"EVENTQ_SHARD: {error}") from None
+
+
+def _switch(name: str, default: str) -> str:
+    """An `on`/`off` setting."""
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in ("on", "off"):
+        raise ValueError(f"{name} must be 'on' or 'off', not {value!r}")
+    return value
+
+
 def _rate_limits() -> RateLimits:
     """The rate-limit rules: Zulip's notation per budget, and a switch for all of them."""
     defaults = RateLimits()
-    switch = os.environ.get("EVENTQ_RATE_LIMITING", "on").strip().lower()
-    if switch not in ("on", "off"):
-        raise ValueError(f"EVENTQ_RATE_LIMITING must be 'on' or 'off', not {switch!r}")
+    switch = _switch("EVENTQ_RATE_LIMITING", "on")
 
     def rules(name: str, default: tuple[Rule, ...]) -> tuple[Rule, ...]:
         text = os.environ.get(name, "")

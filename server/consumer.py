@@ -11,6 +11,10 @@ with a doubling delay capped at `MAX_RETRY_DELAY_SECS`; every other realm goes o
 realm never skips the row: its order and IDs are the delivery guarantee. `status`
 reports it to the admin views. A large batch yields to the event loop every
 `ROWS_PER_YIELD` rows, so waiting polls are answered while it is routed.
+
+Every drain also reads the claim feed (`models.ownership`) in the same snapshot as the
+positions: a queue of this shard that another shard claimed is fenced at once
+(`LiveQueues.fence`), before any row after the claim is routed to it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from models.database import Database
 from models.outbox import StoredEvent, read_events, realm_positions
+from models.ownership import QueueClaimView, newest_claim_id, read_claims
 from queues.routing import route
 from queues.types import SharedEvent
 from server.database_threads import DatabaseThreads
@@ -81,11 +86,15 @@ class OutboxConsumer:
         on_drops: Callable[[], None],
         on_user_changed: Callable[[int], None] = lambda user_id: None,
         monotonic: Callable[[], float] = time.monotonic,
+        shard: str = "",
     ) -> None:
         self.db = db
         self.threads = threads
         self.live = live
         self.routed: dict[int, int] = {}
+        self.shard = shard
+        # The newest claim of the feed this shard has read.
+        self.claims_seen = 0
         # Routing failures so far, per realm (a realm id is a bounded label).
         self.failure_counts: Counter[int] = Counter()
         self._failures: dict[int, RealmFailure] = {}
@@ -101,7 +110,7 @@ class OutboxConsumer:
     async def start(self) -> None:
         """Start from the realms' current positions: earlier rows belong to queues that
         are rebuilt from their descriptors when they are next polled."""
-        self.routed = await self.threads.run(self._read_positions)
+        self.routed, self.claims_seen = await self.threads.run(self._read_start)
 
     def wake(self) -> None:
         """New rows may exist: look now."""
@@ -138,7 +147,8 @@ class OutboxConsumer:
             await self._drain_all()
 
     async def _drain_all(self) -> None:
-        positions = await self.threads.run(self._read_positions)
+        positions, claims = await self.threads.run(self._read_positions_and_claims)
+        self._fence_claimed(claims)
         for realm_id, newest in positions.items():
             failure = self._failures.get(realm_id)
             if failure is not None and self.monotonic() < failure.retry_at:
@@ -211,9 +221,19 @@ class OutboxConsumer:
             "failures_total": self.failure_counts[realm_id],
         }
 
-    def _read_positions(self) -> dict[int, int]:
+    def _fence_claimed(self, claims: list[QueueClaimView]) -> None:
+        for claim in claims:
+            if claim.shard != self.shard:
+                self.live.fence(claim.queue_id, claim.epoch)
+            self.claims_seen = max(self.claims_seen, claim.id)
+
+    def _read_start(self) -> tuple[dict[int, int], int]:
         with self.db.snapshot() as session:
-            return realm_positions(session)
+            return realm_positions(session), newest_claim_id(session)
+
+    def _read_positions_and_claims(self) -> tuple[dict[int, int], list[QueueClaimView]]:
+        with self.db.snapshot() as session:
+            return realm_positions(session), read_claims(session, self.claims_seen)
 
     def _read_rows(
         self, realm_id: int, after: int, up_to: int | None, limit: int

@@ -46,6 +46,16 @@ class BadEventQueueId(ApiError):
         super().__init__(f"Bad event queue ID: {queue_id}", queue_id=queue_id)
 
 
+class QueueMoving(ApiError):
+    """Shards kept claiming the queue from each other while this poll tried to hold it:
+    503, and the client polls again (nothing is lost; the queue is not gone)."""
+
+    status = 503
+
+    def __init__(self, queue_id: str) -> None:
+        super().__init__(f"Queue {queue_id} is moving between servers; try again.")
+
+
 class Unauthorized(ApiError):
     """No credentials at all."""
 

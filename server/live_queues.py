@@ -9,6 +9,7 @@ and the future that concurrent polls await while it is being built.
     ACTIVATING ──finish_activation──▶ WARM            (routable: in the registry)
     ACTIVATING, WARM ──make_cold──▶ cold              (the descriptor stays)
     ACTIVATING, WARM ──drop(cause)──▶ DROPPED         (for good: the one removal path)
+    ACTIVATING, WARM ──fence──▶ MOVED                 (another shard claimed it)
 
 `drop` is the only way a queue is removed for good, whatever the cause (`DropCause`):
 it takes the queue out of every index, answers its waiting poll, and leaves a
@@ -19,6 +20,11 @@ calls `deletions_done`, so tombstones exist only while their deletion is in flig
 A user's deactivation (`cut_off_user`) drops their warm *and* activating queues, and
 an activation checks the user's state in the same snapshot that starts its replay
 (`EventService`), so no queue of a deactivated user comes back after the cut-off.
+
+Shards (docs/architecture.md §10). Each queue in memory carries the fencing epoch under
+which this process holds it. When another shard claims it (the consumer reads the claim
+feed) or a write finds the epoch gone, `fence` forgets the copy without deleting
+anything: the descriptor belongs to the new holder now.
 
 No I/O here; not thread-safe: call from the event loop.
 """
@@ -46,6 +52,7 @@ class QueueState(enum.Enum):
     ACTIVATING = "activating"  # being built from its descriptor and the outbox
     WARM = "warm"  # in the registry: receives routed events, answers polls
     DROPPED = "dropped"  # removed for good; its polls get BAD_EVENT_QUEUE_ID
+    MOVED = "moved"  # another shard holds it now; this copy is stale
 
 
 class DropCause(enum.Enum):
@@ -68,6 +75,7 @@ class Wake(enum.Enum):
     CLOSED = "closed"  # the client's connection closed
     SHUTDOWN = "shutdown"  # the server is stopping
     HEARTBEAT = "heartbeat"  # nothing came within the heartbeat time
+    MOVED = "moved"  # another shard claimed the queue: the client must poll again
 
 
 # What a waiting poll's future resolves to.
@@ -80,6 +88,10 @@ class QueueDropped(Exception):
     def __init__(self, cause: DropCause) -> None:
         super().__init__(cause.value)
         self.cause = cause
+
+
+class QueueMoved(Exception):
+    """An activation ended because another shard claimed the queue meanwhile."""
 
 
 class LiveQueue:
@@ -95,6 +107,7 @@ class LiveQueue:
         "dirty",
         "activation",
         "drop_cause",
+        "epoch",
     )
 
     def __init__(self, queue_id: str, realm_id: int, user_id: int) -> None:
@@ -112,6 +125,9 @@ class LiveQueue:
         # released then (None), since an idle queue should cost as little as possible.
         self.activation: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
         self.drop_cause: DropCause | None = None
+        # The fencing epoch this process holds the queue under (its descriptor's
+        # `owner_epoch` when claimed); every write of it is conditioned on this.
+        self.epoch = 0
 
     def __repr__(self) -> str:
         return f"LiveQueue({self.queue_id!r}, user={self.user_id}, state={self.state.value})"
@@ -121,7 +137,8 @@ class LiveQueue:
 class PendingDeletions:
     """Durable deletions the dropped queues still need."""
 
-    queue_ids: list[str]
+    # Dropped queue id -> the epoch it was held under (the deletion is fenced by it).
+    queue_ids: dict[str, int]
     # Deactivated users and the outbox position of their deactivation.
     cut_offs: dict[int, int]
 
@@ -133,9 +150,13 @@ class LiveQueues:
         # WARM queues only: the index `queues.routing.route` walks.
         self.registry = QueueRegistry()
         self._queues: dict[str, LiveQueue] = {}
-        self._tombstones: set[str] = set()
+        # Dropped queue id -> its epoch, until the descriptor's deletion commits.
+        self._tombstones: dict[str, int] = {}
         self._cut_offs: dict[int, int] = {}
         self.drops: Counter[DropCause] = Counter()
+        # Queues claimed by other shards from this one, and claimed by this one from others.
+        self.moves_out = 0
+        self.moves_in = 0
 
     def __len__(self) -> int:
         return len(self._queues)
@@ -170,6 +191,8 @@ class LiveQueues:
         """
         if live.state is QueueState.DROPPED:
             raise QueueDropped(live.drop_cause or DropCause.ACTIVATION_FAILED)
+        if live.state is QueueState.MOVED:
+            raise QueueMoved(live.queue_id)
         if live.client is None:
             raise ValueError(f"queue {live.queue_id!r} activated without its data")
         live.state = QueueState.WARM
@@ -179,7 +202,7 @@ class LiveQueues:
     def make_cold(self, live: LiveQueue) -> None:
         """Forget the queue in memory but keep its descriptor: the next poll rebuilds
         it (an idle queue evicted, or a build that failed on a transient error)."""
-        if live.state is QueueState.DROPPED:
+        if live.state in (QueueState.DROPPED, QueueState.MOVED):
             return
         self._queues.pop(live.queue_id, None)
         if live.state is QueueState.WARM:
@@ -188,8 +211,8 @@ class LiveQueues:
 
     def drop(self, live: LiveQueue, cause: DropCause) -> None:
         """Remove a queue for good: the one removal path, whatever the cause."""
-        if live.state is QueueState.DROPPED:
-            return
+        if live.state in (QueueState.DROPPED, QueueState.MOVED):
+            return  # gone already, or another shard's to remove
         was_warm = live.state is QueueState.WARM
         live.state = QueueState.DROPPED
         live.drop_cause = cause
@@ -197,12 +220,32 @@ class LiveQueues:
         self._queues.pop(live.queue_id, None)
         if was_warm:
             self.registry.remove(live.queue_id)
-        self._tombstones.add(live.queue_id)
+        self._tombstones[live.queue_id] = live.epoch
         self.drops[cause] += 1
         if live.client is not None:
             self.wake(live.client, cause)
         _resolve(live)  # waiters re-check the state and find it dropped
         log.info("queue %s of user %d dropped: %s", live.queue_id, live.user_id, cause.value)
+
+    def fence(self, queue_id: str, epoch: int | None = None) -> LiveQueue | None:
+        """Another shard holds `queue_id` now (at `epoch`; None: at an unknown newer one):
+        forget this process's copy if it is older, leaving the descriptor alone. A waiting
+        poll is answered so its client polls again and reaches the holder."""
+        live = self._queues.get(queue_id)
+        if live is None or (epoch is not None and live.epoch >= epoch):
+            return None
+        was_warm = live.state is QueueState.WARM
+        live.state = QueueState.MOVED
+        live.dirty = False
+        del self._queues[queue_id]
+        if was_warm:
+            self.registry.remove(queue_id)
+        self.moves_out += 1
+        if live.client is not None:
+            self.wake(live.client, Wake.MOVED)
+        _resolve(live)
+        log.info("queue %s moved to another shard; copy at epoch %d fenced", queue_id, live.epoch)
+        return live
 
     def cut_off_user(self, user_id: int, seq: int) -> list[LiveQueue]:
         """The user was deactivated at outbox position `seq`: drop every queue of theirs
@@ -249,18 +292,22 @@ class LiveQueues:
             if live.dirty and live.state is QueueState.WARM and live.client is not None:
                 seq, event_id = live.checkpoint
                 updates.append(
-                    CheckpointUpdate(live.queue_id, seq, event_id, live.client.last_active)
+                    CheckpointUpdate(
+                        live.queue_id, seq, event_id, live.client.last_active, live.epoch
+                    )
                 )
                 live.dirty = False
         return updates
 
     def pending_deletions(self) -> PendingDeletions:
         """What `drop` and `cut_off_user` left to delete durably."""
-        return PendingDeletions(sorted(self._tombstones), dict(self._cut_offs))
+        return PendingDeletions(dict(self._tombstones), dict(self._cut_offs))
 
     def deletions_done(self, done: PendingDeletions) -> None:
         """These deletions committed: their tombstones and cut-offs are no longer needed."""
-        self._tombstones.difference_update(done.queue_ids)
+        for queue_id, epoch in done.queue_ids.items():
+            if self._tombstones.get(queue_id) == epoch:
+                del self._tombstones[queue_id]
         for user_id, seq in done.cut_offs.items():
             if self._cut_offs.get(user_id) == seq:
                 del self._cut_offs[user_id]

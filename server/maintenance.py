@@ -7,7 +7,13 @@
   soon as they are dropped, and retried by every sweep until the deletion commits;
 * the sweep, every `GC_INTERVAL_SECS`: queues idle past their lifespan are dropped
   (expiry), queues idle for `COLD_QUEUE_IDLE_SECS` leave memory (eviction), and outbox
-  rows no queue can need any more are deleted in short batches (`models.retention`).
+  rows no queue can need any more are deleted in short batches (`models.retention`);
+* shards: this process's entry in the shard list is refreshed every
+  `SHARD_HEARTBEAT_SECS`, and claims older than `CLAIM_RETENTION_SECS` are pruned.
+
+Every write of a queue's descriptor is fenced by the epoch this shard holds it under: a
+checkpoint that finds the epoch gone means another shard claimed the queue, and this
+process's copy is fenced (`LiveQueues.fence`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from typing import Any
 from models.database import Database
 from models.descriptors import (
     CheckpointUpdate,
-    delete_descriptors,
     delete_expired_descriptors,
+    delete_held_descriptors,
     delete_user_descriptors,
     save_checkpoints,
 )
+from models.ownership import DEFAULT_SHARD_NAME, mark_shard_seen, prune_claims
 from models.retention import MAX_RETAINED_EVENTS_PER_REALM, BatchResult, prune_batch
 from queues.gc import GC_INTERVAL_SECS, find_expired
 from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
@@ -41,6 +48,14 @@ CHECKPOINT_FLUSH_INTERVAL_SECS = 1.0
 # rebuilds it from the outbox. A minute keeps active clients, which poll at least every
 # 55 s, in memory, while idle ones cost nothing.
 COLD_QUEUE_IDLE_SECS = 60.0
+# A queue another shard holds is expired by this one only this long after its lifespan
+# ends: its holder writes activity behind, and a parked poll lasts up to 55 s.
+OTHER_SHARD_EXPIRY_GRACE_SECS = 120.0
+# A running shard says so this often; the admin views list shards seen within a minute.
+SHARD_HEARTBEAT_SECS = 10.0
+# Claims are read within milliseconds by every running shard; a shard that starts later
+# starts past them. An hour is ample.
+CLAIM_RETENTION_SECS = 3600.0
 
 
 class Maintenance:
@@ -54,8 +69,10 @@ class Maintenance:
         consumer: OutboxConsumer,
         clock: Callable[[], float],
         outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS,
+        shard: str = DEFAULT_SHARD_NAME,
     ) -> None:
         self.db = db
+        self.shard = shard
         self.outbox_min_age_secs = outbox_min_age_secs
         self.max_retained_events = MAX_RETAINED_EVENTS_PER_REALM
         # How long the last prune pass took, and the rows pruned so far (metrics).
@@ -76,6 +93,7 @@ class Maintenance:
                 self._every(CHECKPOINT_FLUSH_INTERVAL_SECS, self.flush_checkpoints),
                 name="checkpoints",
             ),
+            loop.create_task(self._every(SHARD_HEARTBEAT_SECS, self.mark_seen), name="shard"),
         ]
 
     async def stop(self) -> None:
@@ -103,7 +121,7 @@ class Maintenance:
         if not updates:
             return
         try:
-            await self.threads.run(self._save, updates)
+            lost = await self.threads.run(self._save, updates)
         except BaseException:
             # Not written: mark them dirty again so the next flush retries.
             for update in updates:
@@ -111,10 +129,22 @@ class Maintenance:
                 if live is not None and live.state is QueueState.WARM:
                     live.dirty = True
             raise
+        for queue_id in lost:
+            # Claimed by another shard (or deleted by one) since this one held it.
+            self.live.fence(queue_id)
 
-    def _save(self, updates: list[CheckpointUpdate]) -> None:
+    def _save(self, updates: list[CheckpointUpdate]) -> list[str]:
         with self.db.write() as session:
-            save_checkpoints(session, updates)
+            return save_checkpoints(session, updates)
+
+    async def mark_seen(self) -> None:
+        """Refresh this shard's entry in the shard list."""
+
+        def work() -> None:
+            with self.db.write() as session:
+                mark_shard_seen(session, self.shard, self.clock())
+
+        await self.threads.run(work)
 
     # -- deletions ------------------------------------------------------------------------
 
@@ -142,7 +172,7 @@ class Maintenance:
 
     def _delete(self, pending: PendingDeletions) -> None:
         with self.db.write() as session:
-            delete_descriptors(session, pending.queue_ids)
+            delete_held_descriptors(session, pending.queue_ids)
             for user_id, seq in pending.cut_offs.items():
                 delete_user_descriptors(session, user_id, seq)
 
@@ -154,6 +184,16 @@ class Maintenance:
         await self.evict_cold_queues()
         await self.prune_outbox_history()
         await self.delete_dropped()
+        await self.prune_claim_feed()
+
+    async def prune_claim_feed(self) -> None:
+        """Delete claims every running shard has read long ago."""
+
+        def work() -> int:
+            with self.db.write() as session:
+                return prune_claims(session, self.clock() - CLAIM_RETENTION_SECS)
+
+        await self.threads.run(work)
 
     async def expire_queues(self) -> None:
         """Drop queues idle past their lifespan, in memory and on disk."""
@@ -167,7 +207,9 @@ class Maintenance:
 
         def work() -> list[str]:
             with self.db.write() as session:
-                return delete_expired_descriptors(session, now, in_memory)
+                return delete_expired_descriptors(
+                    session, now, in_memory, self.shard, OTHER_SHARD_EXPIRY_GRACE_SECS
+                )
 
         cold = await self.threads.run(work)
         if expired or cold:

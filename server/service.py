@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import secrets
 import sys
@@ -46,6 +47,13 @@ from models.database import Database
 from models.descriptors import DescriptorRecord, load_descriptor
 from models.messages import EventNarrow, NarrowTerm
 from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
+from models.ownership import (
+    DEFAULT_SHARD_NAME,
+    Claim,
+    announce_shard,
+    check_shard_name,
+    claim_descriptor,
+)
 from models.state import STATE_EVENT_TYPES, RealmUsers, fetch_initial_state, fetch_realm_users
 from models.tables import QueueDescriptorRow, Realm, UserProfile
 from queues.descriptor import (
@@ -64,12 +72,19 @@ from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
 from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
 from server.database_threads import DatabaseThreads
 from server.descriptor_writer import DescriptorWriter
-from server.errors import BadEventQueueId, BadRequest, InvalidApiKey, UserDeactivated
+from server.errors import (
+    BadEventQueueId,
+    BadRequest,
+    InvalidApiKey,
+    QueueMoving,
+    UserDeactivated,
+)
 from server.live_queues import (
     DropCause,
     LiveQueue,
     LiveQueues,
     QueueDropped,
+    QueueMoved,
     QueueState,
     Wake,
     WakeReason,
@@ -102,8 +117,9 @@ MAX_REGISTERS_IN_FLIGHT = 256
 # A shed register is told to come back after a random 1-3 s, so the retries spread out.
 SHED_RETRY_AFTER_SECS = (1.0, 3.0)
 # A poll that finds its queue half-built by another poll whose build then failed on a
-# transient error builds it itself; past this many tries it gives up.
-MAX_ACTIVATION_TRIES = 2
+# transient error, or claimed by another shard meanwhile, builds (claims) it itself; past
+# this many tries it gives up.
+MAX_ACTIVATION_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +192,12 @@ class EventService:
         outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS,
         max_queues_per_user: int | None = None,
         abuse: AbuseMonitor | None = None,
+        shard: str = DEFAULT_SHARD_NAME,
     ) -> None:
         self.db = db
+        # This process's name among the shards: the prefix of the queue ids it creates
+        # and the holder it records in their descriptors (docs/architecture.md §10).
+        self.shard = check_shard_name(shard)
         # None: no cap (benchmarks and tests that register thousands of queues for one
         # user in-process); `eventq serve` passes EVENTQ_MAX_QUEUES_PER_USER.
         self.max_queues_per_user = max_queues_per_user
@@ -200,9 +220,10 @@ class EventService:
             self.live,
             on_drops=self._request_deletions,
             on_user_changed=self.credentials.forget_user,
+            shard=self.shard,
         )
         self.maintenance = Maintenance(
-            db, self.threads, self.live, self.consumer, clock, outbox_min_age_secs
+            db, self.threads, self.live, self.consumer, clock, outbox_min_age_secs, self.shard
         )
         self._wakeup: WakeupSource = wakeup_source_for(db)
         self._consumer_task: asyncio.Task[None] | None = None
@@ -253,6 +274,15 @@ class EventService:
         await self.maintenance.stop()
         self.threads.shutdown()
         log.info("event service stopped; %d queues kept for the next start", len(self.live))
+
+    async def announce(self, url: str) -> None:
+        """Enter this shard in the shard list, where `url` reaches it directly."""
+
+        def work() -> None:
+            with self.db.write() as session:
+                announce_shard(session, self.shard, url, os.getpid(), self.clock())
+
+        await self.threads.run(work)
 
     async def run_db(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking database work on the database threads."""
@@ -353,9 +383,10 @@ class EventService:
         if fetch is None:
             fetch = request.event_types if request.event_types is not None else STATE_EVENT_TYPES
         now = self.clock()
-        queue_id = secrets.token_hex(16)
+        # The shard's name first, so a proxy can send the queue's polls here.
+        queue_id = f"{self.shard}.{secrets.token_hex(16)}"
 
-        held: list[tuple[str, float]] = []
+        held: list[tuple[str, float, int]] = []
 
         def snapshot() -> tuple[dict[str, Any], DescriptorRecord]:
             # One snapshot transaction: the state and the outbox position agree.
@@ -363,14 +394,13 @@ class EventService:
                 if self.max_queues_per_user is not None:
                     # The user's queues, for the cap: in this transaction, so it costs
                     # no round trip of its own.
-                    held[:] = [
-                        (queue_id, last_active)
-                        for queue_id, last_active in session.execute(
-                            select(
-                                QueueDescriptorRow.queue_id, QueueDescriptorRow.last_active
-                            ).where(QueueDescriptorRow.user_id == user.id)
-                        )
-                    ]
+                    held[:] = session.execute(
+                        select(
+                            QueueDescriptorRow.queue_id,
+                            QueueDescriptorRow.last_active,
+                            QueueDescriptorRow.owner_epoch,
+                        ).where(QueueDescriptorRow.user_id == user.id)
+                    ).all()
                 profile = session.get(UserProfile, user.id)
                 if profile is None or not profile.is_active:
                     raise UserDeactivated()
@@ -401,6 +431,8 @@ class EventService:
                 checkpoint_event_id=-1,
                 narrow=request.narrow,
                 apply_markdown=request.apply_markdown,
+                owner_shard=self.shard,
+                owner_epoch=1,
             )
             return state, record
 
@@ -434,7 +466,7 @@ class EventService:
         return {"queue_id": queue_id, "last_event_id": -1, **state}
 
     async def _drop_past_queue_cap(
-        self, user: AuthenticatedUser, held: list[tuple[str, float]], cap: int
+        self, user: AuthenticatedUser, held: list[tuple[str, float, int]], cap: int
     ) -> None:
         """Drop the user's least recently used queues (of `held`, those it had before
         this register) so that with the new one it holds at most `cap`.
@@ -445,7 +477,8 @@ class EventService:
         """
         now = self.clock()
         candidates: list[tuple[float, str]] = []
-        for queue_id, stored_last_active in held:
+        epochs = {queue_id: epoch for queue_id, _, epoch in held}
+        for queue_id, stored_last_active, _ in held:
             if self.live.is_tombstoned(queue_id):
                 continue  # already on its way out
             last_active = stored_last_active
@@ -466,6 +499,7 @@ class EventService:
                 if self.live.is_tombstoned(queue_id):
                     continue
                 live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+                live.epoch = epochs[queue_id]  # its deletion is fenced by the epoch read
             # The longest idle of the user's queues makes room for the new one.
             self.live.drop(live, DropCause.QUEUE_CAP)
             self.abuse.record(
@@ -501,6 +535,7 @@ class EventService:
         """Give an activating queue its data, positioned at the descriptor's checkpoint."""
         checkpoint_id = record.checkpoint_event_id
         live.checkpoint = (record.checkpoint_seq, checkpoint_id)
+        live.epoch = record.owner_epoch
         live.client = ClientDescriptor(
             queue_id=record.queue_id,
             realm_id=record.realm_id,
@@ -525,13 +560,20 @@ class EventService:
             apply_markdown=record.apply_markdown,
         )
 
-    async def _catch_up(self, live: LiveQueue, *, check_owner_active: bool) -> None:
+    async def _catch_up(
+        self, live: LiveQueue, *, check_owner_active: bool, at_least: int = 0
+    ) -> None:
         """Replay the owner's outbox rows into the queue up to what the consumer routed.
 
         With `check_owner_active`, the first read also checks, in the same snapshot,
         that the owner is still active. Raises `QueueDropped` if the queue was dropped
         meanwhile (e.g. cut off by the owner's deactivation). Returns with the queue
         caught up; the caller must add it to the registry without awaiting.
+
+        `at_least`: read that far even if the consumer has not routed it yet (a queue
+        that moved here may have been handed out that far by its previous shard). Rows
+        the consumer routes afterwards up to there are ignored by the queue, as
+        duplicates (`ClientDescriptor.deliver`).
         """
         client = live.client
         if client is None:
@@ -539,7 +581,7 @@ class EventService:
         queue = client.queue
         must_check = check_owner_active
         while True:
-            target = self.consumer.routed.get(live.realm_id, 0)
+            target = max(self.consumer.routed.get(live.realm_id, 0), at_least)
             if queue.last_seq >= target and not must_check:
                 return
             active, rows = await self.threads.run(
@@ -553,6 +595,8 @@ class EventService:
             must_check = False
             if live.state is QueueState.DROPPED:
                 raise QueueDropped(live.drop_cause or DropCause.ACTIVATION_FAILED)
+            if live.state is QueueState.MOVED:
+                raise QueueMoved(live.queue_id)
             if not active:
                 self.live.drop(live, DropCause.DEACTIVATED)
                 raise QueueDropped(DropCause.DEACTIVATED)
@@ -584,6 +628,7 @@ class EventService:
 
         Another user's queue, an unknown one and an expired one all raise the same error.
         """
+        moved = False
         for _ in range(MAX_ACTIVATION_TRIES):
             live = self.live.get(queue_id)
             if live is None:
@@ -599,7 +644,11 @@ class EventService:
                 return live
             if live.state is QueueState.DROPPED:
                 raise self._refusal(live.drop_cause, queue_id)
-            # The other poll's build failed and left the queue cold: build it ourselves.
+            # The other poll's build failed and left the queue cold, or another shard
+            # claimed it meanwhile: build (claim) it ourselves.
+            moved = live.state is QueueState.MOVED
+        if moved:
+            raise QueueMoving(queue_id)
         raise self._bad_queue_id(queue_id, DropCause.ACTIVATION_FAILED.value)
 
     def _refusal(self, cause: DropCause | None, queue_id: str) -> Exception:
@@ -614,13 +663,24 @@ class EventService:
         return BadEventQueueId(queue_id)
 
     async def _rebuild(self, user: AuthenticatedUser, queue_id: str) -> LiveQueue:
-        """Activate a cold queue of the caller from its descriptor and the outbox."""
-        record = await self.threads.run(self._load_descriptor, queue_id)
+        """Activate a cold queue of the caller from its descriptor and the outbox,
+        claiming it first if another shard holds it (docs/architecture.md §10)."""
         now = self.clock()
+        claim = await self.threads.run(self._claim, queue_id, user.id, now)
+        record = claim.record if claim is not None else None
         if record is None or record.user_id != user.id:
             raise self._bad_queue_id(queue_id, UNKNOWN_QUEUE)
         if now >= record.last_active + record.lifespan_secs:
             raise self._bad_queue_id(queue_id, EXPIRED_QUEUE)
+        if claim is not None and claim.moved_from is not None:
+            self.live.moves_in += 1
+            log.info(
+                "queue %s moved from %s to %s (epoch %d)",
+                queue_id,
+                claim.moved_from,
+                self.shard,
+                record.owner_epoch,
+            )
         existing = self.live.get(queue_id)
         if existing is not None:
             return existing  # another poll claimed it while we read the descriptor
@@ -629,10 +689,14 @@ class EventService:
         live = self.live.begin_activation(queue_id, record.realm_id, record.user_id)
         self._load_record(live, record)
         try:
-            await self._catch_up(live, check_owner_active=True)
+            await self._catch_up(
+                live, check_owner_active=True, at_least=claim.realm_seq if claim else 0
+            )
             self.live.finish_activation(live)
         except QueueDropped:
             self._request_deletions()
+        except QueueMoved:
+            pass  # claimed by another shard meanwhile: the caller decides what to do
         except QueueOverflow:
             self.live.drop(live, DropCause.OVERFLOWED)
             self._request_deletions()
@@ -642,18 +706,19 @@ class EventService:
             raise
         return live
 
-    def _load_descriptor(self, queue_id: str) -> DescriptorRecord | None:
-        """The descriptor, or None when there is none or its history was pruned."""
-        with self.db.snapshot() as session:
+    def _claim(self, queue_id: str, user_id: int, now: float) -> Claim | None:
+        """The descriptor, held by this shard; None when there is none, it is another
+        user's (left unclaimed) or its history was pruned."""
+        with self.db.write() as session:
             record = load_descriptor(session, queue_id)
-            if record is None:
+            if record is None or record.user_id != user_id:
                 return None
             if record.checkpoint_seq < outbox_pruned_seq(session, record.realm_id):
                 log.info(
                     "queue %s is behind the retained outbox; its client must re-register", queue_id
                 )
                 return None
-            return record
+            return claim_descriptor(session, queue_id, self.shard, now)
 
     # -- long-poll ------------------------------------------------------------------------
 
@@ -713,6 +778,12 @@ class EventService:
                 self._no_polls.set()
         if live.state is QueueState.DROPPED:
             raise self._refusal(live.drop_cause, queue_id)
+        if live.state is QueueState.MOVED:
+            # Another shard holds the queue now: hand out nothing from this stale copy.
+            # A heartbeat with the newest id the client acknowledged makes it poll again,
+            # which reaches the holder (`docs/architecture.md` §10).
+            acknowledged = queue.newest_event_id - len(queue)
+            return PollAnswer(queue_id, [b'{"type":"heartbeat","id":%d}' % acknowledged], True)
         if not queue.empty():
             self.metrics.handed_out(queue.contents())
             return PollAnswer(queue_id, queue.encoded_events())

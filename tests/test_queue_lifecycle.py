@@ -103,14 +103,14 @@ async def test_a_cold_queue_rebuilt_across_its_owners_deactivation_is_refused(
         gate = Gate()
         if held == "descriptor_read":
             # The descriptor is read before the deactivation commits, then held.
-            read_descriptor = service._load_descriptor
+            read_descriptor = service._claim
 
-            def slow_descriptor(queue_id: str) -> Any:
-                record = read_descriptor(queue_id)
+            def slow_descriptor(queue_id: str, user_id: int, now: float) -> Any:
+                record = read_descriptor(queue_id, user_id, now)
                 gate.hold()
                 return record
 
-            service._load_descriptor = slow_descriptor  # type: ignore[method-assign]
+            service._claim = slow_descriptor  # type: ignore[method-assign]
         else:
             # The queue is claimed in memory; its catch-up read waits for the gate.
             read_outbox = service._read_user_outbox
