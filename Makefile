@@ -10,7 +10,7 @@ EVENTQ_HOST ?= 127.0.0.1
 EVENTQ_PORT ?= 9993
 export EVENTQ_HOST EVENTQ_PORT
 
-.PHONY: run serve test check migrate bench clean venv
+.PHONY: run serve cluster test check migrate bench clean venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ migrate: $(STAMP)
 
 run: migrate
 	$(BIN)/eventq serve --host $(EVENTQ_HOST) --port $(EVENTQ_PORT) --demo
+
+# nginx on EVENTQ_PORT and three shards on the ports after it, on the same database
+# (needs nginx: Debian's nginx-light is enough).
+cluster: migrate
+	$(BIN)/eventq cluster --shards 3 --host $(EVENTQ_HOST) --port $(EVENTQ_PORT) --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -171,7 +171,11 @@ def save_checkpoints(session: Session, updates: Collection[CheckpointUpdate]) ->
     ]
     if not rows:
         return []
-    session.execute(_FENCED_CHECKPOINT, rows)
+    written = session.execute(_FENCED_CHECKPOINT, rows)
+    if (
+        session.get_bind().dialect.supports_sane_multi_rowcount and written.rowcount == len(rows)  # type: ignore[attr-defined]
+    ):
+        return []  # every one landed: no need to look for lost ones
     return lost_queues(session, {u.queue_id: u.owner_epoch for u in updates})
 
 

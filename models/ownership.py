@@ -22,8 +22,9 @@ from models.tables import QueueClaim, QueueDescriptorRow, Realm, Shard
 
 # A shard name is the prefix of its queue ids and a word in nginx's configuration:
 # lower-case letters, digits and underscores, starting with a letter. No '.', which
-# separates it from the rest of a queue id, and nothing a URL or nginx would escape.
-SHARD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# separates it from the rest of a queue id, and nothing a URL or nginx would escape. At
+# most 24 characters, so that a queue id (NAME, '.', 32 hex digits) fits in 64.
+SHARD_NAME = re.compile(r"[a-z][a-z0-9_]{0,23}")
 DEFAULT_SHARD_NAME = "main"
 # A claim that lost a race with another claim of the same queue is retried this often.
 MAX_CLAIM_TRIES = 3
@@ -33,7 +34,7 @@ def check_shard_name(name: str) -> str:
     """`name` if it is a valid shard name; else ValueError saying what is allowed."""
     if not SHARD_NAME.fullmatch(name):
         raise ValueError(
-            f"bad shard name {name!r}: 1-32 lower-case letters, digits or underscores, "
+            f"bad shard name {name!r}: 1-24 lower-case letters, digits or underscores, "
             "starting with a letter"
         )
     return name
@@ -135,13 +136,24 @@ def prune_claims(session: Session, older_than: float) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def announce_shard(session: Session, name: str, url: str, pid: int, now: float) -> None:
-    """Record (or refresh) a running shard, for the admin views."""
+def announce_shard(
+    session: Session, name: str, url: str, pid: int, now: float, recent_secs: float
+) -> ShardView | None:
+    """Record (or refresh) a running shard, for the admin views.
+
+    Returns the previous entry if it was seen within `recent_secs` at another address:
+    perhaps another process running under the same name (two processes with one name
+    would each take the other's queues for their own, unfenced).
+    """
     row = session.get(Shard, name)
     if row is None:
         session.add(Shard(name=name, url=url, pid=pid, started_at=now, seen_at=now))
-    else:
-        row.url, row.pid, row.seen_at = url, pid, now
+        return None
+    previous = ShardView(row.name, row.url, row.pid, row.started_at, row.seen_at)
+    row.url, row.pid, row.started_at, row.seen_at = url, pid, now, now
+    if previous.url != url and now - previous.seen_at < recent_secs:
+        return previous
+    return None
 
 
 def mark_shard_seen(session: Session, name: str, now: float) -> None:

@@ -307,9 +307,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(run_server(settings, host, port, on_ready))
 
 
+# `eventq queues` and `eventq clients` ask every shard that said it was alive this
+# recently (shards say so every 10 s).
+LIVE_SHARD_WINDOW_SECS = 60.0
+
+
+def _server_urls(args: argparse.Namespace, db: Database) -> list[str]:
+    """The servers to ask: `--server` if given, else every live shard of the database,
+    else the default address."""
+    import time
+
+    from models.ownership import list_shards
+
+    if args.server is not None:
+        return [args.server]
+    with db.snapshot() as session:
+        shards = list_shards(session)
+    now = time.time()
+    urls = [shard.url for shard in shards if now - shard.seen_at <= LIVE_SHARD_WINDOW_SECS]
+    return urls or [args.default_server]
+
+
 def _server_get(args: argparse.Namespace, db: Database, path: str) -> list[tuple[Realm, Any]]:
-    """GET an admin endpoint of the running server once per realm, as the realm's first
-    active owner or administrator (the CLI has the database, hence their API key)."""
+    """GET an admin endpoint of every running shard once per realm, as the realm's first
+    active owner or administrator (the CLI has the database, hence their API key).
+
+    A shard that does not answer is reported on stderr and skipped; none answering is
+    an error."""
     import base64
     import urllib.error
     import urllib.request
@@ -336,21 +360,27 @@ def _server_get(args: argparse.Namespace, db: Database, path: str) -> list[tuple
             if admin is not None:
                 admins[realm.id] = (admin.email, admin.api_key)
     answers = []
-    for realm in realms:
-        if realm.id not in admins:
-            continue  # a realm without an administrator has no queue anyone could list
-        email, key = admins[realm.id]
-        token = base64.b64encode(f"{email}:{key}".encode()).decode()
-        request = urllib.request.Request(
-            f"{args.server.rstrip('/')}/api/v1/{path}",
-            headers={"Authorization": f"Basic {token}", "User-Agent": "eventq-cli"},
-        )
+    unreachable = []
+    for url in _server_urls(args, db):
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                answers.append((realm, json.loads(response.read())))
+            for realm in realms:
+                if realm.id not in admins:
+                    continue  # a realm without an administrator has no queue anyone could list
+                email, key = admins[realm.id]
+                token = base64.b64encode(f"{email}:{key}".encode()).decode()
+                request = urllib.request.Request(
+                    f"{url.rstrip('/')}/api/v1/{path}",
+                    headers={"Authorization": f"Basic {token}", "User-Agent": "eventq-cli"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answers.append((realm, json.loads(response.read())))
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise ValueError(f"cannot reach the server at {args.server}: {reason}") from None
+            unreachable.append(f"cannot reach the server at {url}: {reason}")
+    if unreachable and not answers:
+        raise ValueError("; ".join(unreachable))
+    for problem in unreachable:
+        print(f"warning: {problem}", file=sys.stderr)
     return answers
 
 
@@ -360,20 +390,22 @@ def cmd_queues(args: argparse.Namespace, db: Database) -> None:
     now = time.time()
     data = []
     for realm, answer in _server_get(args, db, "eventq/queues"):
+        shard = answer.get("shard", "-")
         for queue in answer["queues"]:
-            data.append({"realm": realm.string_id, **queue})
+            data.append({"realm": realm.string_id, "shard": shard, **queue})
         delivery = answer["delivery"]
         if delivery["failing"]:
             # On stderr, so `--json` output stays one document: the operator must see it.
             print(
-                f"warning: delivery for realm {realm.string_id} is paused after seq "
-                f"{delivery['routed_seq']} ({delivery['consecutive_failures']} failures in a "
-                f"row, retrying in {delivery['retry_in_secs']:.0f}s): {delivery['last_error']}",
+                f"warning: delivery for realm {realm.string_id} on shard {shard} is paused after "
+                f"seq {delivery['routed_seq']} ({delivery['consecutive_failures']} failures in "
+                f"a row, retrying in {delivery['retry_in_secs']:.0f}s): {delivery['last_error']}",
                 file=sys.stderr,
             )
     rows = [
         [
             q["realm"],
+            q["shard"],
             q["queue_id"],
             q["user_id"],
             f"{q['client_name']}/{q['client_version'] or '-'}",
@@ -391,6 +423,7 @@ def cmd_queues(args: argparse.Namespace, db: Database) -> None:
         _table(
             [
                 "REALM",
+                "SHARD",
                 "QUEUE",
                 "USER",
                 "CLIENT",
@@ -409,13 +442,22 @@ def cmd_clients(args: argparse.Namespace, db: Database) -> None:
     data = []
     for realm, answer in _server_get(args, db, "eventq/clients"):
         for client in answer["clients"]:
-            data.append({"realm": realm.string_id, **client})
+            data.append({"realm": realm.string_id, "shard": answer.get("shard", "-"), **client})
     rows = [
-        [c["realm"], c["client_name"], c["client_version"] or "-", c["sequence"], c["queues"]]
+        [
+            c["realm"],
+            c["shard"],
+            c["client_name"],
+            c["client_version"] or "-",
+            c["sequence"],
+            c["queues"],
+        ]
         for c in data
     ]
     _emit(
-        args, data, _table(["REALM", "CLIENT", "VERSION", "DEACTIVATION SEQUENCE", "QUEUES"], rows)
+        args,
+        data,
+        _table(["REALM", "SHARD", "CLIENT", "VERSION", "DEACTIVATION SEQUENCE", "QUEUES"], rows),
     )
 
 
@@ -510,6 +552,53 @@ def cmd_probe(args: argparse.Namespace) -> int:
             db.dispose()
     _emit(args, result.to_json(), result.line())
     return result.status
+
+
+def cmd_nginx_config(args: argparse.Namespace, settings: Settings) -> None:
+    """`eventq nginx-config`: the routing configuration of a list of shards (server.cluster)."""
+    from server.cluster import nginx_site_config, nginx_standalone_config, parse_shard
+    from server.config import parse_address
+
+    shards = [parse_shard(spec) for spec in args.shard]
+    address = parse_address("--listen", args.listen)
+    assert address is not None, "argparse gives --listen a default"
+    host, port = address
+    if args.standalone is None:
+        print(nginx_site_config(shards, host, port), end="")
+    else:
+        from pathlib import Path
+
+        print(nginx_standalone_config(shards, host, port, Path(args.standalone)), end="")
+
+
+def cmd_cluster(args: argparse.Namespace, settings: Settings) -> None:
+    """`eventq cluster`: migrate, then nginx and N shards until SIGTERM or Ctrl-C."""
+    from models.database import DEFAULT_SQLITE_PATH
+    from server.cluster import ClusterError, ClusterOptions, cluster_dir, find_nginx, run_cluster
+    from server.demo import ensure_demo_realm, print_connection_help
+
+    nginx = args.nginx or find_nginx()
+    if nginx is None:
+        raise ClusterError("nginx is not installed: apt-get install nginx-light, or pass --nginx")
+    options = ClusterOptions(
+        shards=args.shards,
+        host=args.host,
+        port=args.port if args.port is not None else settings.port,
+        database_url=settings.database_url,
+        nginx=nginx,
+        # Beside the default SQLite file, whichever database the shards use.
+        var_dir=cluster_dir(DEFAULT_SQLITE_PATH.parent),
+    )
+    cmd_migrate(args, settings)
+    demo = ensure_demo_realm(settings.database_url) if args.demo else None
+
+    def on_ready() -> None:
+        print_connection_help(options.host, options.port, demo)
+        shards = ", ".join(f"{s.name} {s.address}" for s in options.shard_addresses())
+        print(f"  shards:         {shards}  (processes: {options.var_dir}/cluster.json)")
+        print(f"  nginx:          {options.var_dir}/nginx.conf, logs beside it", flush=True)
+
+    run_cluster(options, on_ready)
 
 
 DataCommand = Callable[[argparse.Namespace, Database], None]
@@ -609,23 +698,24 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "queues",
             cmd_queues,
-            "List the live queues of a running server: id, user, client, capabilities, event "
-            "types, pending events, last poll, expiry.",
+            "List the live queues of every running shard: shard, id, user, client, "
+            "capabilities, event types, pending events, last poll, expiry.",
         ),
         (
             "clients",
             cmd_clients,
-            "Count a running server's live queues per client name and version, and which "
-            "deactivation sequence (full or legacy) each gets.",
+            "Count the live queues of every running shard per client name and version, and "
+            "which deactivation sequence (full or legacy) each gets.",
         ),
     ):
         p = add(name, func, text)
         p.add_argument("realm", nargs="?", help="realm subdomain (default: every realm)")
         p.add_argument(
             "--server",
-            default=default_server,
-            help=f"URL of the running server (default: {default_server})",
+            help="URL of one running server to ask (default: every shard of the database "
+            f"seen in the last minute, else {default_server})",
         )
+        p.set_defaults(default_server=default_server)
     p = add(
         "watch",
         cmd_watch,
@@ -707,6 +797,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("realm", help="realm subdomain")
     p = add("streams", cmd_streams, "List the realm's channels with their subscribers.")
     p.add_argument("realm", help="realm subdomain")
+    p = add(
+        "nginx-config",
+        cmd_nginx_config,
+        "Print the nginx configuration that puts shards (`eventq serve --shard NAME`) behind "
+        "one address: keep-alive upstreams, register and the REST endpoints to any shard, "
+        "each poll to the shard its queue id names (the next shard as backup), polls of "
+        "queues of shards no longer listed spread by a consistent hash. The output belongs "
+        "in nginx's http {} block (Debian: /etc/nginx/conf.d/eventq.conf); set "
+        "EVENTQ_TRUSTED_PROXY=on on the shards. Reload nginx after changing the list: the "
+        "queues of a removed shard resume on another, with the same event ids.",
+    )
+    p.add_argument(
+        "--shard",
+        action="append",
+        required=True,
+        metavar="NAME=HOST:PORT",
+        help="a shard and where it listens, e.g. shard1=127.0.0.1:9994; repeat for each "
+        "shard, in a fixed order (a shard's backup is the next one)",
+    )
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:80",
+        metavar="HOST:PORT",
+        help="where nginx listens for clients (default: 0.0.0.0:80; add TLS as usual)",
+    )
+    p.add_argument(
+        "--standalone",
+        metavar="VAR_DIR",
+        help="print a whole nginx.conf instead, running in the foreground with its pid file, "
+        "logs and temporary files in VAR_DIR (start it with nginx -c FILE -p VAR_DIR)",
+    )
+    p = add(
+        "cluster",
+        cmd_cluster,
+        "Run a local cluster until SIGTERM or Ctrl-C: migrate the database, then N shards "
+        "(shard1..shardN on the ports after --port) and nginx on --port in front of them, "
+        "with the configuration and logs in var/cluster/. A shard that dies is restarted; "
+        "if nginx dies everything stops. Works on the SQLite file and on PostgreSQL.",
+    )
+    p.add_argument("--shards", type=int, default=3, metavar="N", help="how many (default: 3)")
+    p.add_argument("--host", default="127.0.0.1", help="where nginx listens (default: 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="nginx's port; shard K listens on PORT+K (default: EVENTQ_PORT or 9993)",
+    )
+    p.add_argument(
+        "--nginx",
+        metavar="PATH",
+        help="the nginx program (default: nginx on PATH, else /usr/sbin/nginx)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a demo realm with users and channels if missing and print a login",
+    )
     return parser
 
 
@@ -726,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_probe(args)
     try:
         settings = Settings.from_env(args.database_url)
-        if args.func in (cmd_migrate, cmd_serve):
+        if args.func in (cmd_migrate, cmd_serve, cmd_nginx_config, cmd_cluster):
             args.func(args, settings)
             return 0
         db = Database(settings.database_url)

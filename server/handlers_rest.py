@@ -197,7 +197,8 @@ class SubscriptionsHandler(ApiHandler):
 
 
 class QueuesAdminHandler(ApiHandler):
-    """`GET /eventq/queues`: the caller's realm's live queues (administrators only)."""
+    """`GET /eventq/queues`: the caller's realm's queues live in this shard (administrators
+    only); `eventq queues` asks every shard."""
 
     async def get(self) -> None:
         user = await self.authenticate()
@@ -206,6 +207,7 @@ class QueuesAdminHandler(ApiHandler):
             {
                 "queues": self.service.summaries(user.realm_id),
                 "delivery": self.service.delivery_status(user.realm_id),
+                "shard": self.service.shard,
             }
         )
 
@@ -226,7 +228,7 @@ class ClientsAdminHandler(ApiHandler):
                 counts.items(), key=lambda item: (item[0][0], item[0][1] or "", item[0][2])
             )
         ]
-        self.send_success({"clients": clients})
+        self.send_success({"clients": clients, "shard": self.service.shard})
 
 
 # Any segment is routed for an id, so that a malformed one ("abc", "1.5") is a JSON 400

@@ -51,7 +51,8 @@ _MISSING: Any = object()
 # X-Request-Id $request_id;`) is kept when it looks like one; otherwise one is made up.
 REQUEST_ID_HEADER = "X-Request-Id"
 _FORWARDED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
-# The longest queue id the log repeats from a request (ids are 32 hex digits).
+# The longest queue id the log repeats from a request (ids are a shard name, a dot and 32
+# hex digits: at most 57 characters).
 MAX_LOGGED_QUEUE_ID = 64
 
 # No request of this API needs a larger body; a larger one gets a JSON 413 from

@@ -424,6 +424,15 @@ class EventqCollector(Collector):
         for cause in DropCause:
             drops.add_metric([cause.value], service.live.drops[cause])
         yield drops
+        moves = CounterMetricFamily(
+            "eventq_queue_moves",
+            "Queues that moved between shards: claimed from another shard (in), or claimed "
+            "by another from this one (out).",
+            labels=["direction"],
+        )
+        moves.add_metric(["in"], service.live.moves_in)
+        moves.add_metric(["out"], service.live.moves_out)
+        yield moves
         yield _counter(
             "eventq_polls",
             "Long-polls answered, by outcome: events, heartbeat, or the error code.",

@@ -50,6 +50,7 @@ from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
 from models.ownership import (
     DEFAULT_SHARD_NAME,
     Claim,
+    ShardView,
     announce_shard,
     check_shard_name,
     claim_descriptor,
@@ -89,7 +90,7 @@ from server.live_queues import (
     Wake,
     WakeReason,
 )
-from server.maintenance import Maintenance
+from server.maintenance import SHARD_HEARTBEAT_SECS, Maintenance
 from server.metrics import DROPPED_QUEUE, EXPIRED_QUEUE, UNKNOWN_QUEUE, ServiceMetrics
 from server.quotas import KeyedLock
 from server.ratelimit import RateLimited
@@ -278,11 +279,23 @@ class EventService:
     async def announce(self, url: str) -> None:
         """Enter this shard in the shard list, where `url` reaches it directly."""
 
-        def work() -> None:
+        def work() -> ShardView | None:
             with self.db.write() as session:
-                announce_shard(session, self.shard, url, os.getpid(), self.clock())
+                return announce_shard(
+                    session, self.shard, url, os.getpid(), self.clock(), 2 * SHARD_HEARTBEAT_SECS
+                )
 
-        await self.threads.run(work)
+        other = await self.threads.run(work)
+        if other is not None:
+            log.warning(
+                "shard %s was running at %s (pid %d) %.0fs ago: if that process still runs, "
+                "two processes share one shard name and serve the same queues unfenced; "
+                "give each its own --shard",
+                self.shard,
+                other.url,
+                other.pid,
+                self.clock() - other.seen_at,
+            )
 
     async def run_db(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking database work on the database threads."""

@@ -434,7 +434,7 @@ def check_paused_realm_reporting(
     assert delivery["routed_seq"] == seq - 1 and delivery["failures_total"] >= 1
     listing = run_eventq(database_url, "queues", "zulip", "--server", server.url)
     assert listing.returncode == 0
-    assert f"delivery for realm zulip is paused after seq {seq - 1}" in listing.stderr
+    assert f"delivery for realm zulip on shard main is paused after seq {seq - 1}" in listing.stderr
 
     with db.write() as session:
         session.execute(

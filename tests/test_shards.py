@@ -65,7 +65,7 @@ async def add_streams(db: Database, realm: SampleRealm, *names: str) -> None:
 
 def test_shard_names_and_queue_id_prefixes() -> None:
     assert check_shard_name("shard_2") == "shard_2"
-    for bad in ("", "Shard", "2nd", "a.b", "a-b", "x" * 33):
+    for bad in ("", "Shard", "2nd", "a.b", "a-b", "x" * 25):
         with pytest.raises(ValueError, match="bad shard name"):
             check_shard_name(bad)
     assert shard_of("beta.0f3c") == "beta"
@@ -236,3 +236,16 @@ async def test_each_shard_announces_itself(
     with db.snapshot() as session:
         listed = {shard.name: shard.url for shard in list_shards(session)}
     assert listed == {"alpha": "http://127.0.0.1:1", "beta": "http://127.0.0.1:2"}
+
+
+async def test_a_second_process_under_a_running_shards_name_is_warned_about(
+    db: Database,
+    shards: tuple[EventService, EventService, FakeClock],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alpha, _, _ = shards
+    await alpha.announce("http://127.0.0.1:1")
+    await alpha.announce("http://127.0.0.1:1")  # a restart at the same address: quiet
+    assert "share one shard name" not in caplog.text
+    await alpha.announce("http://127.0.0.1:2")  # another address within the minute
+    assert "two processes share one shard name" in caplog.text

@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from tests.helpers.cli import EVENTQ
@@ -23,8 +23,16 @@ START_TIMEOUT_SECS = 30.0
 class LiveServer:
     """One server process; `url` is set once it listens."""
 
-    def __init__(self, database_url: str, env: dict[str, str] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.database_url = database_url
+        # Appended to `eventq serve ...`, e.g. ("--shard", "shard1").
+        self.extra_args = tuple(extra_args)
         # 0: a free port chosen by the kernel, which changes at every start. A test that
         # restarts the server under a browser page passes a fixed one (same origin).
         self.requested_port = port
@@ -53,6 +61,7 @@ class LiveServer:
                 "127.0.0.1",
                 "--port",
                 str(self.requested_port),
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

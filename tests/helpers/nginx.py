@@ -1,0 +1,262 @@
+"""A real nginx in front of eventq shards, for integration tests (tests/test_cluster.py).
+
+`NginxServer` runs Debian's nginx in the foreground with the configuration
+`server.cluster.nginx_standalone_config` generates, in a folder of the test's, on a
+free loopback port. It waits until the port accepts connections, can be given a new
+shard list (`reload`: the file rewritten, SIGHUP to the master, and a wait until only
+workers started with the new configuration run), reads its access log (which names the
+shard that answered each request), and stops. `nginx_binary()` finds the program;
+without it a developer's run skips and a CI run (`CI=true`) fails.
+
+nginx announces neither that it listens nor that a reload took effect, so those two
+waits re-check a condition every 20 ms until it holds or a timeout fails the test; every
+other wait is on a process or a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from server.cluster import ShardAddress, find_nginx, nginx_standalone_config
+from tests.helpers.databases import skip_or_fail
+
+START_TIMEOUT_SECS = 15.0
+# A reload waits for the old workers to finish their requests: a poll parked through
+# nginx keeps one alive until the shard answers it (a heartbeat at worst), so reload
+# between polls.
+RELOAD_TIMEOUT_SECS = 30.0
+STOP_TIMEOUT_SECS = 30.0
+CHECK_TIMEOUT_SECS = 30.0
+RECHECK_SECS = 0.02
+# Another process may take the free port between our probe and nginx's bind.
+START_ATTEMPTS = 5
+
+T = TypeVar("T")
+
+
+def nginx_binary() -> str:
+    """The nginx program; skips the test (developer) or fails it (CI) when missing."""
+    found = find_nginx()
+    if found is None:
+        skip_or_fail(
+            "nginx", "nginx is not installed (Debian: apt-get install nginx-light; .ci/run does)"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:
+    """Re-check `check` every 20 ms until it returns something other than None; fail
+    with `what()` after `timeout`. Only for states nothing announces."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout}s: {what()}")
+        time.sleep(RECHECK_SECS)  # re-checking a state nothing announces
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def child_pids(parent: int) -> set[int]:
+    """The live (not zombie) children of process `parent`, from /proc."""
+    children = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == parent and state != "Z":
+            children.add(int(entry.name))
+    return children
+
+
+class NginxServer:
+    """One nginx master (with its workers) in `directory`, in front of `shards`."""
+
+    def __init__(self, directory: Path, shards: Sequence[ShardAddress]) -> None:
+        self.binary = nginx_binary()
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = directory / "nginx.conf"
+        self.access_log = directory / "nginx-access.log"
+        self.shards = list(shards)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self.stderr_lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _argv(self, *extra: str) -> list[str]:
+        return [
+            self.binary,
+            *extra,
+            "-e",
+            "stderr",
+            "-p",
+            str(self.directory),
+            "-c",
+            str(self.config_path),
+        ]
+
+    def _write_config(self, shards: Sequence[ShardAddress]) -> None:
+        self.config_path.write_text(
+            nginx_standalone_config(shards, self.host, self.port, self.directory)
+        )
+        checked = subprocess.run(
+            self._argv("-t", "-q"),
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT_SECS,
+            check=False,
+        )
+        assert checked.returncode == 0, f"nginx -t refuses {self.config_path}:\n{checked.stderr}"
+
+    def start(self) -> NginxServer:
+        """Start nginx on a free port and wait until it accepts connections."""
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            self._write_config(self.shards)
+            self.stderr_lines = []
+            self.process = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                process_group=0,  # its workers too, for `stop`
+            )
+            self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+            self._reader.start()
+
+            def up() -> bool | None:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    return False
+                return True if accepts_connections(self.host, self.port) else None
+
+            if wait_for(up, START_TIMEOUT_SECS, self._describe):
+                return self
+            self._reader.join(STOP_TIMEOUT_SECS)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
+            if not any("Address already in use" in line for line in self.stderr_lines):
+                break
+        raise AssertionError(f"nginx did not start: {self._describe()}")
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr_lines.append(line.rstrip("\n"))
+
+    def _describe(self) -> str:
+        status = "running" if self.process and self.process.poll() is None else "exited"
+        return f"nginx on port {self.port} ({status}); stderr:\n" + "\n".join(
+            self.stderr_lines[-20:]
+        )
+
+    def workers(self) -> set[int]:
+        assert self.process is not None
+        return child_pids(self.process.pid)
+
+    def reload(self, shards: Sequence[ShardAddress]) -> None:
+        """Route to `shards` from now on: rewrite the configuration, SIGHUP the master,
+        and wait until every worker running was started with the new configuration."""
+        assert self.process is not None and self.process.poll() is None, self._describe()
+        old = self.workers()
+        self._write_config(shards)
+        self.shards = list(shards)
+        self.process.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool | None:
+            assert self.process is not None
+            assert self.process.poll() is None, self._describe()
+            workers = self.workers()
+            return True if workers and not workers & old else None
+
+        wait_for(
+            reloaded,
+            RELOAD_TIMEOUT_SECS,
+            lambda: (
+                f"old workers {sorted(old)} still run (a poll parked through them?); "
+                + self._describe()
+            ),
+        )
+
+    def access_lines(self) -> list[str]:
+        try:
+            return self.access_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def answered_by(self, queue_id: str, count: int = 1) -> list[str]:
+        """The `upstream` of the first `count` logged polls of `queue_id` (nginx writes a
+        line just after it answers, so this waits for them)."""
+        pattern = re.compile(
+            r'"GET /api/v1/events\?[^"]*queue_id=' + re.escape(queue_id) + r'[&" ][^"]*" '
+            r".* upstream=(\S+)"
+        )
+
+        def found() -> list[str] | None:
+            upstreams = [m.group(1) for m in map(pattern.search, self.access_lines()) if m]
+            return upstreams[:count] if len(upstreams) >= count else None
+
+        return wait_for(
+            found,
+            CHECK_TIMEOUT_SECS,
+            lambda: (
+                f"{count} polls of {queue_id} in {self.access_log}:\n"
+                + "\n".join(self.access_lines()[-20:])
+            ),
+        )
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECS) -> int:
+        """SIGQUIT (finish the requests in flight, then exit); SIGKILL after `timeout`."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            status = self.process.wait(timeout)
+        try:  # workers of a master that was killed keep the port: end them too
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self._reader is not None:
+            self._reader.join(timeout)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return status
