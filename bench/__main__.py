@@ -17,7 +17,18 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import deactivation, fanout, latency, memory, messages, prune, register, soak, steady
+from bench import (
+    cluster,
+    deactivation,
+    fanout,
+    latency,
+    memory,
+    messages,
+    prune,
+    register,
+    soak,
+    steady,
+)
 from bench.support import ratio
 
 DEFAULT_RUN = [
@@ -29,6 +40,7 @@ DEFAULT_RUN = [
     "latency",
     "memory",
     "messages",
+    "cluster",
 ]
 CHOICES = [*DEFAULT_RUN, "soak"]
 
@@ -385,6 +397,89 @@ def run_messages(args: argparse.Namespace) -> None:
     )
 
 
+def run_cluster(args: argparse.Namespace) -> None:
+    counts = " and ".join(str(n) for n in cluster.SHARD_COUNTS)
+    print(
+        f"== one event to {cluster.POLLS} parked polls through nginx, with {counts} shards "
+        f"(`eventq serve --shard`), one PostgreSQL database; SQL per event per shard"
+    )
+    result = cluster.run()
+    for count in cluster.SHARD_COUNTS:
+        f = result[f"{count}"]
+        spread = ", ".join(f"{name} {n}" for name, n in f["queues_per_shard"].items())
+        print(
+            f"{count} shard{'s' if count > 1 else ''}: last answer {_ms(f['last_answer_ms'])} "
+            f"after the commit, {f['answers_per_sec']:,.0f} answers/s (median of "
+            f"{len(f['last_answer_each_ms'])} events: "
+            f"{', '.join(f'{v:.0f}' for v in f['last_answer_each_ms'])} ms; median answer "
+            f"{_ms(f['median_answer_ms'])}); queues {spread}"
+        )
+        print(
+            f"   CPU per answer: shards {f['shards_cpu_ms_per_answer']:.3f} ms, nginx "
+            f"{f['nginx_cpu_ms_per_answer']:.3f} ms, load generator "
+            f"{f['client_cpu_ms_per_answer']:.3f} ms; machine busy "
+            f"{f['machine_busy_pct']:.0f}% of {os.cpu_count()} cores during the fan-out; "
+            f"{f['tcp_opens_per_event']:,.0f} TCP connections opened per event (nginx to "
+            "the shards)"
+        )
+        print(
+            f"   SQL per event per shard: {f['statements_per_event_per_shard']:.1f} "
+            f"statements in {f['transactions_per_event_per_shard']:.1f} transactions, "
+            f"{f['executions_per_event_per_shard']:,.0f} executions; of them the "
+            f"checkpoints of the shard's acknowledging queues "
+            f"{f['checkpoint_statements_per_event_per_shard']:.1f} statements, "
+            f"{f['checkpoint_rows_per_event_per_shard']:,.0f} rows; other statements "
+            f"{f['other_statements_per_event_per_shard']:.1f}; besides: "
+            f"{f['credential_reads_per_event_per_shard']:,.0f} reads of expired cached "
+            f"credentials, and when idle {f['idle_statements_per_sec_per_shard']:.1f} "
+            "statements/s per shard"
+        )
+        print(
+            f"   set-up: {f['registers_per_sec']:.0f} registers/s through nginx, "
+            f"{f['parked']} polls parked in {f['park_secs']:.1f} s; nginx changes: "
+            f"{f['nginx_changes']}; heartbeats {f['heartbeats']}, reconnects "
+            f"{f['reconnects']}, queue moves {f['moves']}, nginx errors {f['nginx_errors']}, "
+            f"shard errors/warnings logged {f['server_errors']}"
+        )
+    one, two = result["1"], result["2"]
+    ROWS.append(
+        Row(
+            f"9. {cluster.POLLS} parked polls via nginx, 2 shards: answers/s",
+            f"{two['answers_per_sec']:,.0f}/s",
+            f"1 shard {one['answers_per_sec']:,.0f}/s",
+            ratio(two["answers_per_sec"], one["answers_per_sec"]),
+            "",
+        )
+    )
+    ROWS.append(
+        Row(
+            "   last answer after the commit, 2 shards",
+            _ms(two["last_answer_ms"]),
+            f"1 shard {_ms(one['last_answer_ms'])}",
+            ratio(two["last_answer_ms"], one["last_answer_ms"]),
+            "",
+        )
+    )
+    ROWS.append(
+        Row(
+            "   SQL statements per event per shard, 2 shards",
+            f"{two['statements_per_event_per_shard']:.1f}",
+            f"1 shard {one['statements_per_event_per_shard']:.1f}",
+            "",
+            "",
+        )
+    )
+    ROWS.append(
+        Row(
+            "   executions per event per shard, 2 shards",
+            f"{two['executions_per_event_per_shard']:,.0f}",
+            f"1 shard {one['executions_per_event_per_shard']:,.0f}",
+            "",
+            "",
+        )
+    )
+
+
 def run_soak(args: argparse.Namespace) -> None:
     print(
         f"== soak: {soak.USERS * soak.QUEUES_PER_USER} queues long-polling for "
@@ -450,6 +545,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "memory": run_memory,
     "soak": run_soak,
     "messages": run_messages,
+    "cluster": run_cluster,
 }
 
 
