@@ -137,6 +137,7 @@ class EventsHandler(ApiHandler):
         newest = None if answer.heartbeat else _newest_event_id(answer.events)
         limiter.end_poll(ticket, answered=True, newest_event=newest, held=held)
         self.quiet = answer.heartbeat
+        self.routine = True
         if self.request.connection is None or self._finished:
             return
         # Each event was encoded once when it was committed; only the id is spliced in.

@@ -69,9 +69,26 @@ class PayloadTooLarge(ApiError):
         super().__init__(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
 
 
+# The long-poll's own parameters (`last_event_id`, `dont_block`) are small integers and
+# booleans; these are decoded without the JSON parser, exactly as it would decode them.
+_JSON_LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
+_MAX_FAST_INT_DIGITS = 18
+
+
 def parse_json_param(name: str, raw: str) -> Any:
     """Decode a JSON-encoded parameter value the way Zulip does, refusing what no
     parameter can be: deep nesting, NUL characters and unpaired surrogates."""
+    literal = _JSON_LITERALS.get(raw, _MISSING)
+    if literal is not _MISSING:
+        return literal
+    digits = raw[1:] if raw[:1] == "-" else raw
+    if (
+        0 < len(digits) <= _MAX_FAST_INT_DIGITS
+        and digits.isascii()
+        and digits.isdigit()
+        and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
+    ):
+        return int(raw)
     try:
         value = json.loads(raw)
     except ValueError:  # also the int() digit limit of a huge number
@@ -88,6 +105,10 @@ class ApiHandler(tornado.web.RequestHandler):
     # Set by long-poll handlers whose answer was a heartbeat, and on rate-limit refusals
     # (`server.abuse` logs those once a minute per offender): logged at DEBUG.
     quiet = False
+    # Set by long-poll handlers that answered with events: the bulk of all requests, so
+    # they are logged at DEBUG too and counted by `eventq_polls_total` instead; a line
+    # each would cost more CPU than the answer (docs/operations.md).
+    routine = False
     # Endpoints that need no credentials: every request to them counts against the
     # client address's budget, whether or not it carries an Authorization header.
     public = False
@@ -344,7 +365,8 @@ def _basic_credentials(header: str) -> tuple[str | None, str]:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: method, path, status, user, duration; heartbeats at DEBUG.
+    """One line per request: method, path, status, user, duration; long-polls answered
+    with events or a heartbeat at DEBUG.
 
     The line's fields also travel with the record (`extra`), with the request id, the
     error code and the queue id when the request names one, for the JSON log format
@@ -356,12 +378,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     user = getattr(handler, "user", None)
     code = getattr(handler, "error_code", None)
     quiet = bool(getattr(handler, "quiet", False))
+    routine = bool(getattr(handler, "routine", False))
     service = handler.application.settings.get("service")
     if isinstance(service, EventService):
         # A long-poll answered 200 is quiet exactly when its answer was a heartbeat.
         service.metrics.count_request(request.method, request.path, status, code, quiet)
     level = logging.INFO
-    if quiet:
+    if quiet or (routine and status == 200):
         level = logging.DEBUG
     elif status >= 500:
         level = logging.ERROR

@@ -86,6 +86,8 @@ def _check_depth(name: str, depth: int) -> None:
 def check_json_value(name: str, value: Any) -> Any:
     """A decoded JSON value whose strings (keys too) all pass `check_text` and whose
     nesting is at most MAX_JSON_DEPTH; walked without recursion, so depth cannot hurt."""
+    if value is None or isinstance(value, int | float):  # bool is an int
+        return value
     pending: list[tuple[Any, int]] = [(value, 0)]
     while pending:
         item, depth = pending.pop()

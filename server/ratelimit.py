@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import weakref
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -378,6 +377,18 @@ class PollTicket:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# The attribute of a connection (its stream) that names the email it authenticated as:
+# exempt from the failure budgets for that email, for as long as the connection lives.
+# An attribute, not a weak dictionary keyed by connection: it is read on every request,
+# and a weak dictionary's lookup builds a weak reference each time.
+_TRUSTED_EMAIL = "_eventq_trusted_email"
+
+
+def _trusted_email(connection: object | None) -> str | None:
+    """The email (exactly as sent) this connection authenticated as, if any."""
+    return getattr(connection, _TRUSTED_EMAIL, None) if connection is not None else None
+
+
 def _email_key(email: str) -> bytes:
     # The email as authentication matches it, hashed: an attacker's 60 KB "emails"
     # must not cost 60 KB each to remember.
@@ -417,9 +428,6 @@ class RateLimiter:
         self.auth_address = budget(limits.auth_failures_address)
         self.auth_email = budget(limits.auth_failures_email)
         self.ledger = PollLedger()
-        # Connections (their streams) that authenticated successfully, and with which
-        # email: exempt from the failure budgets for that email. Weak: closed ones drop.
-        self._trusted: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
 
     def _refuse(self, verdict: Verdict, kind: str, offender: str) -> RateLimited:
         self.monitor.record(kind, offender, f"retry after {verdict.retry_after:.1f}s")
@@ -444,9 +452,9 @@ class RateLimiter:
         """Refuse, before the key is looked at, credentials from a spent email or
         address. The answer depends only on the failures counted, never on whether
         the email belongs to an account."""
-        key = _email_key(email) if email is not None else None
-        if key is not None and connection is not None and self._trusted.get(connection) == key:
+        if email is not None and _trusted_email(connection) == email:
             return
+        key = _email_key(email) if email is not None else None
         now = self.clock()
         if self.auth_email is not None and email is not None:
             verdict = self.auth_email.check(key, now)
@@ -462,8 +470,8 @@ class RateLimiter:
     ) -> None:
         """Count a refused key (or malformed credentials) against both budgets; the
         connection loses any exemption (a key that was right may have been replaced)."""
-        if connection is not None:
-            self._trusted.pop(connection, None)
+        if _trusted_email(connection) is not None:
+            setattr(connection, _TRUSTED_EMAIL, None)
         now = self.clock()
         if self.auth_email is not None and email is not None:
             self.auth_email.record(_email_key(email), now)
@@ -472,8 +480,11 @@ class RateLimiter:
 
     def authenticated(self, connection: object | None, email: str) -> None:
         """The connection presented a valid key for `email`: exempt it for that email."""
-        if connection is not None:
-            self._trusted[connection] = _email_key(email)
+        if connection is not None and _trusted_email(connection) != email:
+            try:
+                setattr(connection, _TRUSTED_EMAIL, email)
+            except AttributeError:
+                pass  # an object without attributes: no exemption, only the budgets
 
     # -- authenticated requests -----------------------------------------------------------
 

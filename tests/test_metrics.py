@@ -228,6 +228,14 @@ def test_json_logs_one_object_per_line(sqlite_realm: tuple[str, SampleRealm]) ->
             timeout=REQUEST_TIMEOUT_SECS,
         )
         assert poll.headers["X-Request-Id"] == "nginx-0123456789abcdef"
+        # Answered polls are logged at DEBUG; a deletion names its queue at INFO.
+        deleted = owner.session.delete(
+            server.url + "/api/v1/events",
+            data={"queue_id": queue_id},
+            headers={"X-Request-Id": "nginx-fedcba9876543210"},
+            timeout=REQUEST_TIMEOUT_SECS,
+        )
+        assert deleted.ok and deleted.headers["X-Request-Id"] == "nginx-fedcba9876543210"
         missing = owner.call("GET", "/events", {})
         assert missing.body["code"] == "REQUEST_VARIABLE_MISSING"
     finally:
@@ -239,10 +247,11 @@ def test_json_logs_one_object_per_line(sqlite_realm: tuple[str, SampleRealm]) ->
         assert {"time", "level", "logger", "message"} <= record.keys(), line
         records.append(record)
     access = [r for r in records if r["logger"] == "eventq.access"]
-    polled = [r for r in access if r.get("request_id") == "nginx-0123456789abcdef"]
+    assert not [r for r in access if r.get("request_id") == "nginx-0123456789abcdef"]
+    polled = [r for r in access if r.get("request_id") == "nginx-fedcba9876543210"]
     assert len(polled) == 1
     expected = {
-        "method": "GET",
+        "method": "DELETE",
         "path": "/api/v1/events",
         "status": 200,
         "user_id": realm.users["owner"],
