@@ -117,7 +117,6 @@ class EventsHandler(ApiHandler):
             last_event_id = self.param_json("last_event_id", check_int, None)
             dont_block = self.param_json("dont_block", check_bool, False)
             ticket = limiter.begin_poll(user.id, queue_id, last_event_id)
-            self.set_rate_headers(ticket.headers)
             self._queue_id = queue_id
             self._waiter = asyncio.get_running_loop().create_future()
             started = time.monotonic()

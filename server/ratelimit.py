@@ -55,7 +55,7 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from server.abuse import (
     RATE_LIMIT_ADDRESS,
@@ -374,7 +374,6 @@ class PollTicket:
     queue_id: str | None
     last_event_id: int | None
     acknowledges_new: bool
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 # The attribute of a connection (its stream) that names the email it authenticated as:
@@ -509,7 +508,8 @@ class RateLimiter:
         verdict = self.polls.check(user_id, self.clock())
         if not verdict.allowed and not progress:
             raise self._refuse(verdict, RATE_LIMIT_POLLS, f"user {user_id}")
-        ticket.headers = verdict.headers(self.wall_clock())
+        # An answered poll carries no X-RateLimit-* headers (a refusal does): polls are
+        # most of the traffic, and the wasted-poll budget is not a request budget.
         return ticket
 
     def end_poll(

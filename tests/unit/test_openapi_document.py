@@ -578,6 +578,7 @@ def test_every_event_kind_of_the_document_is_one_of_zulips() -> None:
                     "retry_in_secs": 1.5,
                     "failures_total": 2,
                 },
+                "shard": "main",
             },
         ),
         (
@@ -595,6 +596,7 @@ def test_every_event_kind_of_the_document_is_one_of_zulips() -> None:
                         "sequence": "legacy",
                     }
                 ],
+                "shard": "main",
             },
         ),
         ("GET", "/api/v1/openapi.json", 200, load_document()),
