@@ -168,8 +168,11 @@ async def run_server(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Where `eventq queues` reaches this process: a wildcard address is reached on the
+    # loopback (the admin commands run beside the server); IPv6 goes in brackets.
     own_host = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    await service.announce(f"http://{own_host}:{bound_port}")
+    shown_host = f"[{own_host}]" if ":" in own_host else own_host
+    await service.announce(f"http://{shown_host}:{bound_port}")
     log.info(
         "eventq listening on http://%s:%d (database %s, shard %s)",
         host,

@@ -51,7 +51,7 @@ MAX_PORT = 65535
 # Idle keep-alive connections each nginx worker keeps open to each upstream group.
 # Parked long-polls hold their connection busy, so this caps only the idle spares: enough
 # for a burst of re-polls after a fan-out to reuse connections instead of opening new ones.
-UPSTREAM_KEEPALIVE = 64
+UPSTREAM_KEEPALIVE = 512
 # A shard closes a keep-alive connection idle for EVENTQ_HEADER_TIMEOUT_SECS (20 s by
 # default). nginx must drop its idle spares before that: a request sent on a connection
 # the shard is closing fails, and nginx does not retry a non-idempotent one (a POST).
@@ -135,7 +135,9 @@ def parse_shard(spec: str) -> ShardAddress:
     return ShardAddress(name, host, int(port_text))
 
 
-def nginx_site_config(shards: Sequence[ShardAddress], listen_host: str, listen_port: int) -> str:
+def nginx_site_config(
+    shards: Sequence[ShardAddress], listen_host: str, listen_port: int, *, reuseport: bool = False
+) -> str:
     """The `http {}`-level fragment that routes to `shards`: upstreams, the map, a server.
 
     - `register` and the REST endpoints go to upstream `eventq_all`, every shard in
@@ -211,7 +213,9 @@ def nginx_site_config(shards: Sequence[ShardAddress], listen_host: str, listen_p
         "}",
         "",
         "server {",
-        f"    listen {listen};",
+        # reuseport: with several nginx workers, the kernel spreads new connections
+        # evenly over them (without it one worker may take most of them).
+        f"    listen {listen}{' reuseport' if reuseport else ''};",
         f"    client_max_body_size {CLIENT_MAX_BODY};",
         "",
         "    # Keep-alive connections to the shards; the client's address for their rate",
@@ -249,14 +253,23 @@ def nginx_site_config(shards: Sequence[ShardAddress], listen_host: str, listen_p
 
 
 def nginx_standalone_config(
-    shards: Sequence[ShardAddress], listen_host: str, listen_port: int, var_dir: Path
+    shards: Sequence[ShardAddress],
+    listen_host: str,
+    listen_port: int,
+    var_dir: Path,
+    *,
+    workers: int = 1,
 ) -> str:
     """A whole `nginx.conf` around `nginx_site_config`, run in the foreground.
 
     Its pid file, logs (`nginx-error.log`, `nginx-access.log`) and temporary files are
     under `var_dir`, which must exist; start it with `nginx -c FILE -p VAR_DIR -e stderr`.
+    `workers` > 1 (for more connections than one worker may hold under this machine's
+    open-file limit) listens with `reuseport`.
     """
-    site = nginx_site_config(shards, listen_host, listen_port)
+    if workers < 1:
+        raise ValueError(f"nginx needs at least one worker, not {workers}")
+    site = nginx_site_config(shards, listen_host, listen_port, reuseport=workers > 1)
     var = Path(var_dir).absolute()
     open_files, connections = _worker_limits()
     lines = [
@@ -264,8 +277,8 @@ def nginx_standalone_config(
         "# In the foreground, so the process that started it supervises it.",
         "daemon off;",
         "master_process on;",
-        "# The shards do the work; one worker carries every connection.",
-        "worker_processes 1;",
+        "# The shards do the work; one worker carries every connection unless told otherwise.",
+        f"worker_processes {workers};",
         f"worker_rlimit_nofile {open_files};",
         f"pid {_quote(var / 'nginx.pid')};",
         f"error_log {_quote(var / 'nginx-error.log')} warn;",

@@ -214,6 +214,8 @@ class EventService:
         self.metrics = ServiceMetrics()
         self.live = LiveQueues()
         self.credentials = CredentialsCache()
+        # Normalized email -> the database read of its credentials in flight.
+        self._credential_reads: dict[str, asyncio.Future[tuple[Credentials, ...]]] = {}
         self.descriptors = DescriptorWriter(db, self.threads)
         self.consumer = OutboxConsumer(
             db,
@@ -332,15 +334,32 @@ class EventService:
         normalized = normalize_email(email)
         candidates = self.credentials.get(normalized)
         if candidates is None:
-            generation = self.credentials.generation
-            candidates = await self.threads.run(self._read_credentials, normalized)
-            self.credentials.put(normalized, candidates, generation)
+            # One read per email at a time: when a busy user's entry expires, their
+            # many polls arriving together share one read instead of one each.
+            reading = self._credential_reads.get(normalized)
+            if reading is None:
+                reading = asyncio.ensure_future(self._load_credentials(normalized))
+                self._credential_reads[normalized] = reading
+                reading.add_done_callback(
+                    lambda done: (
+                        self._credential_reads.pop(normalized, None)
+                        if self._credential_reads.get(normalized) is done
+                        else None
+                    )
+                )
+            candidates = await asyncio.shield(reading)
         matched = match_key(candidates, api_key)
         if matched is None:
             raise InvalidApiKey()
         if not matched.is_active:
             raise UserDeactivated()
         return AuthenticatedUser(matched.user_id, matched.realm_id, matched.email, matched.role)
+
+    async def _load_credentials(self, email: str) -> tuple[Credentials, ...]:
+        generation = self.credentials.generation
+        candidates = await self.threads.run(self._read_credentials, email)
+        self.credentials.put(email, candidates, generation)
+        return candidates
 
     def _read_credentials(self, email: str) -> tuple[Credentials, ...]:
         with self.db.snapshot() as session:

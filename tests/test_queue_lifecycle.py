@@ -485,6 +485,37 @@ async def test_a_poll_of_a_warm_queue_does_not_touch_the_database(
         await service.stop()
 
 
+async def test_polls_that_miss_the_credentials_cache_together_share_one_read(
+    db: Database, realm: SampleRealm
+) -> None:
+    service = EventService(db)
+    await service.start()
+    try:
+        email, key = realm.emails["member"], realm.api_keys["member"]
+        reads = 0
+        read = service._read_credentials
+
+        def counted(normalized: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return read(normalized)
+
+        service._read_credentials = counted  # type: ignore[method-assign, assignment]
+        users = await asyncio.gather(*(service.authenticate(email, key) for _ in range(50)))
+        assert {u.id for u in users} == {realm.users["member"]}
+        assert reads == 1
+        # A wrong key among them is still refused, from the same read.
+        service.credentials.forget_user(realm.users["member"])
+        results = await asyncio.gather(
+            service.authenticate(email, key),
+            service.authenticate(email, "x" * len(key)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], InvalidApiKey) and reads == 2
+    finally:
+        await service.stop()
+
+
 async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
     db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
