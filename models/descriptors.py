@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Table, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from models.messages import NarrowTerm, narrow_from_json, narrow_to_json
@@ -155,26 +155,50 @@ _FENCED_DELETE = delete(_TABLE).where(
 )
 
 
+# PostgreSQL: one statement for the whole batch, the values as five arrays. An
+# executemany of 10,000 UPDATEs costs PostgreSQL 10,000 executions and the writer's thread
+# (which shares the interpreter with the event loop) a parameter set each.
+_PG_FENCED_CHECKPOINTS = text(
+    "UPDATE queue_descriptor AS d SET checkpoint_seq = v.seq, "
+    "checkpoint_event_id = v.event_id, last_active = v.last_active "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:epochs AS bigint[]), CAST(:seqs AS bigint[]), "
+    "CAST(:event_ids AS bigint[]), CAST(:actives AS double precision[])) "
+    "AS v(queue_id, epoch, seq, event_id, last_active) "
+    "WHERE d.queue_id = v.queue_id AND d.owner_epoch = v.epoch"
+)
+
+
 def save_checkpoints(session: Session, updates: Collection[CheckpointUpdate]) -> list[str]:
-    """Write acknowledged positions in one executemany statement; returns the ids of
-    queues whose descriptor no longer carries the writer's epoch (claimed by another
-    shard, or deleted), which were not written."""
-    rows = [
-        {
-            "b_queue_id": u.queue_id,
-            "b_epoch": u.owner_epoch,
-            "b_seq": u.checkpoint_seq,
-            "b_event_id": u.checkpoint_event_id,
-            "b_last_active": u.last_active,
-        }
-        for u in updates
-    ]
-    if not rows:
+    """Write acknowledged positions in one statement (one executemany on SQLite); returns
+    the ids of queues whose descriptor no longer carries the writer's epoch (claimed by
+    another shard, or deleted), which were not written."""
+    if not updates:
         return []
-    written = session.execute(_FENCED_CHECKPOINT, rows)
-    if (
-        session.get_bind().dialect.supports_sane_multi_rowcount and written.rowcount == len(rows)  # type: ignore[attr-defined]
-    ):
+    if session.get_bind().dialect.name == "postgresql":
+        written = session.execute(
+            _PG_FENCED_CHECKPOINTS,
+            {
+                "ids": [u.queue_id for u in updates],
+                "epochs": [u.owner_epoch for u in updates],
+                "seqs": [u.checkpoint_seq for u in updates],
+                "event_ids": [u.checkpoint_event_id for u in updates],
+                "actives": [u.last_active for u in updates],
+            },
+        )
+        landed = written.rowcount  # type: ignore[attr-defined]
+    else:
+        rows = [
+            {
+                "b_queue_id": u.queue_id,
+                "b_epoch": u.owner_epoch,
+                "b_seq": u.checkpoint_seq,
+                "b_event_id": u.checkpoint_event_id,
+                "b_last_active": u.last_active,
+            }
+            for u in updates
+        ]
+        landed = session.execute(_FENCED_CHECKPOINT, rows).rowcount  # type: ignore[attr-defined]
+    if landed == len(updates):
         return []  # every one landed: no need to look for lost ones
     return lost_queues(session, {u.queue_id: u.owner_epoch for u in updates})
 

@@ -52,6 +52,11 @@ MAX_PORT = 65535
 # Parked long-polls hold their connection busy, so this caps only the idle spares: enough
 # for a burst of re-polls after a fan-out to reuse connections instead of opening new ones.
 UPSTREAM_KEEPALIVE = 512
+# How long nginx leaves a shard alone after a failed connection to it.
+UPSTREAM_FAIL_TIMEOUT_SECS = 1
+# A shard on a live host accepts in milliseconds; a dead host would otherwise hold every
+# poll of its queues for nginx's default of 60 s before the backup is tried.
+PROXY_CONNECT_TIMEOUT_SECS = 2
 # A shard closes a keep-alive connection idle for EVENTQ_HEADER_TIMEOUT_SECS (20 s by
 # default). nginx must drop its idle spares before that: a request sent on a connection
 # the shard is closing fails, and nginx does not retry a non-idempotent one (a POST).
@@ -159,6 +164,12 @@ def nginx_site_config(
                 f"shard {shard.name} is at {listen}, where nginx listens: nginx would proxy "
                 "to itself"
             )
+    # nginx's default marks a server that failed once as down for 10 s: a shard and its
+    # backup both restarting within that time would leave the shard's polls with no
+    # upstream ("no live upstreams", 502) for up to 10 s although both are back. One
+    # second keeps a dead shard from costing every poll a failed connection, and lets a
+    # restarted one take its polls back at once.
+    down = f"max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT_SECS}s"
     keepalive = [
         f"keepalive {UPSTREAM_KEEPALIVE};",
         f"keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT_SECS}s;",
@@ -171,7 +182,7 @@ def nginx_site_config(
         "",
         "# register and the REST endpoints: any shard serves them.",
         "upstream eventq_all {",
-        *(f"    server {s.address};" for s in shards),
+        *(f"    server {s.address} {down};" for s in shards),
         *(f"    {line}" for line in keepalive),
         "}",
         "",
@@ -186,8 +197,8 @@ def nginx_site_config(
         lines += [
             f"# Polls of {shard.name}'s queues (ids {shard.name}.*).",
             f"upstream eventq_shard_{shard.name} {{",
-            f"    server {shard.address};",
-            *([f"    server {successor.address} backup;"] if successor is not shard else []),
+            f"    server {shard.address} {down};",
+            *([f"    server {successor.address} backup {down};"] if successor is not shard else []),
             *(f"    {line}" for line in keepalive),
             "}",
             "",
@@ -200,7 +211,7 @@ def nginx_site_config(
         "# only about 1/N of these queues.",
         "upstream eventq_by_queue {",
         "    hash $arg_queue_id consistent;",
-        *(f"    server {s.address};" for s in shards),
+        *(f"    server {s.address} {down};" for s in shards),
         *(f"    {line}" for line in keepalive),
         "}",
         "",
@@ -229,6 +240,8 @@ def nginx_site_config(
         "    proxy_set_header X-Request-Id $request_id;",
         "    # A parked poll is answered within 55 s (a heartbeat at worst).",
         f"    proxy_read_timeout {PROXY_READ_TIMEOUT_SECS}s;",
+        "    # A shard that does not accept within this is passed over for the next one.",
+        f"    proxy_connect_timeout {PROXY_CONNECT_TIMEOUT_SECS}s;",
         "",
         "    location = /api/v1/events {",
         "        proxy_pass http://$eventq_events_upstream;",

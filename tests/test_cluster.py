@@ -124,8 +124,8 @@ def test_the_routing_rules_of_the_fragment() -> None:
     site = nginx_site_config(shards, "0.0.0.0", 80)
     # register and REST: every shard; a poll: its shard, the next one as backup.
     assert re.search(
-        r"upstream eventq_all \{\s+server 127.0.0.1:9994;\s+server 127.0.0.1:9995;\s+"
-        r"server 127.0.0.1:9996;\s+keepalive \d+;",
+        r"upstream eventq_all \{\s+server 127.0.0.1:9994 (?P<down>max_fails=1 fail_timeout=1s);"
+        r"\s+server 127.0.0.1:9995 (?P=down);\s+server 127.0.0.1:9996 (?P=down);\s+keepalive \d+;",
         site,
     ), site
     for name, own, backup in (
@@ -134,8 +134,9 @@ def test_the_routing_rules_of_the_fragment() -> None:
         ("shard3", 9996, 9994),
     ):
         assert re.search(
-            rf"upstream eventq_shard_{name} \{{\s+server 127.0.0.1:{own};\s+"
-            rf"server 127.0.0.1:{backup} backup;\s+keepalive",
+            rf"upstream eventq_shard_{name} \{{\s+server 127.0.0.1:{own} max_fails=1 "
+            rf"fail_timeout=1s;\s+server 127.0.0.1:{backup} backup max_fails=1 fail_timeout=1s;"
+            rf"\s+keepalive",
             site,
         ), site
         assert f"~^GET:{name}\\.  eventq_shard_{name};" in site
