@@ -127,13 +127,20 @@ SQL_KINDS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
         ),
     ),
     ("outbox_read", re.compile(r"\bFROM outbox_event\b")),
-    ("checkpoint", re.compile(r"^UPDATE queue_descriptor SET .*\bcheckpoint_seq=")),
+    # One UPDATE ... FROM unnest(arrays) on PostgreSQL; an executemany elsewhere.
+    ("checkpoint", re.compile(r"^UPDATE queue_descriptor (AS d )?SET .*\bcheckpoint_seq ?=")),
     ("shard_seen", re.compile(r"^UPDATE shard SET seen_at")),
     # Authentication reads a user by email when its cached entry is missing or older
     # than the cache's TTL (60 s): that depends on the time, not on the event.
     ("credentials", re.compile(r"\bFROM user_profile\s+WHERE user_profile\.email = ")),
     ("other", None),
 )
+
+
+_CHECKPOINT_KIND = [kind for kind, _ in SQL_KINDS].index("checkpoint")
+# Per kind: statements and executions; then one more counter, checkpoint rows written.
+_WRITTEN_OFFSET = 16 * len(SQL_KINDS)
+_COUNTERS_BYTES = _WRITTEN_OFFSET + 8
 
 
 # -- the shards ---------------------------------------------------------------------------
@@ -157,7 +164,7 @@ def _counted_shard_main(argv: list[str]) -> None:
 
     install(os.environ[COUNTERS_ENV])
     with open(os.environ[CATEGORIES_ENV], "r+b") as f:
-        counters = mmap.mmap(f.fileno(), 16 * len(SQL_KINDS))
+        counters = mmap.mmap(f.fileno(), _COUNTERS_BYTES)
     lock = threading.Lock()
     kinds: dict[str, int] = {}
 
@@ -168,9 +175,15 @@ def _counted_shard_main(argv: list[str]) -> None:
         if kind is None:
             kind = kinds[sql] = _kind_of(sql)
         rows = len(parameters) if executemany else 1
+        # Checkpoint rows written: an executemany's rows, or the unnest form's array.
+        carried = 0
+        if kind == _CHECKPOINT_KIND:
+            carried = rows if executemany else len(dict(parameters).get("ids", ()))
         with lock:
             statements, executions = struct.unpack_from("qq", counters, 16 * kind)
             struct.pack_into("qq", counters, 16 * kind, statements + 1, executions + rows)
+            (written,) = struct.unpack_from("q", counters, _WRITTEN_OFFSET)
+            struct.pack_into("q", counters, _WRITTEN_OFFSET, written + carried)
 
     event.listen(Engine, "before_cursor_execute", on_statement)
     from server.cli import main as eventq_main
@@ -185,7 +198,7 @@ class Shard:
         self.name = name
         self.counters = SqlCounters()
         self._kinds = tempfile.NamedTemporaryFile(prefix="eventq-bench-sql-", suffix=".bin")
-        self._kinds.write(b"\0" * 16 * len(SQL_KINDS))
+        self._kinds.write(b"\0" * _COUNTERS_BYTES)
         self._kinds.flush()
         self.server = ServerProcess(
             url,
@@ -209,9 +222,10 @@ class Shard:
         `KIND` (statements) and `KIND_rows` (executions)."""
         figures = self.counters.read()
         with open(self._kinds.name, "rb") as f:
-            raw = struct.unpack(f"{2 * len(SQL_KINDS)}q", f.read(16 * len(SQL_KINDS)))
+            raw = struct.unpack(f"{2 * len(SQL_KINDS) + 1}q", f.read(_COUNTERS_BYTES))
         for index, (kind, _) in enumerate(SQL_KINDS):
             figures[kind], figures[f"{kind}_rows"] = raw[2 * index], raw[2 * index + 1]
+        figures["checkpoint_written"] = raw[-1]
         return figures
 
     def stop(self) -> None:
@@ -375,7 +389,7 @@ async def _checkpointed(
         behind = [
             s.name
             for s, before in zip(shards, since, strict=True)
-            if s.sql()["checkpoint_rows"] - before["checkpoint_rows"] < queues[s.name]
+            if s.sql()["checkpoint_written"] - before["checkpoint_written"] < queues[s.name]
         ]
         if not behind:
             return
@@ -502,7 +516,7 @@ async def _measure(
             - min(d["sweep"], 1),
             "outbox_reads": d["outbox_read"],
             "checkpoint_statements": d["checkpoint"],
-            "checkpoint_rows": d["checkpoint_rows"],
+            "checkpoint_rows": d["checkpoint_written"],
             "other_statements": d["other"],
             "background_statements": background - d["credentials"],
             "credential_reads": d["credentials"],

@@ -26,7 +26,7 @@ from models.database import Database
 from models.outbox import read_events
 from models.tables import Realm
 from tests.helpers.api import ApiClient
-from tests.helpers.chaos import ChaosClient, Progress, ServerLink, WriterProcess
+from tests.helpers.chaos import ChaosClient, Progress, ServerLink, WriterProcess, start_writer
 from tests.helpers.realms import make_sample_realm
 from tests.helpers.server import LiveServer
 
@@ -44,7 +44,6 @@ MAX_ACTIONS_WHILE_DOWN = 4
 # Generous bounds for waits that end as soon as their condition holds.
 DELIVERY_TIMEOUT_SECS = 30.0
 FINISH_TIMEOUT_SECS = 60.0
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -131,18 +130,7 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
             api = ApiClient(server.url, realm.emails[name], realm.api_keys[name])
             queue_id = api.register()["queue_id"]
             clients.append(ChaosClient(name, api, queue_id, link, progress, is_marker))
-        writer = WriterProcess(
-            [
-                database_url,
-                str(realm.realm_id),
-                str(SEED),
-                *map(str, realm.users.values()),
-                "--streams",
-                *map(str, realm.streams.values()),
-            ],
-            REPO_ROOT,
-            tmp_path / "writer.log",
-        )
+        writer = start_writer(database_url, realm, SEED, tmp_path / "writer.log")
         writer.wait_for_actions(1, DELIVERY_TIMEOUT_SECS)
         for client in clients:
             client.start()

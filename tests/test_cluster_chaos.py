@@ -40,7 +40,7 @@ import pytest
 from actions.users import do_create_user
 from models.database import Database
 from tests.helpers.api import ApiClient
-from tests.helpers.chaos import Progress, ServerLink, WriterProcess
+from tests.helpers.chaos import Progress, ServerLink, WriterProcess, start_writer
 from tests.helpers.cluster_chaos import ClusterClient, ShardProcess, check_claims
 from tests.helpers.nginx import NginxServer, nginx_binary
 from tests.helpers.realms import make_sample_realm
@@ -80,7 +80,6 @@ MAX_ACTIONS_WHILE_DOWN = 4
 DELIVERY_TIMEOUT_SECS = 30.0
 FINISH_TIMEOUT_SECS = 60.0
 CLIENT_JOIN_SECS = 40.0
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # A poll in nginx's access log: the queue's shard, the status, and every shard tried.
 POLL_LINE = re.compile(
     r'"GET /api/v1/events\?[^"]*queue_id=([a-z0-9_]+)\.[^"]*" (\d+) .* upstream=(.*?) '
@@ -184,18 +183,7 @@ def test_sigkill_random_shards_loses_duplicates_and_renumbers_nothing(
                     random.Random(SEED + 1 + index).uniform,
                 )
             )
-        writer = WriterProcess(
-            [
-                database_url,
-                str(realm.realm_id),
-                str(SEED),
-                *map(str, realm.users.values()),
-                "--streams",
-                *map(str, realm.streams.values()),
-            ],
-            REPO_ROOT,
-            tmp_path / "writer.log",
-        )
+        writer = start_writer(database_url, realm, SEED, tmp_path / "writer.log")
         writer.wait_for_actions(1, DELIVERY_TIMEOUT_SECS)
         for client in clients:
             client.start()

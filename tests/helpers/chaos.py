@@ -33,6 +33,7 @@ from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.tables import Role
 from tests.helpers.api import ApiClient
+from tests.helpers.realms import SampleRealm
 
 # Between two actions the writer pauses this long: about 20 transactions a second keeps
 # the outbox growing while the server is down without burying the clients.
@@ -170,6 +171,23 @@ def writer_main(argv: Sequence[str]) -> int:
         db.dispose()
     print(json.dumps({"counts": state.counts}), flush=True)
     return 0
+
+
+def start_writer(database_url: str, realm: SampleRealm, seed: int, log: Path) -> WriterProcess:
+    """The writer process over the sample realm's users and channels, from the repository
+    root, logging to `log`."""
+    return WriterProcess(
+        [
+            database_url,
+            str(realm.realm_id),
+            str(seed),
+            *map(str, realm.users.values()),
+            "--streams",
+            *map(str, realm.streams.values()),
+        ],
+        Path(__file__).resolve().parents[2],
+        log,
+    )
 
 
 class WriterProcess:
