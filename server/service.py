@@ -740,8 +740,13 @@ class EventService:
 
     def _claim(self, queue_id: str, user_id: int, now: float) -> Claim | None:
         """The descriptor, held by this shard; None when there is none, it is another
-        user's (left unclaimed) or its history was pruned."""
-        with self.db.write() as session:
+        user's (left unclaimed) or its history was pruned.
+
+        A queue this shard holds already (evicted, or after a restart) needs only a read;
+        a write transaction, which on SQLite takes the database's one write lock, is
+        taken only to claim a queue from another shard.
+        """
+        with self.db.snapshot() as session:
             record = load_descriptor(session, queue_id)
             if record is None or record.user_id != user_id:
                 return None
@@ -750,6 +755,12 @@ class EventService:
                     "queue %s is behind the retained outbox; its client must re-register", queue_id
                 )
                 return None
+            if record.owner_shard == self.shard:
+                realm_seq = session.execute(
+                    select(Realm.last_event_seq).where(Realm.id == record.realm_id)
+                ).scalar_one()
+                return Claim(record, None, int(realm_seq))
+        with self.db.write() as session:
             return claim_descriptor(session, queue_id, self.shard, now)
 
     # -- long-poll ------------------------------------------------------------------------
