@@ -825,15 +825,15 @@ class EventService:
             # Another shard holds the queue now: hand out nothing from this stale copy.
             # A heartbeat with the newest id the client acknowledged makes it poll again,
             # which reaches the holder (`docs/architecture.md` §10).
-            acknowledged = queue.newest_event_id - len(queue)
-            return PollAnswer(queue_id, [b'{"type":"heartbeat","id":%d}' % acknowledged], True)
-        if not queue.empty():
+            beat_id = queue.newest_event_id - len(queue)
+        elif not queue.empty():
             self.metrics.handed_out(queue.contents())
             return PollAnswer(queue_id, queue.encoded_events())
-        # A heartbeat is not stored: it carries the newest id already handed out, so
-        # acknowledging it never skips a real event (docs/architecture.md §5).
-        heartbeat = b'{"type":"heartbeat","id":%d}' % queue.newest_event_id
-        return PollAnswer(queue_id, [heartbeat], heartbeat=True)
+        else:
+            # A heartbeat is not stored: it carries the newest id already handed out, so
+            # acknowledging it never skips a real event (docs/architecture.md §5).
+            beat_id = queue.newest_event_id
+        return PollAnswer(queue_id, [b'{"type":"heartbeat","id":%d}' % beat_id], heartbeat=True)
 
     def cancel_wait(self, queue_id: str, waiter_owner: object) -> None:
         """The HTTP connection of a waiting poll closed: free its slot."""

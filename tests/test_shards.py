@@ -122,10 +122,11 @@ async def test_a_parked_poll_on_the_old_shard_gets_a_heartbeat_of_what_was_ackno
     await add_streams(db, realm, "one")
     await alpha.drain_outbox()
     assert ids(await alpha.get_events(user, queue_id, -1, dont_block=True)) == [0]
+    # The poll's first step is scheduled before `beta` first waits for its database
+    # thread, and it parks in that step (a warm queue needs no await), so it is parked
+    # before `beta` claims the queue. (Had it come after, it would claim the queue back
+    # and wait for an event that never comes: the timeout below would fail the test.)
     parked = asyncio.create_task(alpha.get_events(user, queue_id, 0, dont_block=False))
-    async with asyncio.timeout(WAIT_SECS):
-        while (live := alpha.live.get(queue_id)) is None or live.client.waiter is None:  # type: ignore[union-attr]
-            await asyncio.sleep(0.01)  # a loop turn for the poll to park
     await beta.get_events(user, queue_id, 0, dont_block=True)
     await alpha.drain_outbox()
     async with asyncio.timeout(WAIT_SECS):

@@ -2,15 +2,15 @@
 
 `NginxServer` runs Debian's nginx in the foreground with the configuration
 `server.cluster.nginx_standalone_config` generates, in a folder of the test's, on a
-free loopback port. It waits until the port accepts connections, can be given a new
+free loopback port. It waits until a worker has started, can be given a new
 shard list (`reload`: the file rewritten, SIGHUP to the master, and a wait until only
 workers started with the new configuration run), reads its access log (which names the
 shard that answered each request), and stops. `nginx_binary()` finds the program;
 without it a developer's run skips and a CI run (`CI=true`) fails.
 
-nginx announces neither that it listens nor that a reload took effect, so those two
-waits re-check a condition every 20 ms until it holds or a timeout fails the test; every
-other wait is on a process or a pipe.
+Every wait is on a process or a pipe: the test's copy of the configuration has nginx
+write its notices (a worker started, a worker exited) and a copy of each access line to
+its stderr, which a thread reads as it is written.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from server.cluster import ShardAddress, find_nginx, nginx_standalone_config
 from tests.helpers.databases import skip_or_fail
@@ -36,11 +34,8 @@ START_TIMEOUT_SECS = 15.0
 RELOAD_TIMEOUT_SECS = 30.0
 STOP_TIMEOUT_SECS = 30.0
 CHECK_TIMEOUT_SECS = 30.0
-RECHECK_SECS = 0.02
 # Another process may take the free port between our probe and nginx's bind.
 START_ATTEMPTS = 5
-
-T = TypeVar("T")
 
 
 def nginx_binary() -> str:
@@ -58,27 +53,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:
-    """Re-check `check` every 20 ms until it returns something other than None; fail
-    with `what()` after `timeout`. Only for states nothing announces."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout}s: {what()}")
-        time.sleep(RECHECK_SECS)  # re-checking a state nothing announces
-
-
-def accepts_connections(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def child_pids(parent: int) -> set[int]:
@@ -112,6 +86,8 @@ class NginxServer:
         self.port = 0
         self.process: subprocess.Popen[str] | None = None
         self.stderr_lines: list[str] = []
+        self._stderr_changed = threading.Condition()
+        self._stderr_closed = False
         self._reader: threading.Thread | None = None
 
     @property
@@ -131,9 +107,19 @@ class NginxServer:
         ]
 
     def _write_config(self, shards: Sequence[ShardAddress]) -> None:
-        self.config_path.write_text(
-            nginx_standalone_config(shards, self.host, self.port, self.directory)
+        config = nginx_standalone_config(shards, self.host, self.port, self.directory)
+        # The test reads what nginx announces as it writes it, on its stderr, instead of
+        # re-checking for it: its notices (workers started, workers exited) and a copy
+        # of every access line.
+        config, notices = re.subn(r"error_log stderr \w+;", "error_log stderr notice;", config)
+        config, copies = re.subn(
+            r"^(\s*)access_log (\S+) eventq;$",
+            r"\g<0>\n\1access_log /dev/stderr eventq;",
+            config,
+            flags=re.MULTILINE,
         )
+        assert notices == 1 and copies == 1, config
+        self.config_path.write_text(config)
         checked = subprocess.run(
             self._argv("-t", "-q"),
             capture_output=True,
@@ -149,6 +135,7 @@ class NginxServer:
             self.port = free_port()
             self._write_config(self.shards)
             self.stderr_lines = []
+            self._stderr_closed = False
             self.process = subprocess.Popen(
                 self._argv(),
                 stdin=subprocess.DEVNULL,
@@ -160,13 +147,14 @@ class NginxServer:
             self._reader = threading.Thread(target=self._read_stderr, daemon=True)
             self._reader.start()
 
-            def up() -> bool | None:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    return False
-                return True if accepts_connections(self.host, self.port) else None
-
-            if wait_for(up, START_TIMEOUT_SECS, self._describe):
+            # The master opens its listening socket before it starts a worker: once it
+            # says so, connections are accepted (or queued until a worker takes them).
+            started = self._wait_stderr(
+                lambda lines: any("start worker process" in line for line in lines),
+                START_TIMEOUT_SECS,
+                "a worker started",
+            )
+            if started:
                 return self
             self._reader.join(STOP_TIMEOUT_SECS)
             if self.process.stderr is not None:
@@ -178,7 +166,23 @@ class NginxServer:
     def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
-            self.stderr_lines.append(line.rstrip("\n"))
+            with self._stderr_changed:
+                self.stderr_lines.append(line.rstrip("\n"))
+                self._stderr_changed.notify_all()
+        with self._stderr_changed:
+            self._stderr_closed = True
+            self._stderr_changed.notify_all()
+
+    def _wait_stderr(self, seen: Callable[[list[str]], bool], timeout: float, what: str) -> bool:
+        """Wait until `seen(stderr lines)` holds (True) or nginx's stderr closes, i.e. it
+        exited (False); fail after `timeout`."""
+        with self._stderr_changed:
+            held = self._stderr_changed.wait_for(
+                lambda: seen(self.stderr_lines) or self._stderr_closed, timeout
+            )
+            if not held:
+                raise AssertionError(f"not within {timeout}s: {what}; {self._describe()}")
+            return seen(self.stderr_lines)
 
     def _describe(self) -> str:
         status = "running" if self.process and self.process.poll() is None else "exited"
@@ -198,21 +202,15 @@ class NginxServer:
         self._write_config(shards)
         self.shards = list(shards)
         self.process.send_signal(signal.SIGHUP)
-
-        def reloaded() -> bool | None:
-            assert self.process is not None
-            assert self.process.poll() is None, self._describe()
-            workers = self.workers()
-            return True if workers and not workers & old else None
-
-        wait_for(
-            reloaded,
+        # The master announces each worker's exit; the new workers started before it
+        # told the old ones to finish.
+        exits = [re.compile(rf"worker process {pid} exited") for pid in sorted(old)]
+        reloaded = self._wait_stderr(
+            lambda lines: all(any(e.search(line) for line in lines) for e in exits),
             RELOAD_TIMEOUT_SECS,
-            lambda: (
-                f"old workers {sorted(old)} still run (a poll parked through them?); "
-                + self._describe()
-            ),
+            f"old workers {sorted(old)} exited (a poll parked through them?)",
         )
+        assert reloaded, self._describe()
 
     def access_lines(self) -> list[str]:
         try:
@@ -228,18 +226,16 @@ class NginxServer:
             r".* upstream=(\S+)"
         )
 
-        def found() -> list[str] | None:
-            upstreams = [m.group(1) for m in map(pattern.search, self.access_lines()) if m]
-            return upstreams[:count] if len(upstreams) >= count else None
+        def upstreams(lines: list[str]) -> list[str]:
+            return [m.group(1) for m in map(pattern.search, lines) if m]
 
-        return wait_for(
-            found,
+        self._wait_stderr(
+            lambda lines: len(upstreams(lines)) >= count,
             CHECK_TIMEOUT_SECS,
-            lambda: (
-                f"{count} polls of {queue_id} in {self.access_log}:\n"
-                + "\n".join(self.access_lines()[-20:])
-            ),
+            f"{count} polls of {queue_id} logged",
         )
+        with self._stderr_changed:
+            return upstreams(self.stderr_lines)[:count]
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECS) -> int:
         """SIGQUIT (finish the requests in flight, then exit); SIGKILL after `timeout`."""
