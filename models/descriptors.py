@@ -11,7 +11,7 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
@@ -116,6 +116,32 @@ def create_descriptors(session: Session, records: Collection[DescriptorRecord]) 
     """Insert new descriptors in one statement, however many."""
     if records:
         session.execute(insert(QueueDescriptorRow), [_row_values(r) for r in records])
+
+
+class HeldQueue(NamedTuple):
+    """One of a user's queues, as the per-user cap weighs it."""
+
+    queue_id: str
+    last_active: float
+    owner_epoch: int
+
+
+def held_queues(session: Session, user_ids: Collection[int]) -> dict[int, list[HeldQueue]]:
+    """Each user's queue descriptors, in one statement."""
+    held: dict[int, list[HeldQueue]] = {user_id: [] for user_id in user_ids}
+    if not held:
+        return held
+    rows = session.execute(
+        select(
+            QueueDescriptorRow.user_id,
+            QueueDescriptorRow.queue_id,
+            QueueDescriptorRow.last_active,
+            QueueDescriptorRow.owner_epoch,
+        ).where(QueueDescriptorRow.user_id.in_(list(held)))
+    )
+    for user_id, queue_id, last_active, owner_epoch in rows:
+        held[int(user_id)].append(HeldQueue(queue_id, float(last_active), int(owner_epoch)))
+    return held
 
 
 def create_descriptor(session: Session, record: DescriptorRecord) -> None:

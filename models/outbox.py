@@ -23,6 +23,9 @@ from models.tables import OutboxEvent, OutboxRecipient, Realm
 
 # The PostgreSQL channel the outbox consumer LISTENs on; the payload is the realm id.
 NOTIFY_CHANNEL = "eventq_outbox"
+# Event types that never change what `register` shows; every other type advances
+# `realm.state_seq` (an unknown type does too: a stale shared read is the risk).
+STATELESS_EVENT_TYPES = frozenset({"message"})
 
 
 class RealmNotFound(LookupError):
@@ -99,11 +102,11 @@ def append_events(session: Session, realm_id: int, events: Sequence[PendingEvent
     kept = [pending for pending in events if pending.user_ids]
     if not kept:
         return []
+    advanced: dict[str, Any] = {"last_event_seq": Realm.last_event_seq + len(kept)}
+    if any(pending.event.get("type") not in STATELESS_EVENT_TYPES for pending in kept):
+        advanced["state_seq"] = Realm.last_event_seq + len(kept)
     last = session.execute(
-        update(Realm)
-        .where(Realm.id == realm_id)
-        .values(last_event_seq=Realm.last_event_seq + len(kept))
-        .returning(Realm.last_event_seq)
+        update(Realm).where(Realm.id == realm_id).values(advanced).returning(Realm.last_event_seq)
     ).scalar_one()
     first = int(last) - len(kept) + 1
     seqs = list(range(first, int(last) + 1))
@@ -163,6 +166,14 @@ def _insert_recipients(
             ),
             {"realm_id": realm_id, "pairs": json.dumps(list(zip(users, event_seqs, strict=True)))},
         )
+
+
+def state_position(session: Session, realm_id: int) -> tuple[int, int] | None:
+    """The realm's (`last_event_seq`, `state_seq`), in one statement; None if no realm."""
+    row = session.execute(
+        select(Realm.last_event_seq, Realm.state_seq).where(Realm.id == realm_id)
+    ).one_or_none()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def realm_positions(session: Session) -> dict[int, int]:

@@ -11,7 +11,9 @@ A realm's outbox row may be deleted once all of these hold:
 `prune_batch` deletes at most about `BATCH_RECIPIENT_ROWS` recipient rows of one realm,
 oldest first, in the caller's transaction, and reports whether the realm is done. The
 server and `eventq prune-outbox` both call it once per short transaction, so a prune of
-a million rows never holds a lock (the realm row, SQLite's database lock) for long.
+a million rows never holds a lock (the realm row, SQLite's database lock) for long, and
+both rest between batches (`PRUNE_PAUSE_RATIO`) so that it never takes the whole
+machine either.
 The recipient index on (realm_id, seq) serves both the batch boundary and the delete
 cascade from `outbox_event`.
 """
@@ -31,6 +33,10 @@ from models.tables import OutboxEvent, OutboxRecipient, QueueDescriptorRow, Real
 # milliseconds on PostgreSQL and SQLite, short enough that actions and polls waiting on
 # the same locks do not notice.
 BATCH_RECIPIENT_ROWS = 20_000
+# After each batch a pruner rests this many times as long as the batch took, so that a
+# long prune takes at most half of one database core and the deletes' disk writes come
+# in bursts with room between them for polls and actions (`eventq prune-outbox --pause`).
+PRUNE_PAUSE_RATIO = 1.0
 # At most this many rows per realm are kept for queues that fall behind: about a week of
 # a busy realm. A queue further behind is dropped and its client re-registers.
 MAX_RETAINED_EVENTS_PER_REALM = 1_000_000

@@ -9,7 +9,7 @@ with exactly what a fresh `register` returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -51,82 +51,174 @@ def _viewer(session: Session, user_id: int) -> UserProfile:
     return viewer
 
 
-# A realm's users as `register` shows them: (active, not active). The same for every
-# viewer, so a server may reuse it for every register at the same outbox position.
-RealmUsers = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+class RealmState:
+    """What `register` shows of one realm, read in one snapshot: its users, its channels
+    and their subscriptions. Read-only once built, so one instance may serve many
+    registers (`server.service` keeps one per realm while no event changed it).
 
+    The wire objects are built once, when first asked for, and shared by every answer
+    that holds them: callers serialize answers and never modify them.
+    """
 
-def fetch_realm_users(session: Session, realm_id: int) -> RealmUsers:
-    """Every user of the realm as `realm_users` and `realm_non_active_users` list them."""
-    users = session.scalars(
-        select(UserProfile).where(UserProfile.realm_id == realm_id).order_by(UserProfile.id)
-    ).all()
-    return (
-        [user_to_api(u) for u in users if u.is_active],
-        [user_to_api(u) for u in users if not u.is_active],
-    )
+    def __init__(
+        self,
+        users: Sequence[UserProfile],
+        streams: Sequence[Stream],
+        subscription_rows: Iterable[tuple[int, int, bool, bool]],
+    ) -> None:
+        self._users = {user.id: user for user in users}
+        self._streams = list(streams)
+        # user -> {stream -> active}; and each channel's active subscribers.
+        self._own: dict[int, dict[int, bool]] = {}
+        self._subscribers: dict[int, set[int]] = {stream.id: set() for stream in streams}
+        for user_id, stream_id, active, user_active in subscription_rows:
+            self._own.setdefault(int(user_id), {})[int(stream_id)] = bool(active)
+            if active and user_active and int(stream_id) in self._subscribers:
+                self._subscribers[int(stream_id)].add(int(user_id))
+        self._realm_users: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+        self._own_keys: dict[int, dict[str, Any]] = {}
+        self._stream_entries: dict[int, dict[str, Any]] = {}
+        # (stream id, with subscribers): the `subscriptions`/`unsubscribed` entry and the
+        # `never_subscribed` entry.
+        self._sub_entries: dict[tuple[int, bool], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    @classmethod
+    def read(
+        cls,
+        session: Session,
+        realm_id: int,
+        viewer: int | None = None,
+        *,
+        users: bool = True,
+        subscribers: bool = True,
+    ) -> RealmState:
+        """The realm's state in the caller's snapshot, in three statements.
+
+        With `viewer`, only what that user's answer needs: its own subscription rows
+        (and, with `subscribers`, every channel's subscribers), and with `users=False`
+        its own user row only. Without, everything, for any user's answer.
+        """
+        users_query = select(UserProfile).where(UserProfile.realm_id == realm_id)
+        if not users and viewer is not None:
+            users_query = users_query.where(UserProfile.id == viewer)
+        subscriptions = (
+            select(
+                Subscription.user_profile_id,
+                Subscription.stream_id,
+                Subscription.active,
+                Subscription.is_user_active,
+            )
+            .join(Stream, Stream.id == Subscription.stream_id)
+            .where(Stream.realm_id == realm_id)
+        )
+        if viewer is not None:
+            wanted = Subscription.user_profile_id == viewer
+            if subscribers:
+                wanted = wanted | (
+                    Subscription.active.is_(True) & Subscription.is_user_active.is_(True)
+                )
+            subscriptions = subscriptions.where(wanted)
+        found_users = session.scalars(users_query.order_by(UserProfile.id)).all()
+        streams = session.scalars(
+            select(Stream).where(Stream.realm_id == realm_id).order_by(Stream.id)
+        ).all()
+        rows = [
+            (int(user_id), int(stream_id), bool(active), bool(user_active))
+            for user_id, stream_id, active, user_active in session.execute(subscriptions)
+        ]
+        return cls(found_users, streams, rows)
+
+    def is_active(self, user_id: int) -> bool:
+        """Whether the user exists in this realm and is active."""
+        user = self._users.get(user_id)
+        return user is not None and user.is_active
+
+    def realm_users(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """`realm_users` and `realm_non_active_users`."""
+        if self._realm_users is None:
+            users = self._users.values()
+            self._realm_users = (
+                [user_to_api(u) for u in users if u.is_active],
+                [user_to_api(u) for u in users if not u.is_active],
+            )
+        return self._realm_users
+
+    def _own_user_keys(self, user_id: int) -> dict[str, Any]:
+        keys = self._own_keys.get(user_id)
+        if keys is None:
+            keys = self._own_keys[user_id] = own_user_keys(self._users[user_id])
+        return keys
+
+    def _stream_entry(self, stream: Stream) -> dict[str, Any]:
+        entry = self._stream_entries.get(stream.id)
+        if entry is None:
+            entry = self._stream_entries[stream.id] = stream_to_api(stream)
+        return entry
+
+    def _subscription_entries(
+        self, stream: Stream, include_subscribers: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        key = (stream.id, include_subscribers)
+        entries = self._sub_entries.get(key)
+        if entries is None:
+            subscribers = self._subscribers[stream.id] if include_subscribers else None
+            entries = self._sub_entries[key] = (
+                subscription_to_api(stream, subscribers),
+                never_subscribed_to_api(stream, subscribers),
+            )
+        return entries
+
+    def initial_state(
+        self, user_id: int, event_types: Collection[str], include_subscribers: bool
+    ) -> dict[str, Any]:
+        """The part of the `register` answer for `event_types` (a subset of
+        STATE_EVENT_TYPES), as the user sees it. With `realm_user`, the answer also holds
+        the user's own keys (`models.wire.OWN_USER_KEYS`), as Zulip's does."""
+        user = self._users.get(user_id)
+        if user is None or not user.is_active:
+            raise ViewerDeactivated()
+        state: dict[str, Any] = {}
+        if "realm_user" in event_types:
+            state["realm_users"], state["realm_non_active_users"] = self.realm_users()
+            state.update(self._own_user_keys(user_id))
+        if not {"subscription", "stream"} & set(event_types):
+            return state
+        own = self._own.get(user_id, {})
+        visible = [s for s in self._streams if can_see_stream(user.role, s, own.get(s.id, False))]
+        if "stream" in event_types:
+            state["streams"] = [self._stream_entry(s) for s in visible]
+        if "subscription" in event_types:
+            subscriptions: list[dict[str, Any]] = []
+            unsubscribed: list[dict[str, Any]] = []
+            never_subscribed: list[dict[str, Any]] = []
+            for stream in visible:
+                entry, never_entry = self._subscription_entries(stream, include_subscribers)
+                active = own.get(stream.id)
+                if active is None:
+                    never_subscribed.append(never_entry)
+                elif active:
+                    subscriptions.append(entry)
+                else:
+                    unsubscribed.append(entry)
+            state["subscriptions"] = subscriptions
+            state["unsubscribed"] = unsubscribed
+            state["never_subscribed"] = never_subscribed
+        return state
 
 
 def fetch_initial_state(
-    session: Session,
-    user: UserProfile,
-    event_types: Collection[str],
-    include_subscribers: bool,
-    realm_users: Callable[[], RealmUsers] | None = None,
+    session: Session, user: UserProfile, event_types: Collection[str], include_subscribers: bool
 ) -> dict[str, Any]:
-    """The part of the `register` answer for `event_types` (a subset of STATE_EVENT_TYPES).
-
-    With `realm_user`, the answer also holds the current user's own keys
-    (`models.wire.OWN_USER_KEYS`), as Zulip's does. `realm_users`, if given, supplies the
-    realm's user lists (a cache valid for this snapshot) instead of reading them. Runs a
-    constant number of statements: all users, all channels, this user's subscription
-    rows, and (with subscribers) one query for every visible channel.
-    """
-    state: dict[str, Any] = {}
-    if "realm_user" in event_types:
-        active, non_active = (
-            realm_users() if realm_users is not None else fetch_realm_users(session, user.realm_id)
-        )
-        state["realm_users"] = active
-        state["realm_non_active_users"] = non_active
-        state.update(own_user_keys(user))
-    if not {"subscription", "stream"} & set(event_types):
-        return state
-
-    streams = session.scalars(
-        select(Stream).where(Stream.realm_id == user.realm_id).order_by(Stream.id)
-    ).all()
-    own_rows = session.execute(
-        select(Subscription.stream_id, Subscription.active).where(
-            Subscription.user_profile_id == user.id
-        )
-    ).all()
-    own_active = {int(stream_id): bool(active) for stream_id, active in own_rows}
-    subscribed = {sid for sid, active in own_active.items() if active}
-    visible = [s for s in streams if can_see_stream(user.role, s, s.id in subscribed)]
-
-    if "stream" in event_types:
-        state["streams"] = [stream_to_api(s) for s in visible]
-    if "subscription" in event_types:
-        members = (
-            active_subscribers(session, [s.id for s in visible]) if include_subscribers else {}
-        )
-
-        def subscribers_of(stream: Stream) -> set[int] | None:
-            return members.get(stream.id, set()) if include_subscribers else None
-
-        state["subscriptions"] = [
-            subscription_to_api(s, subscribers_of(s)) for s in visible if s.id in subscribed
-        ]
-        state["unsubscribed"] = [
-            subscription_to_api(s, subscribers_of(s))
-            for s in visible
-            if s.id in own_active and s.id not in subscribed
-        ]
-        state["never_subscribed"] = [
-            never_subscribed_to_api(s, subscribers_of(s)) for s in visible if s.id not in own_active
-        ]
-    return state
+    """The part of the `register` answer for `event_types`, read in the caller's snapshot
+    (`RealmState`, read for this one user)."""
+    state = RealmState.read(
+        session,
+        user.realm_id,
+        user.id,
+        users="realm_user" in event_types,
+        subscribers=include_subscribers and "subscription" in event_types,
+    )
+    return state.initial_state(user.id, event_types, include_subscribers)
 
 
 def realm_members(session: Session, realm_id: int) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ queues are durable, so clients resume after a restart with the same `queue_id`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,9 @@ assert MAX_READ_BODY_BYTES > MAX_BODY_BYTES, "oversized bodies must be read to b
 # Pending connections the kernel queues for us: after a restart every client of a large
 # realm reconnects at once, and Tornado's default (128) would reset most of them.
 LISTEN_BACKLOG = 4096
+# The collector's thresholds for a serving process: a first generation of 50,000
+# allocations instead of 700 (`_tune_garbage_collector`).
+GC_THRESHOLDS = (50_000, 20, 100)
 # Request bodies are small; headers of more than this are not from a real client.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -107,6 +111,21 @@ def make_ops_app(
     )
 
 
+def _tune_garbage_collector() -> None:
+    """Collect cyclic garbage less often, and never re-examine what start-up built.
+
+    A register answer builds thousands of short-lived objects; at CPython's default
+    first threshold (700 allocations) each one set off several collections, and every
+    collection that reaches the older generations walks all the live queues. Measured
+    with `python -m bench --only register`: about 15 % more registers a second. The
+    objects allocated at start-up (modules, tables, compiled SQL) are frozen: they live
+    as long as the process, so no collection needs to look at them.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run_server(
     settings: Settings,
     host: str,
@@ -161,6 +180,7 @@ async def run_server(
             settings,
             *settings.metrics_address,
         )
+    _tune_garbage_collector()
     sockets = tornado.netutil.bind_sockets(port, address=host, backlog=LISTEN_BACKLOG)
     server.add_sockets(sockets)
     bound_port = sockets[0].getsockname()[1]

@@ -35,6 +35,7 @@ from models.queries import (
     realm_streams,
     realm_users,
 )
+from models.retention import BATCH_RECIPIENT_ROWS, PRUNE_PAUSE_RATIO
 from models.tables import Realm, Role, Stream, UserProfile
 from models.visibility import active_subscribers
 from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings, log_format_from_env
@@ -485,6 +486,10 @@ def cmd_watch(args: argparse.Namespace, db: Database) -> None:
         raise ValueError(str(error)) from None
 
 
+# A larger --pause would make a prune of a big history take days.
+MAX_PRUNE_PAUSE_RATIO = 100.0
+
+
 def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
     import time
 
@@ -496,6 +501,10 @@ def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
         older_than_secs = Settings.from_env().outbox_min_age_secs
     if older_than_secs < 0:
         raise ValueError("--older-than must be 0 or more seconds")
+    if args.batch_rows < 1:
+        raise ValueError("--batch-rows must be 1 or more")
+    if not 0 <= args.pause <= MAX_PRUNE_PAUSE_RATIO:
+        raise ValueError(f"--pause must be between 0 and {MAX_PRUNE_PAUSE_RATIO:g}")
     started = time.monotonic()
     cutoff = time.time() - older_than_secs
     events = recipients = 0
@@ -504,26 +513,34 @@ def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
         # Every committed row counts as routed: a server that starts later begins at
         # the realm's position, and a running one keeps what its queues' checkpoints need.
         positions = realm_positions(session)
+    paused = 0.0
     for realm_id, newest in sorted(positions.items()):
         done = False
         while not done:
-            # One short transaction per batch, as the server's own sweep does.
+            # One short transaction per batch, as the server's own sweep does, and a
+            # rest after it in proportion (--pause) so that the servers keep the machine.
+            batch_started = time.monotonic()
             with db.write() as session:
-                batch = prune_batch(session, realm_id, newest, cutoff)
+                batch = prune_batch(session, realm_id, newest, cutoff, batch_rows=args.batch_rows)
             events += batch.events
             recipients += batch.recipients
             dropped += batch.dropped_queue_ids
             done = batch.done
+            if not done and args.pause > 0:
+                rest = (time.monotonic() - batch_started) * args.pause
+                time.sleep(rest)
+                paused += rest
     seconds = time.monotonic() - started
     data = {
         "events": events,
         "recipients": recipients,
         "seconds": round(seconds, 3),
+        "paused_seconds": round(paused, 3),
         "dropped_queues": len(dropped),
     }
     text = (
         f"Pruned {events} events ({recipients} recipient rows) older than "
-        f"{older_than_secs:g}s in {seconds:.2f}s"
+        f"{older_than_secs:g}s in {seconds:.2f}s ({paused:.2f}s of it resting between batches)"
     )
     if dropped:
         text += f"; {len(dropped)} queues too far behind were deleted"
@@ -742,6 +759,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECS",
         help="minimum age of a removed row (default: EVENTQ_OUTBOX_MIN_AGE_SECS or 3600)",
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=BATCH_RECIPIENT_ROWS,
+        metavar="N",
+        help=f"recipient rows deleted per transaction (default: {BATCH_RECIPIENT_ROWS})",
+    )
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=PRUNE_PAUSE_RATIO,
+        metavar="RATIO",
+        help="after each batch, rest RATIO times as long as the batch took, so that the "
+        f"prune leaves the database to the servers (default: {PRUNE_PAUSE_RATIO:g}, at "
+        "most half the database's time; 0: as fast as possible)",
     )
     p = add(
         "probe",

@@ -9,8 +9,8 @@ A failure stays in its realm: a row that cannot be routed (or a read that fails)
 that realm only, is logged with its traceback and counted, and the realm is retried
 with a doubling delay capped at `MAX_RETRY_DELAY_SECS`; every other realm goes on. The
 realm never skips the row: its order and IDs are the delivery guarantee. `status`
-reports it to the admin views. A large batch yields to the event loop every
-`ROWS_PER_YIELD` rows, so waiting polls are answered while it is routed.
+reports it to the admin views. Routing yields to the event loop once it has run for
+`ROUTING_SLICE_SECS`, so waiting polls are answered while a large batch is routed.
 
 Every drain also reads the claim feed (`models.ownership`) in the same snapshot as the
 positions: a queue of this shard that another shard claimed is fenced at once
@@ -37,11 +37,13 @@ from server.live_queues import LiveQueues
 
 log = logging.getLogger("eventq.consumer")
 
-# Rows read per outbox query: bounds the memory of one catch-up step.
-OUTBOX_BATCH_SIZE = 1000
-# Routing a row to 10,000 queues takes a few milliseconds; yielding every 100 rows keeps
-# a large catch-up from stalling the loop (and every poll's answer) for long.
-ROWS_PER_YIELD = 100
+# Rows read per outbox query: bounds the memory of one catch-up step (a few MB), and
+# holds the rows of one large action (a deactivation writes one per channel) together.
+OUTBOX_BATCH_SIZE = 5000
+# Routing hands the loop back once it has run this long: a large catch-up never stalls
+# every poll's answer for longer, while the rows of one action, routed in far less, are
+# routed together, so a client gets them in one answer rather than one per slice.
+ROUTING_SLICE_SECS = 0.02
 # NOTIFY (PostgreSQL) and the watcher (SQLite) wake the consumer; this slow poll only
 # covers a wake-up lost while the listener reconnected.
 SAFETY_POLL_SECS = 1.0
@@ -169,12 +171,14 @@ class OutboxConsumer:
             )
             if not rows:
                 break
-            for index, row in enumerate(rows, start=1):
+            slice_ends = time.monotonic() + ROUTING_SLICE_SECS
+            for row in rows:
                 self._route(row)
                 # Per row, before any yield: an activation catching up reads this.
                 self.routed[realm_id] = row.seq
-                if index % ROWS_PER_YIELD == 0:
+                if time.monotonic() >= slice_ends:
                     await asyncio.sleep(0)  # let waiting polls be answered
+                    slice_ends = time.monotonic() + ROUTING_SLICE_SECS
         if self.live.tombstone_count and self.routed[realm_id] != routed_before:
             self._on_drops()
 

@@ -33,7 +33,12 @@ from models.descriptors import (
     save_checkpoints,
 )
 from models.ownership import DEFAULT_SHARD_NAME, mark_shard_seen, prune_claims
-from models.retention import MAX_RETAINED_EVENTS_PER_REALM, BatchResult, prune_batch
+from models.retention import (
+    MAX_RETAINED_EVENTS_PER_REALM,
+    PRUNE_PAUSE_RATIO,
+    BatchResult,
+    prune_batch,
+)
 from queues.gc import GC_INTERVAL_SECS, find_expired
 from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.consumer import OutboxConsumer
@@ -262,7 +267,9 @@ class Maintenance:
         events = recipients = dropped = 0
         for realm_id, position in sorted(self.consumer.routed.items()):
             while True:
+                batch_started = time.monotonic()
                 batch = await self.threads.run(self._prune_batch, realm_id, position, older_than)
+                pause = (time.monotonic() - batch_started) * PRUNE_PAUSE_RATIO
                 events += batch.events
                 recipients += batch.recipients
                 dropped += len(batch.dropped_queue_ids)
@@ -272,6 +279,7 @@ class Maintenance:
                         self.live.drop(live, DropCause.BEHIND_OUTBOX)
                 if batch.done:
                     break
+                await asyncio.sleep(pause)  # rest: the prune is background work
         self.last_prune_secs = time.monotonic() - started
         self.pruned_rows_total += events
         if events or dropped:

@@ -41,12 +41,11 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from models.database import Database
-from models.descriptors import DescriptorRecord, load_descriptor
+from models.descriptors import DescriptorRecord, HeldQueue, load_descriptor
 from models.messages import EventNarrow, NarrowTerm
-from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events
+from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events, state_position
 from models.ownership import (
     DEFAULT_SHARD_NAME,
     Claim,
@@ -55,8 +54,8 @@ from models.ownership import (
     check_shard_name,
     claim_descriptor,
 )
-from models.state import STATE_EVENT_TYPES, RealmUsers, fetch_initial_state, fetch_realm_users
-from models.tables import QueueDescriptorRow, Realm, UserProfile
+from models.state import STATE_EVENT_TYPES, RealmState
+from models.tables import Realm, UserProfile
 from queues.descriptor import (
     ClientDescriptor,
     LegacyClientRule,
@@ -232,8 +231,8 @@ class EventService:
         self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0
         self._registers_in_flight = 0
-        # realm id -> (outbox position, its user lists): see `_realm_users_at`.
-        self._realm_users: dict[int, tuple[int, RealmUsers]] = {}
+        # realm id -> (the seq it was read at, its register state): see `_realm_state`.
+        self._realm_states: dict[int, tuple[int, RealmState]] = {}
         self.registers_shed = 0
         self._no_polls = asyncio.Event()
         self._no_polls.set()
@@ -418,34 +417,16 @@ class EventService:
         # The shard's name first, so a proxy can send the queue's polls here.
         queue_id = f"{self.shard}.{secrets.token_hex(16)}"
 
-        held: list[tuple[str, float, int]] = []
-
-        def snapshot() -> tuple[dict[str, Any], DescriptorRecord]:
-            # One snapshot transaction: the state and the outbox position agree.
-            with self.db.snapshot() as session:
-                if self.max_queues_per_user is not None:
-                    # The user's queues, for the cap: in this transaction, so it costs
-                    # no round trip of its own.
-                    held[:] = session.execute(
-                        select(
-                            QueueDescriptorRow.queue_id,
-                            QueueDescriptorRow.last_active,
-                            QueueDescriptorRow.owner_epoch,
-                        ).where(QueueDescriptorRow.user_id == user.id)
-                    ).all()
-                profile = session.get(UserProfile, user.id)
-                if profile is None or not profile.is_active:
-                    raise UserDeactivated()
-                seq = session.execute(
-                    select(Realm.last_event_seq).where(Realm.id == user.realm_id)
-                ).scalar_one()
-                state = fetch_initial_state(
-                    session,
-                    profile,
-                    fetch & STATE_EVENT_TYPES,
-                    request.include_subscribers,
-                    realm_users=lambda: self._realm_users_at(session, user.realm_id, int(seq)),
-                )
+        # Claimed before the state is read: a deactivation committed after the read
+        # finds this queue.
+        live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+        try:
+            seq, realm_state = await self._realm_state(user.realm_id)
+            if not realm_state.is_active(user.id):
+                raise UserDeactivated()
+            state = realm_state.initial_state(
+                user.id, fetch & STATE_EVENT_TYPES, request.include_subscribers
+            )
             record = DescriptorRecord(
                 queue_id=queue_id,
                 realm_id=user.realm_id,
@@ -459,21 +440,17 @@ class EventService:
                 legacy_deactivation=legacy,
                 lifespan_secs=lifespan,
                 last_active=now,
-                checkpoint_seq=int(seq),
+                checkpoint_seq=seq,
                 checkpoint_event_id=-1,
                 narrow=request.narrow,
                 apply_markdown=request.apply_markdown,
                 owner_shard=self.shard,
                 owner_epoch=1,
             )
-            return state, record
-
-        # Claimed before the snapshot: a deactivation committed after it finds this queue.
-        live = self.live.begin_activation(queue_id, user.realm_id, user.id)
-        try:
-            state, record = await self.threads.run(snapshot)
             # Durable before the answer: the client may next poll another process.
-            await self.descriptors.create(record)
+            held = await self.descriptors.create(
+                record, with_held=self.max_queues_per_user is not None
+            )
             self._load_record(live, record)
             await self._catch_up(live, check_owner_active=False)
             self.live.finish_activation(live)
@@ -498,7 +475,7 @@ class EventService:
         return {"queue_id": queue_id, "last_event_id": -1, **state}
 
     async def _drop_past_queue_cap(
-        self, user: AuthenticatedUser, held: list[tuple[str, float, int]], cap: int
+        self, user: AuthenticatedUser, held: list[HeldQueue], cap: int
     ) -> None:
         """Drop the user's least recently used queues (of `held`, those it had before
         this register) so that with the new one it holds at most `cap`.
@@ -546,20 +523,40 @@ class EventService:
             log.warning("could not delete queues dropped for the cap yet: %s", error)
             self._request_deletions()
 
-    def _realm_users_at(self, session: Session, realm_id: int, seq: int) -> RealmUsers:
-        """The realm's user lists as of outbox position `seq`, read once per position.
+    async def _realm_state(self, realm_id: int) -> tuple[int, RealmState]:
+        """A seq of the realm's outbox and the register state as of that seq.
 
-        Every change of a user is an action that writes an outbox event, so two
-        snapshots at the same `last_event_seq` see the same users: in a reconnect storm
-        the lists are built once, not once per register (the dicts are shared, read-only).
-        Runs on database threads; a dict read and a dict write are each atomic.
+        The state read for an earlier register is reused while no event that may change
+        it (`realm.state_seq`) followed its read, so a register costs one statement;
+        otherwise the state is read again, in one snapshot with its seq. Either way the
+        seq and the state agree, and the queue starts right after that seq. The shared
+        state is read-only (`RealmState`).
         """
-        cached = self._realm_users.get(realm_id)
-        if cached is not None and cached[0] == seq:
-            return cached[1]
-        users = fetch_realm_users(session, realm_id)
-        self._realm_users[realm_id] = (seq, users)
-        return users
+        cached = self._realm_states.get(realm_id)
+        position = await self.threads.run(self._read_state_position, realm_id)
+        if position is None:
+            raise UserDeactivated()  # the realm is gone
+        seq, state_seq = position
+        cached = self._realm_states.get(realm_id) or cached
+        if cached is not None and state_seq <= cached[0]:
+            # Nothing changed the state between the two seqs: it holds at the later one.
+            return max(seq, cached[0]), cached[1]
+        read_at, state = await self.threads.run(self._read_realm_state, realm_id)
+        newest = self._realm_states.get(realm_id)
+        if newest is None or newest[0] < read_at:
+            self._realm_states[realm_id] = (read_at, state)
+        return read_at, state
+
+    def _read_state_position(self, realm_id: int) -> tuple[int, int] | None:
+        with self.db.snapshot() as session:
+            return state_position(session, realm_id)
+
+    def _read_realm_state(self, realm_id: int) -> tuple[int, RealmState]:
+        with self.db.snapshot() as session:
+            position = state_position(session, realm_id)
+            if position is None:
+                raise UserDeactivated()
+            return position[0], RealmState.read(session, realm_id)
 
     # -- activation (register, and cold queues on first poll) ---------------------------
 

@@ -26,7 +26,7 @@ from actions.realms import do_create_realm
 from actions.users import do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.descriptors import load_descriptor
-from models.outbox import PendingEvent, append_events, lock_realm, read_events
+from models.outbox import PendingEvent, append_events, lock_realm, read_events, state_position
 from models.tables import OutboxEvent
 from server.database_threads import ShuttingDown
 from server.errors import BadEventQueueId, InvalidApiKey, UserDeactivated
@@ -336,13 +336,17 @@ async def test_a_bad_row_stops_only_its_realm_and_is_retried_with_capped_backoff
         await service.stop()
 
 
-async def test_a_large_batch_yields_to_the_event_loop(db: Database, realm: SampleRealm) -> None:
+async def test_a_large_batch_yields_to_the_event_loop(
+    db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every row takes longer than a slice of zero: routing yields after each one.
+    monkeypatch.setattr(server.consumer, "ROUTING_SLICE_SECS", 0.0)
     service = EventService(db)
     # The consumer without its background task, which could route the batch first.
     await service.consumer.start()
     try:
         await service.register(owner(realm), request({"stream"}))
-        batch = 3 * server.consumer.ROWS_PER_YIELD
+        batch = 30
 
         def many(session: Any) -> None:
             from actions.streams import do_create_stream
@@ -366,6 +370,39 @@ async def test_a_large_batch_yields_to_the_event_loop(db: Database, realm: Sampl
         observer[0].cancel()
         middle = {seq for seq in seen if start < seq < start + batch}
         assert middle, "other tasks ran while the batch was being routed"
+    finally:
+        await service.stop()
+
+
+async def test_the_rows_of_one_action_reach_a_parked_poll_in_one_answer(
+    db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slice longer than any routing here: the consumer never yields mid-action.
+    monkeypatch.setattr(server.consumer, "ROUTING_SLICE_SECS", 60.0)
+    from actions.streams import do_create_stream
+    from actions.subscriptions import bulk_add_subscriptions
+
+    def channels(session: Any) -> None:
+        ids = [do_create_stream(session, realm.realm_id, f"shared {i}").id for i in range(3)]
+        bulk_add_subscriptions(
+            session, realm.realm_id, [realm.users["owner"], realm.users["member"]], ids
+        )
+
+    await in_thread(db, channels)
+    service = EventService(db)
+    await service.start()
+    try:
+        queue_id = (await service.register(owner(realm), request({"subscription", "realm_user"})))[
+            "queue_id"
+        ]
+        parked = asyncio.create_task(service.get_events(owner(realm), queue_id, -1, False))
+        await deactivate(db, realm, "member")
+        async with asyncio.timeout(WAIT_SECS):
+            answer = await parked
+        kinds = [(e["type"], e["op"]) for e in map(json.loads, answer.events)]
+        # Every peer_remove, then the deactivation: one answer, not one per row.
+        assert kinds[-1] == ("realm_user", "update") and len(kinds) >= 2
+        assert set(kinds[:-1]) == {("subscription", "peer_remove")}
     finally:
         await service.stop()
 
@@ -533,7 +570,7 @@ async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
 
         async def slow_run(func: Any, *args: Any, **kwargs: Any) -> Any:
             nonlocal held
-            if getattr(func, "__name__", "") == "snapshot":
+            if getattr(func, "__name__", "") == "_read_state_position":
                 held += 1
                 await asyncio.to_thread(gate.hold)
             return await original_run(func, *args, **kwargs)
@@ -560,7 +597,13 @@ async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
         await service.stop()
 
 
-async def test_registers_at_one_outbox_position_share_the_realm_user_lists(
+def _append(db: Database, realm_id: int, event: dict[str, Any], user_ids: list[int]) -> None:
+    with db.write() as session:
+        lock_realm(session, realm_id)
+        append_events(session, realm_id, [PendingEvent(event, user_ids)])
+
+
+async def test_registers_share_one_state_read_until_an_event_may_change_it(
     db: Database, realm: SampleRealm
 ) -> None:
     from actions.users import do_create_user
@@ -571,19 +614,42 @@ async def test_registers_at_one_outbox_position_share_the_realm_user_lists(
         first = await service.register(owner(realm), request())
         with count_statements(db.engine) as statements:
             second = await service.register(member(realm), request())
-        assert not any(
-            "FROM user_profile" in s and "ORDER BY user_profile.id" in s
-            for s in statements.statements
-        ), "the second register at the same position reads no user list"
+        reads = [s for s in statements.statements if s.lstrip().upper().startswith("SELECT")]
+        assert any("realm.state_seq" in s for s in reads)
+        state_reads = [
+            s for s in reads if any(f"FROM {t}" in s for t in ("user_profile", "stream", "subs"))
+        ]
+        assert not state_reads, "a register at an unchanged state reads only its position"
         assert second["realm_users"] is first["realm_users"]
 
-        await in_thread(db, lambda s: do_create_user(s, realm.realm_id, "new@zulip.example.com"))
+        # A message changes nothing a register shows: the read is still shared, and
+        # the new queue starts after the message.
+        everyone = list(realm.users.values())
+        _append(db, realm.realm_id, {"type": "message", "id": 1}, everyone)
         third = await service.register(member(realm), request())
-        emails = {u["email"] for u in third["realm_users"]}
-        assert "new@zulip.example.com" in emails, "a new position reads the users again"
+        assert third["realm_users"] is first["realm_users"]
+        with db.snapshot() as session:
+            record = load_descriptor(session, third["queue_id"])
+        assert record is not None and record.checkpoint_seq == realm_seq(db, realm.realm_id)
+
+        # A new user may: the state is read again, and shows them.
+        await in_thread(db, lambda s: do_create_user(s, realm.realm_id, "new@zulip.example.com"))
+        fourth = await service.register(member(realm), request())
+        assert "new@zulip.example.com" in {u["email"] for u in fourth["realm_users"]}
         assert "new@zulip.example.com" not in {u["email"] for u in first["realm_users"]}
+        # So may any event that is not a message (an unknown type included).
+        _append(db, realm.realm_id, {"type": "something_new"}, everyone)
+        fifth = await service.register(member(realm), request())
+        assert fifth["realm_users"] is not fourth["realm_users"]
     finally:
         await service.stop()
+
+
+def realm_seq(db: Database, realm_id: int) -> int:
+    with db.snapshot() as session:
+        position = state_position(session, realm_id)
+    assert position is not None
+    return position[0]
 
 
 async def test_a_request_that_arrives_while_the_server_stops_gets_a_503(

@@ -16,11 +16,11 @@ from tests.helpers.cli import run_eventq
 from tests.helpers.realms import SampleRealm
 
 
-def make_history(db: Database, realm: SampleRealm, count: int) -> int:
+def make_history(db: Database, realm: SampleRealm, count: int, prefix: str = "history") -> int:
     """`count` channel creations (each to every user); returns the realm's newest seq."""
     with db.write() as session:
         for index in range(count):
-            do_create_stream(session, realm.realm_id, f"history {index}")
+            do_create_stream(session, realm.realm_id, f"{prefix} {index}")
     with db.snapshot() as session:
         return int(
             session.execute(
@@ -138,3 +138,36 @@ def test_prune_outbox_command(db: Database, realm: SampleRealm, database_url: st
     assert text.returncode == 0 and text.stdout.startswith("Pruned 0 events")
     bad = run_eventq(database_url, "prune-outbox", "--older-than", "-5")
     assert bad.returncode == 1 and "--older-than" in bad.stderr
+
+
+def test_prune_outbox_command_rests_between_batches(
+    db: Database, realm: SampleRealm, database_url: str
+) -> None:
+    make_history(db, realm, 6)
+    paced = run_eventq(
+        database_url, "prune-outbox", "--older-than", "0", "--batch-rows", "3", "--json"
+    )
+    assert paced.returncode == 0, paced.stderr
+    figures = paced.json()
+    assert figures["events"] >= 6  # with the sample realm's own history
+    # Several batches, each followed by a rest as long as itself (the default ratio 1).
+    assert 0 < figures["paused_seconds"] <= figures["seconds"]
+
+    make_history(db, realm, 6, prefix="more")
+    flat_out = run_eventq(
+        database_url,
+        "prune-outbox",
+        "--older-than",
+        "0",
+        "--batch-rows",
+        "3",
+        "--pause",
+        "0",
+        "--json",
+    )
+    assert flat_out.returncode == 0, flat_out.stderr
+    assert flat_out.json()["events"] == 6 and flat_out.json()["paused_seconds"] == 0
+
+    for option, value in (("--pause", "-1"), ("--batch-rows", "0")):
+        bad = run_eventq(database_url, "prune-outbox", option, value)
+        assert bad.returncode == 1 and option in bad.stderr
