@@ -45,7 +45,7 @@ USERS = 100
 QUEUES_PER_USER = 100
 WARMUP_QUEUES = 500
 # Events sent to the parked polls, one at a time (the figure is the median).
-EVENTS = 3
+EVENTS = 5
 REGISTER_CONCURRENCY = 50
 PARK_TIMEOUT_SECS = 240.0
 ANSWER_TIMEOUT_SECS = 300.0

@@ -116,6 +116,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
 
     def handle_stream(self, stream: IOStream, address: Any) -> None:
         if len(self._connections) < self.max_connections:
+            _without_nagle(stream)
             super().handle_stream(stream, address)
             return
         peer = address[0] if isinstance(address, tuple) and address else str(address)
@@ -132,6 +133,23 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         task = asyncio.get_running_loop().create_task(_refuse_gently(stream))
         lingering.add(task)
         task.add_done_callback(lingering.discard)
+
+
+def _without_nagle(stream: IOStream) -> None:
+    """Turn on TCP_NODELAY once, for the connection's whole life.
+
+    Tornado turns it on at the end of every answer and off again afterwards: two
+    `setsockopt` calls per request, which on a fan-out to 10,000 polls are 20,000 system
+    calls. Every eventq answer is written whole (header and body in one write), so
+    Nagle's algorithm could only delay it; the stream's own `set_nodelay` is made a
+    no-op so that the flag stays on.
+    """
+    stream.set_nodelay(True)
+    stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+
+
+def _keep_nodelay(value: bool) -> None:
+    """The per-request toggle of TCP_NODELAY, left out (`_without_nagle`)."""
 
 
 def _write_and_close(stream: IOStream) -> None:

@@ -257,7 +257,11 @@ class ApiHandler(tornado.web.RequestHandler):
             limiter.authentication_failed(address, None, connection)
             raise InvalidApiKey()
         try:
-            self.user = await self.service.authenticate(email, api_key)
+            # The cache first, without a coroutine: most requests are polls by cached users.
+            user = self.service.authenticate_cached(email, api_key)
+            if user is None:
+                user = await self.service.authenticate(email, api_key)
+            self.user = user
         except (InvalidApiKey, UserDeactivated):
             limiter.authentication_failed(address, email, connection)
             raise

@@ -173,6 +173,16 @@ def _shared_value(value: T) -> T:
     return value
 
 
+def _authenticated(candidates: tuple[Credentials, ...], api_key: str) -> AuthenticatedUser:
+    """The candidate whose key this is (compared in constant time), if active."""
+    matched = match_key(candidates, api_key)
+    if matched is None:
+        raise InvalidApiKey()
+    if not matched.is_active:
+        raise UserDeactivated()
+    return AuthenticatedUser(matched.user_id, matched.realm_id, matched.email, matched.role)
+
+
 def _resolve_wait(waiter: asyncio.Future[WakeReason], reason: WakeReason) -> None:
     """End this one wait (not whichever poll holds the queue's slot by now)."""
     if not waiter.done():
@@ -328,6 +338,16 @@ class EventService:
 
     # -- authentication -------------------------------------------------------------------
 
+    def authenticate_cached(self, email: str, api_key: str) -> AuthenticatedUser | None:
+        """`authenticate` from the cache alone; None if the email is not cached.
+
+        Synchronous, so that the hot path (a poll of a warm queue) awaits no coroutine.
+        """
+        candidates = self.credentials.get(normalize_email(email))
+        if candidates is None:
+            return None
+        return _authenticated(candidates, api_key)
+
     async def authenticate(self, email: str, api_key: str) -> AuthenticatedUser:
         """The user whose email and API key these are; a warm cache needs no database."""
         normalized = normalize_email(email)
@@ -347,12 +367,7 @@ class EventService:
                     )
                 )
             candidates = await asyncio.shield(reading)
-        matched = match_key(candidates, api_key)
-        if matched is None:
-            raise InvalidApiKey()
-        if not matched.is_active:
-            raise UserDeactivated()
-        return AuthenticatedUser(matched.user_id, matched.realm_id, matched.email, matched.role)
+        return _authenticated(candidates, api_key)
 
     async def _load_credentials(self, email: str) -> tuple[Credentials, ...]:
         generation = self.credentials.generation
@@ -775,7 +790,10 @@ class EventService:
         `waiter`, if given, is the future this poll waits on; the caller keeps it to
         end the wait itself (`cancel_wait`) when its connection closes.
         """
-        live = await self._live_queue_for(user, queue_id)
+        live = self.live.get(queue_id)
+        if live is None or live.state is not QueueState.WARM or live.user_id != user.id:
+            # Not the hot path (a warm queue of the caller's): build it, or refuse.
+            live = await self._live_queue_for(user, queue_id)
         client = live.client
         if client is None:  # cannot happen: a warm queue has its data
             raise BadEventQueueId(queue_id)
