@@ -168,12 +168,22 @@ def _insert_recipients(
         )
 
 
+def state_positions(session: Session, realm_ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """Each realm's (`last_event_seq`, `state_seq`), in one statement; a realm that does
+    not exist is left out."""
+    if not realm_ids:
+        return {}
+    rows = session.execute(
+        select(Realm.id, Realm.last_event_seq, Realm.state_seq).where(
+            Realm.id.in_(sorted(realm_ids))
+        )
+    )
+    return {int(realm_id): (int(seq), int(state_seq)) for realm_id, seq, state_seq in rows}
+
+
 def state_position(session: Session, realm_id: int) -> tuple[int, int] | None:
-    """The realm's (`last_event_seq`, `state_seq`), in one statement; None if no realm."""
-    row = session.execute(
-        select(Realm.last_event_seq, Realm.state_seq).where(Realm.id == realm_id)
-    ).one_or_none()
-    return None if row is None else (int(row[0]), int(row[1]))
+    """The realm's (`last_event_seq`, `state_seq`); None if there is no such realm."""
+    return state_positions(session, [realm_id]).get(realm_id)
 
 
 def realm_positions(session: Session) -> dict[int, int]:

@@ -109,10 +109,10 @@ HEARTBEAT_MAX_SECS = 55.0
 # (docs/architecture.md §4).
 ZULIP_FEATURE_LEVEL = 377
 ZULIP_VERSION = "11.0-eventq"
-# Registers being served at once. Each costs a few milliseconds of CPU and a database
-# thread; past this many (over a second of work queued) more are shed with 429 and a
-# Retry-After instead of waiting in line, so a reconnect storm degrades into retries
-# spread over a few seconds rather than into timeouts.
+# Registers being served at once. Each costs about a millisecond of CPU and a place in
+# a descriptor group (more when the realm's state must be read again); past this many
+# more are shed with 429 and a Retry-After instead of waiting in line, so a reconnect
+# storm degrades into retries spread over a few seconds rather than into timeouts.
 MAX_REGISTERS_IN_FLIGHT = 256
 # A shed register is told to come back after a random 1-3 s, so the retries spread out.
 SHED_RETRY_AFTER_SECS = (1.0, 3.0)
@@ -432,17 +432,8 @@ class EventService:
         # The shard's name first, so a proxy can send the queue's polls here.
         queue_id = f"{self.shard}.{secrets.token_hex(16)}"
 
-        # Claimed before the state is read: a deactivation committed after the read
-        # finds this queue.
-        live = self.live.begin_activation(queue_id, user.realm_id, user.id)
-        try:
-            seq, realm_state = await self._realm_state(user.realm_id)
-            if not realm_state.is_active(user.id):
-                raise UserDeactivated()
-            state = realm_state.initial_state(
-                user.id, fetch & STATE_EVENT_TYPES, request.include_subscribers
-            )
-            record = DescriptorRecord(
+        def descriptor_at(seq: int) -> DescriptorRecord:
+            return DescriptorRecord(
                 queue_id=queue_id,
                 realm_id=user.realm_id,
                 user_id=user.id,
@@ -462,9 +453,43 @@ class EventService:
                 owner_shard=self.shard,
                 owner_epoch=1,
             )
+
+        # What the kept state of the realm says, decided in the descriptor's transaction.
+        found: list[tuple[int, RealmState]] = []
+
+        def at_position(seq: int, state_seq: int) -> DescriptorRecord | None:
+            # On a database thread, in the descriptor group's transaction: if no event
+            # that may change the state followed the kept read, the kept state holds at
+            # the later of the two positions, and the queue starts there. Else, or for a
+            # user the state shows inactive, nothing is written here (see below).
+            kept = self._realm_states.get(user.realm_id)
+            if kept is None or state_seq > kept[0]:
+                return None
+            start = max(seq, kept[0])
+            found.append((start, kept[1]))
+            return descriptor_at(start) if kept[1].is_active(user.id) else None
+
+        with_held = self.max_queues_per_user is not None
+        # Claimed before the state is read: a deactivation committed after the read
+        # finds this queue.
+        live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+        try:
             # Durable before the answer: the client may next poll another process.
-            held = await self.descriptors.create(
-                record, with_held=self.max_queues_per_user is not None
+            record, held = await self.descriptors.create_at_position(
+                user.realm_id, user.id, at_position, with_held
+            )
+            if found:
+                seq, realm_state = found[0]
+            else:
+                # The realm's state changed since it was read (or never was): read it.
+                seq, realm_state = await self._read_realm_state(user.realm_id)
+            if not realm_state.is_active(user.id):
+                raise UserDeactivated()
+            if record is None:
+                record = descriptor_at(seq)
+                held = await self.descriptors.create(record, with_held)
+            state = realm_state.initial_state(
+                user.id, fetch & STATE_EVENT_TYPES, request.include_subscribers
             )
             self._load_record(live, record)
             await self._catch_up(live, check_owner_active=False)
@@ -538,39 +563,26 @@ class EventService:
             log.warning("could not delete queues dropped for the cap yet: %s", error)
             self._request_deletions()
 
-    async def _realm_state(self, realm_id: int) -> tuple[int, RealmState]:
-        """A seq of the realm's outbox and the register state as of that seq.
+    async def _read_realm_state(self, realm_id: int) -> tuple[int, RealmState]:
+        """The realm's register state and the outbox position it holds at, read in one
+        snapshot (three statements), and kept for the registers that follow.
 
-        The state read for an earlier register is reused while no event that may change
-        it (`realm.state_seq`) followed its read, so a register costs one statement;
-        otherwise the state is read again, in one snapshot with its seq. Either way the
-        seq and the state agree, and the queue starts right after that seq. The shared
+        A register reuses the kept state while no event that may change it
+        (`realm.state_seq`) followed its read, which the descriptor group's transaction
+        checks (`_register`), so a register usually costs no read of its own. The kept
         state is read-only (`RealmState`).
         """
-        cached = self._realm_states.get(realm_id)
-        position = await self.threads.run(self._read_state_position, realm_id)
-        if position is None:
-            raise UserDeactivated()  # the realm is gone
-        seq, state_seq = position
-        cached = self._realm_states.get(realm_id) or cached
-        if cached is not None and state_seq <= cached[0]:
-            # Nothing changed the state between the two seqs: it holds at the later one.
-            return max(seq, cached[0]), cached[1]
-        read_at, state = await self.threads.run(self._read_realm_state, realm_id)
-        newest = self._realm_states.get(realm_id)
-        if newest is None or newest[0] < read_at:
+        read_at, state = await self.threads.run(self._read_state_snapshot, realm_id)
+        kept = self._realm_states.get(realm_id)
+        if kept is None or kept[0] < read_at:
             self._realm_states[realm_id] = (read_at, state)
         return read_at, state
 
-    def _read_state_position(self, realm_id: int) -> tuple[int, int] | None:
-        with self.db.snapshot() as session:
-            return state_position(session, realm_id)
-
-    def _read_realm_state(self, realm_id: int) -> tuple[int, RealmState]:
+    def _read_state_snapshot(self, realm_id: int) -> tuple[int, RealmState]:
         with self.db.snapshot() as session:
             position = state_position(session, realm_id)
             if position is None:
-                raise UserDeactivated()
+                raise UserDeactivated()  # the realm is gone
             return position[0], RealmState.read(session, realm_id)
 
     # -- activation (register, and cold queues on first poll) ---------------------------
