@@ -243,6 +243,11 @@ class EventService:
         self._registers_in_flight = 0
         # realm id -> (the seq it was read at, its register state): see `_realm_state`.
         self._realm_states: dict[int, tuple[int, RealmState]] = {}
+        # The next state read of a realm, not started yet, that registers join; one read
+        # per realm runs at a time (`_read_realm_state`).
+        self._upcoming_state_reads: dict[int, asyncio.Future[tuple[int, RealmState]]] = {}
+        self._state_read_locks = KeyedLock()
+        self._state_read_tasks: set[asyncio.Task[None]] = set()
         self.registers_shed = 0
         self._no_polls = asyncio.Event()
         self._no_polls.set()
@@ -571,12 +576,46 @@ class EventService:
         (`realm.state_seq`) followed its read, which the descriptor group's transaction
         checks (`_register`), so a register usually costs no read of its own. The kept
         state is read-only (`RealmState`).
+
+        Registers that need a read at once share one: each joins the realm's next read
+        that has not started yet (one that started before the caller claimed its queue
+        could miss a deactivation committed in between), and a realm has at most one
+        read running, so a reconnect storm into a large realm reads it once or twice,
+        not once per register.
         """
-        read_at, state = await self.threads.run(self._read_state_snapshot, realm_id)
+        upcoming = self._upcoming_state_reads.get(realm_id)
+        if upcoming is None:
+            upcoming = asyncio.get_running_loop().create_future()
+            self._upcoming_state_reads[realm_id] = upcoming
+            task = asyncio.get_running_loop().create_task(self._state_read(realm_id, upcoming))
+            self._state_read_tasks.add(task)
+            task.add_done_callback(self._state_read_tasks.discard)
+        return await asyncio.shield(upcoming)
+
+    async def _state_read(
+        self, realm_id: int, upcoming: asyncio.Future[tuple[int, RealmState]]
+    ) -> None:
+        """Run the realm's next state read once the one running (if any) is done."""
+        try:
+            async with self._state_read_locks.hold(realm_id):
+                # Started now: later callers need a read that starts after their claims.
+                if self._upcoming_state_reads.get(realm_id) is upcoming:
+                    del self._upcoming_state_reads[realm_id]
+                read_at, state = await self.threads.run(self._read_state_snapshot, realm_id)
+        except Exception as error:
+            upcoming.set_exception(error)
+            return
+        except BaseException:
+            upcoming.cancel()  # the process is stopping
+            raise
+        finally:
+            # Never leave a finished read for later callers to join.
+            if self._upcoming_state_reads.get(realm_id) is upcoming:
+                del self._upcoming_state_reads[realm_id]
         kept = self._realm_states.get(realm_id)
         if kept is None or kept[0] < read_at:
             self._realm_states[realm_id] = (read_at, state)
-        return read_at, state
+        upcoming.set_result((read_at, state))
 
     def _read_state_snapshot(self, realm_id: int) -> tuple[int, RealmState]:
         with self.db.snapshot() as session:
