@@ -241,7 +241,7 @@ class EventService:
         self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0
         self._registers_in_flight = 0
-        # realm id -> (the seq it was read at, its register state): see `_realm_state`.
+        # realm id -> (the seq it was read at, its register state): `_read_realm_state`.
         self._realm_states: dict[int, tuple[int, RealmState]] = {}
         # The next state read of a realm, not started yet, that registers join; one read
         # per realm runs at a time (`_read_realm_state`).
