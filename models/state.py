@@ -128,6 +128,16 @@ class RealmState:
         ]
         return cls(found_users, streams, rows)
 
+    def build_shared(self) -> RealmState:
+        """Build now the wire objects every answer shares (the user lists, each channel's
+        entries without subscribers), so that a caller on a database thread does this
+        work there rather than the first register on the event loop; returns self."""
+        self.realm_users()
+        for stream in self._streams:
+            self._stream_entry(stream)
+            self._subscription_entries(stream, include_subscribers=False)
+        return self
+
     def is_active(self, user_id: int) -> bool:
         """Whether the user exists in this realm and is active."""
         user = self._users.get(user_id)

@@ -622,7 +622,9 @@ class EventService:
             position = state_position(session, realm_id)
             if position is None:
                 raise UserDeactivated()  # the realm is gone
-            return position[0], RealmState.read(session, realm_id)
+            # Built here, on the database thread: a large realm's user lists would
+            # otherwise be built on the event loop by the first register that uses them.
+            return position[0], RealmState.read(session, realm_id).build_shared()
 
     # -- activation (register, and cold queues on first poll) ---------------------------
 
