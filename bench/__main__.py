@@ -255,7 +255,8 @@ def run_deactivation(args: argparse.Namespace) -> None:
         f"parked polls: {f['parked_polls']}; all answered {f['all_answered_ms']:.0f} ms "
         f"after commit (median {f['median_answered_ms']:.0f} ms); baseline: a bare "
         f"Tornado process answers as many parked requests in {f['bare_tornado_ms']:.0f} ms "
-        f"(ratio {f['all_answered_ms'] / f['bare_tornado_ms']:.1f}x)"
+        f"(median of {', '.join(f'{v:.0f}' for v in f['bare_tornado_each_ms'])} ms; ratio "
+        f"{ratio(f['all_answered_ms'], f['bare_tornado_ms'])})"
     )
     print(
         f"set-up: {f['register_per_sec']:.0f} registers/s; server memory per live queue "
@@ -268,7 +269,7 @@ def run_deactivation(args: argparse.Namespace) -> None:
             _ms(f["all_answered_ms"]),
             f"bare {_ms(f['bare_tornado_ms'])}",
             ratio(f["all_answered_ms"], f["bare_tornado_ms"]),
-            "",
+            "<= 1.5x",
         )
     )
 

@@ -10,7 +10,9 @@ that realm only, is logged with its traceback and counted, and the realm is retr
 with a doubling delay capped at `MAX_RETRY_DELAY_SECS`; every other realm goes on. The
 realm never skips the row: its order and IDs are the delivery guarantee. `status`
 reports it to the admin views. Routing yields to the event loop once it has run for
-`ROUTING_SLICE_SECS`, so waiting polls are answered while a large batch is routed.
+`ROUTING_SLICE_SECS`, so other requests go on while a large batch is routed; the polls
+the batch reached are answered when it is routed (at least every
+`MAX_ANSWER_DEFERRAL_SECS`), so one action's rows reach a client in one answer.
 
 Every drain also reads the claim feed (`models.ownership`) in the same snapshot as the
 positions: a queue of this shard that another shard claimed is fenced at once
@@ -30,6 +32,7 @@ from typing import Any
 from models.database import Database
 from models.outbox import StoredEvent, read_events, realm_positions
 from models.ownership import QueueClaimView, newest_claim_id, read_claims
+from queues.descriptor import ClientDescriptor
 from queues.routing import route
 from queues.types import SharedEvent
 from server.database_threads import DatabaseThreads
@@ -40,10 +43,14 @@ log = logging.getLogger("eventq.consumer")
 # Rows read per outbox query: bounds the memory of one catch-up step (a few MB), and
 # holds the rows of one large action (a deactivation writes one per channel) together.
 OUTBOX_BATCH_SIZE = 5000
-# Routing hands the loop back once it has run this long: a large catch-up never stalls
-# every poll's answer for longer, while the rows of one action, routed in far less, are
-# routed together, so a client gets them in one answer rather than one per slice.
+# Routing hands the loop back once it has run this long, so that other requests go on
+# while a large batch is routed.
 ROUTING_SLICE_SECS = 0.02
+# The polls that routed rows reached are answered once the batch is routed, so a client
+# gets all the rows of one action (a deactivation in a large realm writes a thousand and
+# routes them in tens of milliseconds) in one answer rather than one per slice; a long
+# catch-up answers them at least this often.
+MAX_ANSWER_DEFERRAL_SECS = 0.2
 # NOTIFY (PostgreSQL) and the watcher (SQLite) wake the consumer; this slow poll only
 # covers a wake-up lost while the listener reconnected.
 SAFETY_POLL_SECS = 1.0
@@ -165,33 +172,51 @@ class OutboxConsumer:
 
     async def _drain_realm(self, realm_id: int, newest: int) -> None:
         routed_before = self.routed.setdefault(realm_id, 0)
-        while self.routed[realm_id] < newest:
-            rows = await self.threads.run(
-                self._read_rows, realm_id, self.routed[realm_id], newest, OUTBOX_BATCH_SIZE
-            )
-            if not rows:
-                break
-            slice_ends = time.monotonic() + ROUTING_SLICE_SECS
-            for row in rows:
-                self._route(row)
-                # Per row, before any yield: an activation catching up reads this.
-                self.routed[realm_id] = row.seq
-                if time.monotonic() >= slice_ends:
-                    await asyncio.sleep(0)  # let waiting polls be answered
-                    slice_ends = time.monotonic() + ROUTING_SLICE_SECS
+        woken: list[ClientDescriptor] = []
+        try:
+            while self.routed[realm_id] < newest:
+                rows = await self.threads.run(
+                    self._read_rows, realm_id, self.routed[realm_id], newest, OUTBOX_BATCH_SIZE
+                )
+                if not rows:
+                    break
+                started = time.monotonic()
+                slice_ends = started + ROUTING_SLICE_SECS
+                for row in rows:
+                    woken += self._route(row)
+                    # Per row, before any yield: an activation catching up reads this.
+                    self.routed[realm_id] = row.seq
+                    now = time.monotonic()
+                    if now >= slice_ends:
+                        if now - started >= MAX_ANSWER_DEFERRAL_SECS:
+                            self._answer(woken)
+                            started = now
+                        await asyncio.sleep(0)  # let other requests go on
+                        slice_ends = time.monotonic() + ROUTING_SLICE_SECS
+                self._answer(woken)
+        finally:
+            # A failed row: what was routed before it is answered all the same.
+            self._answer(woken)
         if self.live.tombstone_count and self.routed[realm_id] != routed_before:
             self._on_drops()
 
-    def _route(self, row: StoredEvent) -> None:
+    def _answer(self, woken: list[ClientDescriptor]) -> None:
+        self.live.answer_woken(woken)
+        woken.clear()
+
+    def _route(self, row: StoredEvent) -> list[ClientDescriptor]:
+        """Offer the row to its queues; the clients with a waiting poll it reached."""
         # Decoding first: a row that cannot be decoded fails before any queue saw it.
         event = shared_event(row)
-        self.live.after_route(route(self.live.registry, event))
+        result = route(self.live.registry, event)
+        self.live.drop_overflowed(result)
         if event.type == "realm_user":
             # A user was created or changed: what authentication cached of them is stale.
             self._on_user_changed(int(event.data["person"]["user_id"]))
         if row.cut_off_user_id is not None:
             self._on_user_changed(row.cut_off_user_id)
             self.live.cut_off_user(row.cut_off_user_id, row.seq)
+        return result.woken
 
     def _record_failure(self, realm_id: int, error: Exception) -> None:
         previous = self._failures.get(realm_id)

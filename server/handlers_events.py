@@ -144,7 +144,7 @@ class EventsHandler(ApiHandler):
             b",".join(answer.events),
             orjson.dumps(answer.queue_id),
         )
-        self.finish(body)
+        self.finish_json(body)
 
     async def delete(self) -> None:
         user = await self.authenticate()

@@ -167,9 +167,10 @@ class ApiHandler(tornado.web.RequestHandler):
     def request_id(self) -> str:
         """This request's id: the proxy's X-Request-Id, or a new one."""
         if self._request_id is None:
-            forwarded = self.request.headers.get(REQUEST_ID_HEADER, "")
-            if _FORWARDED_REQUEST_ID.fullmatch(forwarded):
-                self._request_id = forwarded
+            # get_list, not get: a missing header (most requests) raises no KeyError inside.
+            forwarded = self.request.headers.get_list(REQUEST_ID_HEADER)
+            if len(forwarded) == 1 and _FORWARDED_REQUEST_ID.fullmatch(forwarded[0]):
+                self._request_id = forwarded[0]
             else:
                 self._request_id = new_request_id()
         return self._request_id
@@ -178,6 +179,17 @@ class ApiHandler(tornado.web.RequestHandler):
         """No ETag: every answer is fresh (`Cache-Control: no-store`), and hashing each
         poll's body costs CPU on the hot path for nothing."""
         return None
+
+    def check_etag_header(self) -> bool:
+        """Never a 304: no answer carries an ETag for `If-None-Match` to match. Tornado's
+        own check would look both headers up and run a regex for every answer."""
+        return False
+
+    def finish_json(self, body: bytes) -> None:
+        """Finish with a JSON body that is already encoded, giving its length directly
+        (Tornado would sum the buffer and check the value as a header)."""
+        self._headers["Content-Length"] = str(len(body))
+        self.finish(body)
 
     def set_default_headers(self) -> None:
         # Straight into the headers, without set_header's check of each value: these are
@@ -310,7 +322,7 @@ class ApiHandler(tornado.web.RequestHandler):
         if data:
             body.update(data)
         # orjson: a register answer of a large realm is megabytes of JSON.
-        self.finish(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
+        self.finish_json(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -393,22 +405,21 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     """
     request = handler.request
     status = handler.get_status()
-    duration_ms = 1000.0 * request.request_time()
-    user = getattr(handler, "user", None)
     code = getattr(handler, "error_code", None)
     quiet = bool(getattr(handler, "quiet", False))
-    routine = bool(getattr(handler, "routine", False))
     service = handler.application.settings.get("service")
     if isinstance(service, EventService):
         # A long-poll answered 200 is quiet exactly when its answer was a heartbeat.
         service.metrics.count_request(request.method, request.path, status, code, quiet)
     level = logging.INFO
-    if quiet or (routine and status == 200):
+    if quiet or (status == 200 and getattr(handler, "routine", False)):
         level = logging.DEBUG
     elif status >= 500:
         level = logging.ERROR
     if not access_log.isEnabledFor(level):
-        return  # a heartbeat at INFO: no fields to build for a line nobody writes
+        return  # an answered poll at INFO: no fields to build for a line nobody writes
+    duration_ms = 1000.0 * request.request_time()
+    user = getattr(handler, "user", None)
     who = f"user {user.id}" if user is not None else "anonymous"
     fields: dict[str, Any] = {
         "request_id": getattr(handler, "request_id", None) or new_request_id(),

@@ -35,7 +35,7 @@ import asyncio
 import enum
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from models.descriptors import CheckpointUpdate
@@ -258,14 +258,20 @@ class LiveQueues:
         log.info("user %d deactivated: %d live queues dropped", user_id, len(mine))
         return mine
 
-    def after_route(self, result: RouteResult) -> None:
-        """Answer the polls an event woke and drop the queues it overflowed."""
-        for client in result.woken:
-            self.wake(client, Wake.EVENTS)
+    def drop_overflowed(self, result: RouteResult) -> None:
+        """Drop the queues an event overflowed (their waiting polls are refused)."""
         for client in result.overflowed:
             live = self._queues.get(client.queue_id)
             if live is not None:
                 self.drop(live, DropCause.OVERFLOWED)
+
+    def answer_woken(self, clients: Iterable[ClientDescriptor]) -> None:
+        """Answer the waiting polls of these clients, which routed events reached; a
+        client listed twice, or whose poll has gone, is skipped."""
+        wake = self.wake
+        for client in clients:
+            if client.waiter is not None and not client.queue.empty():
+                wake(client, Wake.EVENTS)
 
     # -- waiting polls ----------------------------------------------------------------
 

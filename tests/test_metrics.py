@@ -224,10 +224,13 @@ def test_json_logs_one_object_per_line(sqlite_realm: tuple[str, SampleRealm]) ->
         poll = owner.session.get(
             server.url + "/api/v1/events",
             params={"queue_id": queue_id, "last_event_id": "-1", "dont_block": "true"},
-            headers={"X-Request-Id": "nginx-0123456789abcdef"},
+            # No answer has an ETag, so a conditional poll is answered in full, never 304.
+            headers={"X-Request-Id": "nginx-0123456789abcdef", "If-None-Match": "*"},
             timeout=REQUEST_TIMEOUT_SECS,
         )
         assert poll.headers["X-Request-Id"] == "nginx-0123456789abcdef"
+        assert poll.status_code == 200 and poll.json()["result"] == "success"
+        assert int(poll.headers["Content-Length"]) == len(poll.content)
         # Answered polls are logged at DEBUG; a deletion names its queue at INFO.
         deleted = owner.session.delete(
             server.url + "/api/v1/events",
