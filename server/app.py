@@ -20,6 +20,7 @@ import tornado.web
 from migrations import check_schema
 from models.database import Database
 from queues.descriptor import parse_legacy_rules
+from server import native_heap
 from server.config import DEFAULT_READY_MAX_LAG_SECS, Settings
 from server.connections import GuardedHTTPServer, connection_cap
 from server.handlers_events import (
@@ -136,6 +137,8 @@ async def run_server(
     on_ready: Callable[[EventService, int], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    # Before any thread starts: arenas made earlier would stay (server.native_heap).
+    native_heap.limit_arenas()
     db = Database(settings.database_url)
     check_schema(db.url)
     heartbeat = settings.heartbeat_secs
@@ -203,10 +206,13 @@ async def run_server(
         "SQLite" if db.is_sqlite else "PostgreSQL",
         service.shard,
     )
+    heap_trimmer = loop.create_task(native_heap.trim_periodically(), name="heap-trim")
     if on_ready is not None:
         await on_ready(service, bound_port)
     await stop.wait()
     log.info("shutting down: answering waiting polls and saving queue checkpoints")
+    heap_trimmer.cancel()
+    await asyncio.gather(heap_trimmer, return_exceptions=True)
     server.stop()
     if ops_server is not None:
         ops_server.stop()
