@@ -243,7 +243,8 @@ def run_register(args: argparse.Namespace) -> None:
 def run_deactivation(args: argparse.Namespace) -> None:
     print(
         f"== deactivating a user in {args.channels} channels, realm of {args.users} users,"
-        " PostgreSQL, every other user's long-poll parked"
+        f" PostgreSQL, every other user's long-poll parked ({deactivation.TARGETS} users,"
+        " one after another)"
     )
     f = deactivation.run(args.users, args.channels)
     print(
@@ -253,7 +254,9 @@ def run_deactivation(args: argparse.Namespace) -> None:
     )
     print(
         f"parked polls: {f['parked_polls']}; all answered {f['all_answered_ms']:.0f} ms "
-        f"after commit (median {f['median_answered_ms']:.0f} ms); baseline: a bare "
+        f"after commit (median of {f['rounds']} deactivations: "
+        f"{', '.join(f'{v:.0f}' for v in f['all_answered_each_ms'])} ms; median answer "
+        f"{f['median_answered_ms']:.0f} ms); baseline: a bare "
         f"Tornado process answers as many parked requests in {f['bare_tornado_ms']:.0f} ms "
         f"(median of {', '.join(f'{v:.0f}' for v in f['bare_tornado_each_ms'])} ms; ratio "
         f"{ratio(f['all_answered_ms'], f['bare_tornado_ms'])})"

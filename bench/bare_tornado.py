@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 import tornado.httpserver
 import tornado.web
 
-# About the size of a long-poll answer carrying one peer_remove event.
+# The one-shot answer: the shape and about the size of most users' answer to the
+# deactivation benchmark's action, a grouped peer_remove and the realm_user update.
 BODY = (
     b'{"result":"success","msg":"","events":[{"type":"subscription","op":"peer_remove",'
-    b'"stream_ids":[1,2,3],"user_ids":[42],"id":0}],"queue_id":"0123456789abcdef"}'
+    b'"stream_ids":[1001,1002],"user_ids":[5001],"id":0},{"type":"realm_user","op":'
+    b'"update","person":{"user_id":5001,"is_active":false},"id":1}],"queue_id":'
+    b'"0123456789abcdef0123456789abcdef"}'
 )
 # The answer of the long-poll loop: eventq's answer to a `stream` `create`, id spliced in.
 EVENT_ANSWER = (
