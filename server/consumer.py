@@ -180,17 +180,17 @@ class OutboxConsumer:
                 )
                 if not rows:
                     break
-                started = time.monotonic()
-                slice_ends = started + ROUTING_SLICE_SECS
+                deferred_since = time.monotonic()
+                slice_ends = deferred_since + ROUTING_SLICE_SECS
                 for row in rows:
                     woken += self._route(row)
                     # Per row, before any yield: an activation catching up reads this.
                     self.routed[realm_id] = row.seq
                     now = time.monotonic()
                     if now >= slice_ends:
-                        if now - started >= MAX_ANSWER_DEFERRAL_SECS:
+                        if now - deferred_since >= MAX_ANSWER_DEFERRAL_SECS:
                             self._answer(woken)
-                            started = now
+                            deferred_since = now
                         await asyncio.sleep(0)  # let other requests go on
                         slice_ends = time.monotonic() + ROUTING_SLICE_SECS
                 self._answer(woken)
