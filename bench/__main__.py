@@ -257,7 +257,8 @@ def run_deactivation(args: argparse.Namespace) -> None:
         f"after commit (median of {f['rounds']} deactivations: "
         f"{', '.join(f'{v:.0f}' for v in f['all_answered_each_ms'])} ms; median answer "
         f"{f['median_answered_ms']:.0f} ms); baseline: a bare "
-        f"Tornado process answers as many parked requests in {f['bare_tornado_ms']:.0f} ms "
+        f"Tornado process answers as many parked requests with the median answer "
+        f"({f['answer_bytes']:,} bytes) in {f['bare_tornado_ms']:.0f} ms "
         f"(median of {', '.join(f'{v:.0f}' for v in f['bare_tornado_each_ms'])} ms; ratio "
         f"{ratio(f['all_answered_ms'], f['bare_tornado_ms'])})"
     )

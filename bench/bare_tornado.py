@@ -4,7 +4,8 @@ event arrives, with no queues, no database, no authentication and no routing.
 `python -m bench.bare_tornado` prints its port. Two protocols:
 
 * one-shot: `GET /park` waits, `POST /release` answers every parked request (and every
-  later one at once);
+  later one at once), with the release's `body` parameter if it has one (the deactivation
+  benchmark hands over a real answer of eventq's, so that both send the same bytes);
 * a long-poll loop driven like eventq's: `GET /poll?last_event_id=N` answers at once
   with the newest event if its id is above N, else waits for the next one; `POST /event`
   makes a new event (id one higher) and answers every waiting poll with it. The answer
@@ -24,8 +25,8 @@ from dataclasses import dataclass, field
 import tornado.httpserver
 import tornado.web
 
-# The one-shot answer: the shape and about the size of most users' answer to the
-# deactivation benchmark's action, a grouped peer_remove and the realm_user update.
+# The one-shot answer when the release names none: a grouped peer_remove and a
+# realm_user update (a short one: a real answer lists every channel the user sees).
 BODY = (
     b'{"result":"success","msg":"","events":[{"type":"subscription","op":"peer_remove",'
     b'"stream_ids":[1001,1002],"user_ids":[5001],"id":0},{"type":"realm_user","op":'
@@ -47,6 +48,7 @@ EVENT_ANSWER = (
 @dataclass
 class State:
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    body: bytes = BODY
     event_id: int = -1
     next_event: asyncio.Future[int] | None = None
     parked: int = 0
@@ -66,12 +68,16 @@ class Park(tornado.web.RequestHandler):
         finally:
             state.parked -= 1
         self.set_header("Content-Type", "application/json")
-        self.finish(BODY)
+        self.finish(state.body)
 
 
 class Release(tornado.web.RequestHandler):
     def post(self) -> None:
-        self.application.settings["state"].released.set()
+        state: State = self.application.settings["state"]
+        body = self.get_body_argument("body", None)
+        if body:
+            state.body = body.encode()
+        state.released.set()
         self.finish(b"{}")
 
 

@@ -5,8 +5,9 @@ poll has been answered. TARGETS such users are deactivated one after another, ea
 every other poll is parked again (acknowledging what the last one brought); the figure
 is the median. The baseline beside it is the same number of parked polls answered by a
 heartbeat-free no-op: the time to answer them when one event wakes all, measured after
-each deactivation (the median is the figure), its client doing the same work with each
-answer as eventq's."""
+each deactivation (the median is the figure). It answers each with the same bytes, the
+median answer of eventq's in that round (a user's answer lists every channel it sees,
+about 3.5 KB here), and its client does the same work with each answer as eventq's."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ ACTION_FIGURES = (
     "peer_remove_events",
     "recipients",
     "parked_polls",
+    "answer_bytes",
 )
 
 
@@ -143,24 +145,45 @@ async def _register(
     return queues, time.time() - started
 
 
-async def _poll(port: int, auth: str, queue_id: str, last_event_id: int) -> tuple[float, int]:
-    """One client's long-poll until its first real event: when it came, and the newest
-    id of the answer (the next poll acknowledges it)."""
+async def _fetch(
+    port: int, request: bytes, connecting: asyncio.Semaphore | None = None
+) -> tuple[int, bytes, Any]:
+    """One request on its own connection (opened under `connecting`, if given): the
+    status, the body's bytes and its JSON. Both clients (eventq's polls, the bare
+    process's) do exactly this with an answer."""
+    if connecting is None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    else:
+        async with connecting:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    raw = await reader.read()
+    writer.close()
+    header, _, payload = raw.partition(b"\r\n\r\n")
+    return int(header.split(b" ", 2)[1]), payload, json.loads(payload)
+
+
+async def _poll(
+    port: int, auth: str, queue_id: str, last_event_id: int
+) -> tuple[float, int, bytes]:
+    """One client's long-poll until its first real event: when it came, the newest id of
+    the answer (the next poll acknowledges it) and the answer's bytes."""
     # Parking 10,000 polls can outlast a heartbeat: poll again until a real event.
     for _ in range(MAX_POLL_TRIES):
+        request = build_request(
+            "GET",
+            "/api/v1/events",
+            auth,
+            {"queue_id": queue_id, "last_event_id": last_event_id},
+            keep_alive=False,
+        )
         try:
-            status, body = await http_request(
-                port,
-                "GET",
-                "/api/v1/events",
-                auth,
-                {"queue_id": queue_id, "last_event_id": last_event_id},
-            )
+            status, payload, body = await _fetch(port, request)
         except ConnectionError:
             continue  # the listen backlog overflowed while thousands connected: retry
         assert status == 200 and body["events"], body
         if body["events"][0]["type"] != "heartbeat":
-            return time.time(), max(event["id"] for event in body["events"])
+            return time.time(), max(event["id"] for event in body["events"]), payload
         last_event_id = body["events"][-1]["id"]
     raise RuntimeError(f"no event for queue {queue_id} after {MAX_POLL_TRIES} polls")
 
@@ -170,9 +193,10 @@ async def _parked_count(port: int, owner: tuple[str, str]) -> int:
     return sum(1 for q in body["queues"] if q["waiting"])
 
 
-def bare_tornado_baseline(parked: int) -> float:
-    """Milliseconds for a bare Tornado process to answer `parked` parked requests, each
-    on its own connection as the polls above, released once all of them are parked."""
+def bare_tornado_baseline(parked: int, answer: bytes) -> float:
+    """Milliseconds for a bare Tornado process to answer `parked` parked requests with
+    `answer` (an answer of eventq's from the same round), each on its own connection as
+    the polls above, released once all of them are parked."""
     bare = BareTornado()
     try:
 
@@ -180,20 +204,13 @@ def bare_tornado_baseline(parked: int) -> float:
             limit = asyncio.Semaphore(CONCURRENCY)
 
             async def park() -> float:
+                request = build_request("GET", "/park", keep_alive=False)
                 for _ in range(MAX_POLL_TRIES):
-                    async with limit:
-                        try:
-                            connection = asyncio.open_connection("127.0.0.1", bare.port)
-                            reader, writer = await connection
-                        except ConnectionError:
-                            continue  # the listen backlog overflowed: retry
-                    writer.write(build_request("GET", "/park", keep_alive=False))
-                    raw = await reader.read()
-                    writer.close()
-                    # What the eventq client does with its answer (`http_request`, then
-                    # the event's type), so that both clients do the same work.
-                    header, _, payload = raw.partition(b"\r\n\r\n")
-                    status, body = int(header.split(b" ", 2)[1]), json.loads(payload)
+                    try:
+                        status, _, body = await _fetch(bare.port, request, limit)
+                    except ConnectionError:
+                        continue  # the listen backlog overflowed: retry
+                    # What the eventq client does with its answer (`_poll`).
                     assert status == 200 and body["events"][0]["type"] != "heartbeat", body
                     return time.time()
                 raise RuntimeError(f"could not park after {MAX_POLL_TRIES} tries")
@@ -203,7 +220,7 @@ def bare_tornado_baseline(parked: int) -> float:
             if count < parked:
                 raise RuntimeError(f"only {count} of {parked} requests parked (bare)")
             released = time.time()
-            await http_request(bare.port, "POST", "/release", "none")
+            await http_request(bare.port, "POST", "/release", "none", {"body": answer.decode()})
             done = await asyncio.gather(*tasks)
             return 1000 * (max(done) - released)
 
@@ -216,7 +233,7 @@ def _wait_parked(
     loop: asyncio.AbstractEventLoop,
     port: int,
     owner: tuple[str, str],
-    tasks: list[asyncio.Task[tuple[float, int]]],
+    tasks: list[asyncio.Task[tuple[float, int, bytes]]],
 ) -> int:
     """Wait until every poll is parked on the server (at most 300 s); how many are."""
     deadline = time.time() + 300
@@ -260,13 +277,16 @@ def run(users: int, channels: int) -> dict[str, Any]:
                         do_deactivate_user(session, realm_id, target)
                     committed = time.time()
                 answers = loop.run_until_complete(asyncio.gather(*tasks))
-                answered = sorted(at for at, _ in answers)
-                newest = [last for _, last in answers]
+                answered = sorted(at for at, _, _ in answers)
+                newest = [last for _, last, _ in answers]
+                # The bare process answers every request with the median answer by size.
+                by_size = sorted((payload for _, _, payload in answers), key=len)
+                median_answer = by_size[len(by_size) // 2]
                 with db.snapshot() as session:
                     events = read_events(session, realm_id, before_seq)
                 # The baseline right after each deactivation, so that both run on the
                 # machine as it is then (its load moves from minute to minute).
-                bare_ms = bare_tornado_baseline(len(queues))
+                bare_ms = bare_tornado_baseline(len(queues), median_answer)
                 rounds.append(
                     {
                         "bare_tornado_ms": bare_ms,
@@ -276,6 +296,7 @@ def run(users: int, channels: int) -> dict[str, Any]:
                         "peer_remove_events": sum(e.event["op"] == "peer_remove" for e in events),
                         "recipients": sum(len(e.user_ids) for e in events),
                         "parked_polls": parked,
+                        "answer_bytes": len(median_answer),
                         "all_answered_ms": 1000 * (answered[-1] - committed),
                         "median_answered_ms": 1000 * (answered[len(answered) // 2] - committed),
                     }
