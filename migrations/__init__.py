@@ -37,8 +37,19 @@ def check_schema(url: str) -> None:
     """Refuse to run against a database that is not migrated to the newest revision."""
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine, pool
+    from sqlalchemy import create_engine, make_url, pool
 
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # Connecting would create an empty file: say which one is missing instead.
+        path = Path(parsed.database).resolve()
+        if not path.exists():
+            raise SchemaOutOfDate(
+                f"there is no database at {path}: run `eventq migrate` to create it there, "
+                "or set EVENTQ_DATABASE_URL (or --database-url) to the one you meant"
+            )
+        shown = str(path)
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
@@ -48,6 +59,6 @@ def check_schema(url: str) -> None:
         engine.dispose()
     if current != head:
         raise SchemaOutOfDate(
-            f"the database schema is at revision {current or 'none'}, this eventq needs "
-            f"{head}: run `eventq migrate` first"
+            f"the database schema of {shown} is at revision {current or 'none'}, this eventq "
+            f"needs {head}: run `eventq migrate` first"
         )

@@ -25,8 +25,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-# Where `make run` keeps its embedded database when EVENTQ_DATABASE_URL is not set.
-DEFAULT_SQLITE_PATH = Path("var") / "eventq.sqlite3"
+# Where `make run` keeps its embedded database when EVENTQ_DATABASE_URL is not set: the
+# checkout's var/ (eventq runs from its checkout, installed editable by `make`), so that
+# a command run from another directory finds the same file instead of making a new one.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE_PATH = PROJECT_DIR / "var" / "eventq.sqlite3"
 # SQLite writers wait this long for the write lock before failing with "database is
 # locked": long enough for any single action, short enough to surface a stuck writer.
 SQLITE_BUSY_TIMEOUT_SECS = 30.0
@@ -34,7 +37,7 @@ _WRITE_OPTION = "eventq_write"
 
 
 def default_database_url() -> str:
-    """`EVENTQ_DATABASE_URL`, or the SQLite file under `var/`."""
+    """`EVENTQ_DATABASE_URL`, or the SQLite file under the checkout's `var/`."""
     url = os.environ.get("EVENTQ_DATABASE_URL")
     if url:
         return url

@@ -54,6 +54,8 @@ class BatchResult:
     dropped_queue_ids: list[str] = field(default_factory=list)
     # Nothing more of this realm may be deleted now.
     done: bool = True
+    # Another pruner held the realm, so this batch looked at nothing (PostgreSQL only).
+    busy: bool = False
 
 
 def prune_batch(
@@ -63,20 +65,26 @@ def prune_batch(
     older_than: float,
     max_rows: int = MAX_RETAINED_EVENTS_PER_REALM,
     batch_rows: int = BATCH_RECIPIENT_ROWS,
+    *,
+    wait_for_other_pruner: bool = False,
 ) -> BatchResult:
     """Delete the realm's oldest deletable rows, about `batch_rows` recipients' worth.
 
-    `older_than` is a Unix time: only rows created before it may go.
+    `older_than` is a Unix time: only rows created before it may go. On PostgreSQL one
+    pruner per realm runs at a time: with `wait_for_other_pruner` False (the servers'
+    sweeps) a batch that finds another pruner at work does nothing and says `busy`;
+    with True (`eventq prune-outbox`, asked to prune everything) it waits for that
+    pruner's batch to commit, then goes on from where it stopped.
     """
-    if (
-        session.get_bind().dialect.name == "postgresql"
-        and not session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:space, :realm)"),
-            {"space": PRUNE_LOCK_SPACE, "realm": realm_id},
-        ).scalar_one()
-    ):
-        # Another shard is pruning this realm right now; its pass covers this one's.
-        return BatchResult()
+    if session.get_bind().dialect.name == "postgresql":
+        lock = {"space": PRUNE_LOCK_SPACE, "realm": realm_id}
+        if wait_for_other_pruner:
+            session.execute(text("SELECT pg_advisory_xact_lock(:space, :realm)"), lock)
+        elif not session.execute(
+            text("SELECT pg_try_advisory_xact_lock(:space, :realm)"), lock
+        ).scalar_one():
+            # Another shard is pruning this realm right now; its pass covers this one's.
+            return BatchResult(busy=True)
     pruned = session.execute(
         select(Realm.outbox_pruned_seq).where(Realm.id == realm_id)
     ).scalar_one_or_none()

@@ -25,7 +25,7 @@ from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from migrations import SchemaOutOfDate, check_schema
-from models.database import Database
+from models.database import Database, normalize_url
 from models.outbox import lock_realm
 from models.ownership import check_shard_name
 from models.queries import (
@@ -521,7 +521,16 @@ def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
             # rest after it in proportion (--pause) so that the servers keep the machine.
             batch_started = time.monotonic()
             with db.write() as session:
-                batch = prune_batch(session, realm_id, newest, cutoff, batch_rows=args.batch_rows)
+                # A server's sweep may be pruning this realm: wait for its batch, never
+                # skip the realm (which would leave its rows and report success).
+                batch = prune_batch(
+                    session,
+                    realm_id,
+                    newest,
+                    cutoff,
+                    batch_rows=args.batch_rows,
+                    wait_for_other_pruner=True,
+                )
             events += batch.events
             recipients += batch.recipients
             dropped += batch.dropped_queue_ids
@@ -908,9 +917,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.func in (cmd_migrate, cmd_serve, cmd_nginx_config, cmd_cluster):
             args.func(args, settings)
             return 0
+        # Before the engine exists: opening a SQLite file that is not there would make it.
+        check_schema(normalize_url(settings.database_url))
         db = Database(settings.database_url)
         try:
-            check_schema(db.url)
             args.func(args, db)
         finally:
             db.dispose()

@@ -15,6 +15,9 @@ class ApiError(Exception):
     status = 400
     code = "BAD_REQUEST"
 
+    # Headers the answer carries besides the body (a 503's `Retry-After`).
+    headers: dict[str, str] = {}
+
     def __init__(self, msg: str, **extra: Any) -> None:
         super().__init__(msg)
         self.msg = msg
@@ -51,6 +54,8 @@ class QueueMoving(ApiError):
     503, and the client polls again (nothing is lost; the queue is not gone)."""
 
     status = 503
+    # A claim race settles within a round trip; a second is plenty.
+    headers = {"Retry-After": "1"}
 
     def __init__(self, queue_id: str) -> None:
         super().__init__(f"Queue {queue_id} is moving between servers; try again.")

@@ -269,6 +269,8 @@ class Maintenance:
             while True:
                 batch_started = time.monotonic()
                 batch = await self.threads.run(self._prune_batch, realm_id, position, older_than)
+                if batch.busy:
+                    log.debug("outbox: realm %d is being pruned elsewhere; next pass", realm_id)
                 pause = (time.monotonic() - batch_started) * PRUNE_PAUSE_RATIO
                 events += batch.events
                 recipients += batch.recipients

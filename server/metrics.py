@@ -25,6 +25,7 @@ labels with a small fixed set of values (a cause, an outcome, an error code, a s
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from bisect import bisect_left
@@ -55,6 +56,8 @@ from server.live_queues import DropCause
 
 if TYPE_CHECKING:
     from server.service import EventService
+
+log = logging.getLogger("eventq.metrics")
 
 # Delivery lag: a poll parked on a warm queue is answered within milliseconds of the
 # commit; a client that polls again after an answer adds its round trip; a queue that
@@ -383,8 +386,23 @@ class FigureReader:
         except Exception as error:  # whatever the driver raises for a database that is down
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             outcome = DatabaseUnavailable(first_line)
+        self._log_change(self._last, outcome)
         self._last, self._last_at, self._reading = outcome, time.monotonic(), None
         return outcome
+
+    @staticmethod
+    def _log_change(
+        previous: DatabaseFigures | DatabaseUnavailable | None,
+        outcome: DatabaseFigures | DatabaseUnavailable,
+    ) -> None:
+        """Log why the database could not be read, once per new reason, and when it can
+        be again. The reason (the driver's text: host, port, role) goes to the log only;
+        the unauthenticated probes answer with a generic one."""
+        if isinstance(outcome, DatabaseUnavailable):
+            if not isinstance(previous, DatabaseUnavailable) or str(previous) != str(outcome):
+                log.warning("the database cannot be read: %s", outcome)
+        elif isinstance(previous, DatabaseUnavailable):
+            log.info("the database can be read again")
 
 
 # -- the exposition ----------------------------------------------------------------------

@@ -333,14 +333,20 @@ class PollLedger:
         return len(self._queues)
 
     def acknowledges_new(self, queue_id: str, last_event_id: int | None) -> bool:
-        """Whether this poll acknowledges events no earlier poll of the queue did.
+        """Whether this poll acknowledges events that an earlier answer handed out and
+        no earlier poll of the queue acknowledged.
 
-        A server only accepts acknowledgements of events it handed out, so a client can
-        make such polls only as fast as its queue receives events.
+        Only ids up to the newest one handed out count: the service refuses any other
+        acknowledgement, so a client can make such polls only as fast as its queue
+        receives events (an id beyond what it was given is not progress, whatever the
+        service answers). `RateLimiter.end_poll` still counts the poll as wasted if the
+        service refused it.
         """
         record = self._queues.get(queue_id)
         return (
-            record is not None and last_event_id is not None and last_event_id > record.acknowledged
+            record is not None
+            and last_event_id is not None
+            and record.acknowledged < last_event_id <= record.delivered
         )
 
     def answered(self, queue_id: str, last_event_id: int | None, newest_event: int | None) -> bool:
@@ -524,7 +530,10 @@ class RateLimiter:
         new_events = False
         if answered and ticket.queue_id is not None:
             new_events = self.ledger.answered(ticket.queue_id, ticket.last_event_id, newest_event)
-        wasted = not (ticket.acknowledges_new or new_events or held)
+        # Progress is judged on what the service accepted: an acknowledgement it refused
+        # (an id it never handed out, or one already pruned) made no progress.
+        acknowledged = ticket.acknowledges_new and answered
+        wasted = not (acknowledged or new_events or held)
         if wasted and self.polls is not None:
             self.polls.record(ticket.user_id, self.clock())
 

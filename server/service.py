@@ -48,7 +48,9 @@ from models.messages import EventNarrow, NarrowTerm
 from models.outbox import StoredEvent, outbox_pruned_seq, read_user_events, state_position
 from models.ownership import (
     DEFAULT_SHARD_NAME,
+    MAX_CLAIM_TRIES,
     Claim,
+    ClaimContended,
     ShardView,
     announce_shard,
     check_shard_name,
@@ -763,7 +765,12 @@ class EventService:
         """Activate a cold queue of the caller from its descriptor and the outbox,
         claiming it first if another shard holds it (docs/architecture.md §10)."""
         now = self.clock()
-        claim = await self.threads.run(self._claim, queue_id, user.id, now)
+        try:
+            claim = await self.threads.run(self._claim, queue_id, user.id, now)
+        except ClaimContended:
+            # Other shards won every round: the queue is there, just busy moving.
+            log.info("queue %s: lost %d claim races in a row", queue_id, MAX_CLAIM_TRIES)
+            raise QueueMoving(queue_id) from None
         record = claim.record if claim is not None else None
         if record is None or record.user_id != user.id:
             raise self._bad_queue_id(queue_id, UNKNOWN_QUEUE)

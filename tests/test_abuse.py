@@ -425,6 +425,28 @@ def test_spinning_polls_run_out_and_heartbeats_do_not_count(
         assert api.call("GET", "/users/me").ok
 
 
+@SQLITE_ONLY
+def test_acknowledging_an_event_never_handed_out_is_a_wasted_poll(
+    database_url: str, realm: SampleRealm, db: Database
+) -> None:
+    polls_budget = 5
+    env = {"EVENTQ_RATE_LIMIT_POLLS": f"60:{polls_budget}"}
+    with live_server(database_url, env) as server:
+        api = client(server, realm, "member")
+        queue_id = api.register(event_types=["realm_user"])["queue_id"]
+        with db.write() as session:
+            do_create_user(session, realm.realm_id, "one@zulip.example.com")
+        assert api.poll(queue_id, -1).body["events"][0]["id"] == 0
+        # The review's spin: an id far past anything handed out, answered at once.
+        for _ in range(polls_budget):
+            spun = api.poll(queue_id, 1_000_000, dont_block=True)
+            assert spun.status == 400 and spun.body["code"] == "BAD_REQUEST"
+        refused = api.poll(queue_id, 1_000_000, dont_block=True)
+        assert refused.status == 429 and refused.body["code"] == "RATE_LIMIT_HIT"
+        # Real progress is still admitted.
+        assert api.poll(queue_id, 0, dont_block=True).ok
+
+
 class CountingClient(zulip.Client):
     """`zulip.Client` unchanged, plus a record of its registers and a count of polls."""
 
@@ -616,3 +638,28 @@ def test_oversized_subscription_requests_are_refused_and_change_nothing(
         )
         assert added.ok, added.body
         assert database_counts(db)[0] == before[0] + 2
+
+
+@SQLITE_ONLY
+def test_a_refused_request_with_credentials_is_logged_as_its_caller(
+    database_url: str, realm: SampleRealm
+) -> None:
+    with live_server(database_url) as server:
+        member_id = realm.users["member"]
+        unknown = requests.get(
+            server.url + "/api/v1/no-such-endpoint",
+            auth=(realm.emails["member"], realm.api_keys["member"]),
+            timeout=REQUEST_TIMEOUT_SECS,
+        )
+        assert unknown.status_code == 404 and unknown.json()["msg"] == "Not Found"
+        server.wait_for_log(
+            rf"GET /api/v1/no-such-endpoint 404 user {member_id} ", CONDITION_TIMEOUT_SECS
+        )
+        # Wrong credentials: the same 404, logged as nobody's, counted as a failure.
+        wrong = requests.get(
+            server.url + "/api/v1/still-nothing",
+            auth=(realm.emails["member"], "k" * 32),
+            timeout=REQUEST_TIMEOUT_SECS,
+        )
+        assert wrong.status_code == 404
+        server.wait_for_log(r"GET /api/v1/still-nothing 404 anonymous ", CONDITION_TIMEOUT_SECS)

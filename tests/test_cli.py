@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from actions.realms import do_create_realm
 from actions.streams import do_create_stream
 from actions.users import do_create_user
-from models.database import Database
+from models.database import DEFAULT_SQLITE_PATH, Database
 from models.outbox import read_events
 from models.queries import get_realm
 from server.cli import build_parser
-from tests.helpers.cli import run_eventq
+from tests.helpers.cli import EVENTQ, run_eventq
 
 
 def _ok(url: str, *args: str) -> str:
@@ -134,8 +137,38 @@ def test_bad_input_is_one_line_and_changes_nothing(
         assert len(read_events(session, realm.id, 0)) == before
 
 
-def test_unmigrated_database_is_a_clear_error(tmp_path: object) -> None:
-    result = run_eventq(f"sqlite:///{tmp_path}/empty.sqlite3", "users", "x")
+def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    result = run_eventq(f"sqlite:///{empty}", "users", "x")
     assert result.returncode == 1
+    assert f"schema of {empty} is at revision none" in result.stderr
     assert "run `eventq migrate` first" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere" / "eventq.sqlite3"
+    result = run_eventq(f"sqlite:///{missing}", "users", "x")
+    assert result.returncode == 1
+    assert f"there is no database at {missing}: run `eventq migrate`" in result.stderr
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_the_default_database_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    existed = DEFAULT_SQLITE_PATH.exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTQ_")}
+    completed = subprocess.run(
+        [EVENTQ, "users", "no-such-realm"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert list(tmp_path.iterdir()) == []  # no ./var/eventq.sqlite3 made here
+    assert DEFAULT_SQLITE_PATH.is_absolute() and DEFAULT_SQLITE_PATH.exists() == existed
+    if not existed:
+        assert f"there is no database at {DEFAULT_SQLITE_PATH}" in completed.stderr

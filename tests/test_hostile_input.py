@@ -320,6 +320,23 @@ CASES = [
         BAD_QUEUE,
         form={"queue_id": "nope"},
     ),
+    # nginx routes a poll by the first queue_id; the server refuses a second one rather
+    # than read another queue than the one the poll was routed for.
+    case(
+        "events-queue_id-twice",
+        "GET",
+        "/events?queue_id=first&queue_id=second&dont_block=true",
+        400,
+        BAD,
+    ),
+    case(
+        "events-delete-queue_id-query-and-body",
+        "DELETE",
+        "/events?queue_id=first",
+        400,
+        BAD,
+        form={"queue_id": "second"},
+    ),
     case("events-delete-invalid-utf8", "DELETE", "/events", 400, BAD, body=b"queue_id=%C3%28"),
     case(
         "events-delete-body-over-limit", "DELETE", "/events", 413, BAD, form={"queue_id": TOO_BIG}

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -159,6 +160,12 @@ def test_readiness_and_probe_follow_a_database_outage() -> None:
             assert down["ready"] is False and down["code"] == "BAD_REQUEST"
             assert down["checks"]["database"]["ok"] is False
             assert down["msg"].startswith("Not ready: the database is unreachable")
+            # The driver's reason (host, port, role) goes to the log, never on the wire.
+            port = str(urlsplit(cluster.url).port)
+            answer = json.dumps(down)
+            assert port not in answer and "127.0.0.1" not in answer and "postgres" not in answer
+            reason = server.wait_for_log("the database cannot be read: ", READY_TIMEOUT_SECS)
+            assert port in reason
             # Alive all the same: a liveness probe must not restart it for this.
             assert requests.get(server.url + "/healthz", timeout=REQUEST_TIMEOUT_SECS).ok
             metrics = requests.get(server.url + "/metrics", timeout=REQUEST_TIMEOUT_SECS)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 
+import psycopg
+import pytest
 from sqlalchemy import func, select
 
 from actions.streams import do_create_stream
 from models.database import Database
 from models.descriptors import DescriptorRecord, create_descriptor, load_descriptor
 from models.outbox import outbox_count, outbox_pruned_seq
-from models.retention import prune_batch
+from models.retention import PRUNE_LOCK_SPACE, prune_batch
 from models.tables import OutboxRecipient, Realm
-from tests.helpers.cli import run_eventq
+from tests.helpers.cli import EVENTQ, run_eventq
 from tests.helpers.realms import SampleRealm
 
 
@@ -171,3 +176,45 @@ def test_prune_outbox_command_rests_between_batches(
     for option, value in (("--pause", "-1"), ("--batch-rows", "0")):
         bad = run_eventq(database_url, "prune-outbox", option, value)
         assert bad.returncode == 1 and option in bad.stderr
+
+
+LOCK_WAIT_TIMEOUT_SECS = 30.0
+
+
+def libpq_url(db: Database) -> str:
+    """The test database's URL as psycopg takes it (the search path kept)."""
+    return db.url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_prune_outbox_waits_for_a_server_pruning_the_same_realm(
+    db: Database, realm: SampleRealm, database_url: str
+) -> None:
+    newest = make_history(db, realm, 5)
+    # A server's sweep holds the realm's prune lock (as between its batches' commits).
+    with psycopg.connect(libpq_url(db), autocommit=True) as sweep:
+        sweep.execute("SELECT pg_advisory_lock(%s, %s)", (PRUNE_LOCK_SPACE, realm.realm_id))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTQ_")}
+        command = [EVENTQ, "--database-url", database_url, "prune-outbox", "--older-than", "0"]
+        pruner = subprocess.Popen(
+            [*command, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            # The command waits for the lock instead of skipping the realm.
+            deadline = time.monotonic() + LOCK_WAIT_TIMEOUT_SECS
+            while not sweep.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND classid = %s AND objid = %s",
+                (PRUNE_LOCK_SPACE, realm.realm_id),
+            ).fetchone()[0]:  # type: ignore[index]
+                assert pruner.poll() is None, pruner.communicate()
+                assert time.monotonic() < deadline, "prune-outbox never waited for the lock"
+            assert pruner.poll() is None
+        finally:
+            sweep.execute("SELECT pg_advisory_unlock(%s, %s)", (PRUNE_LOCK_SPACE, realm.realm_id))
+        out, err = pruner.communicate(timeout=LOCK_WAIT_TIMEOUT_SECS)
+    assert pruner.returncode == 0, err
+    assert json.loads(out)["events"] == newest
+    with db.snapshot() as session:
+        assert outbox_count(session, realm.realm_id) == 0
+        assert outbox_pruned_seq(session, realm.realm_id) == newest

@@ -13,14 +13,14 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from actions.users import do_deactivate_user
 from models.database import Database
 from models.descriptors import load_descriptor
 from models.ownership import check_shard_name, list_shards, shard_of
 from models.tables import QueueClaim
-from server.errors import BadEventQueueId, UserDeactivated
+from server.errors import BadEventQueueId, QueueMoving, UserDeactivated
 from server.live_queues import QueueState
 from server.maintenance import OTHER_SHARD_EXPIRY_GRACE_SECS
 from server.service import EventService, PollAnswer
@@ -111,6 +111,50 @@ async def test_a_queue_moves_to_the_shard_that_is_polled_with_the_same_ids(
     assert holder(db, queue_id)[:2] == ("alpha", 3)  # type: ignore[index]
     await beta.drain_outbox()
     assert beta.live.get(queue_id) is None
+
+
+def lose_every_claim(db: Database) -> None:
+    """Make every claim of a queue from another shard lose its race, as if other shards
+    kept winning: a trigger skips each update that changes a descriptor's holder, so the
+    conditional update claims nothing, round after round."""
+    with db.write() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(
+                text(
+                    "CREATE FUNCTION lose_claims() RETURNS trigger AS $$ BEGIN"
+                    " IF NEW.owner_shard IS DISTINCT FROM OLD.owner_shard THEN RETURN NULL;"
+                    " END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            session.execute(
+                text(
+                    "CREATE TRIGGER lose_claims BEFORE UPDATE ON queue_descriptor"
+                    " FOR EACH ROW EXECUTE FUNCTION lose_claims()"
+                )
+            )
+        else:
+            session.execute(
+                text(
+                    "CREATE TRIGGER lose_claims BEFORE UPDATE OF owner_shard ON queue_descriptor"
+                    " WHEN NEW.owner_shard IS NOT OLD.owner_shard"
+                    " BEGIN SELECT RAISE(IGNORE); END"
+                )
+            )
+
+
+async def test_a_queue_whose_claims_keep_losing_answers_503_with_retry_after(
+    db: Database, realm: SampleRealm, shards: tuple[EventService, EventService, FakeClock]
+) -> None:
+    alpha, beta, _ = shards
+    user = owner(realm)
+    queue_id = (await alpha.register(user, request({"stream"})))["queue_id"]
+    lose_every_claim(db)
+    with pytest.raises(QueueMoving) as moving:
+        await beta.get_events(user, queue_id, -1, dont_block=True)
+    assert moving.value.status == 503 and moving.value.headers == {"Retry-After": "1"}
+    assert holder(db, queue_id)[:2] == ("alpha", 1)  # type: ignore[index]
+    # The shard that holds it still serves it.
+    assert (await alpha.get_events(user, queue_id, -1, dont_block=True)).events == []
 
 
 async def test_a_parked_poll_on_the_old_shard_gets_a_heartbeat_of_what_was_acknowledged(

@@ -161,6 +161,36 @@ def test_the_ledger_tells_progress_from_repetition() -> None:
     assert not ledger.acknowledges_new("q", 10)
 
 
+def test_an_acknowledgement_beyond_what_was_handed_out_is_not_progress() -> None:
+    ledger = PollLedger()
+    assert ledger.answered("q", -1, 4)
+    assert not ledger.acknowledges_new("q", 5)
+    assert not ledger.acknowledges_new("q", 1_000_000)
+    assert ledger.acknowledges_new("q", 4)
+
+
+def test_a_refused_acknowledgement_is_a_wasted_poll() -> None:
+    clock = Clock()
+    limits = limiter(clock, polls=(Rule(60, 3),))
+    first = limits.begin_poll(7, "q", None)
+    limits.end_poll(first, answered=True, newest_event=4, held=False)
+    # The review's spin: dont_block with an id the queue never had, answered 400 each time.
+    for _ in range(3):
+        ticket = limits.begin_poll(7, "q", 1_000_000)
+        limits.end_poll(ticket, answered=False, newest_event=None, held=False)
+    with pytest.raises(RateLimited):
+        limits.begin_poll(7, "q", 1_000_000)
+    # An acknowledgement the ledger believed new, refused by the service all the same
+    # (the queue was rebuilt elsewhere, say), is charged as well.
+    clock.now += 60
+    for _ in range(3):
+        ticket = limits.begin_poll(7, "q", 4)
+        assert ticket.acknowledges_new
+        limits.end_poll(ticket, answered=False, newest_event=None, held=False)
+    assert limits.polls is not None
+    assert limits.polls.check(7, clock()).remaining == 0
+
+
 def test_the_ledger_is_bounded() -> None:
     ledger = PollLedger(capacity=10)
     for index in range(100):
