@@ -30,9 +30,18 @@ class NotAllowed(ActionError):
     code = "UNAUTHORIZED_PRINCIPAL"
 
 
+class AdministratorRequired(NotAllowed):
+    """Raised when an owner or administrator action is asked by a user whose role, as
+    read under the realm lock (`actions.actors`), is neither: Zulip's wording."""
+
+    def __init__(self) -> None:
+        super().__init__("Must be an organization administrator")
+
+
 class ActorDeactivated(ActionError):
-    """Raised when the acting user is found deactivated once the action holds the realm
-    lock: the server authenticated them, and a deactivation committed in between."""
+    """Raised when the acting user is found deactivated (or no longer in the realm) once
+    the action holds the realm lock: the server authenticated them, and a deactivation
+    committed in between (`actions.actors`)."""
 
     code = "USER_DEACTIVATED"
 

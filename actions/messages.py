@@ -2,7 +2,8 @@
 
 `check_send_message` serves the API, the CLI and the benchmarks alike. It normalizes
 and renders the content first (pure work, no statement), then takes the realm's writer
-lock, then reads the sender, the channel or the participants, and writes in one
+lock and reads the sender under it (`actions.actors.lock_realm_for_actor`, as every
+action reads its actor), then reads the channel or the participants, and writes in one
 transaction:
 
 * the `message` row, and its `recipient` (created with the first message to a channel or
@@ -21,8 +22,9 @@ one that does not exist) is STREAM_DOES_NOT_EXIST; a channel the sender sees but
 post to (a private one they are not subscribed to, or any channel a guest is not
 subscribed to) is "Not authorized to send to channel"; an empty content or topic, an
 unknown or deactivated direct-message recipient are BAD_REQUEST; a sender deactivated
-since the server authenticated them is USER_DEACTIVATED. Content and topic longer than
-Zulip's limits are truncated, as Zulip truncates them.
+since the server authenticated them is USER_DEACTIVATED, and the role the channel rules
+judge is the one read under the lock. Content and topic longer than Zulip's limits are
+truncated, as Zulip truncates them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from datetime import datetime
 from sqlalchemy import Integer, case, insert, literal, select
 from sqlalchemy.orm import Session
 
-from actions.errors import ActionError, ActorDeactivated, InvalidInput, NotFound
+from actions.actors import lock_realm_for_actor
+from actions.errors import ActionError, InvalidInput
 from models.messages import (
     READ_FLAG,
     RECIPIENT_DIRECT,
@@ -47,14 +50,13 @@ from models.messages import (
     render_markdown,
     timestamp_of,
 )
-from models.outbox import PendingEvent, append_events, lock_realm
+from models.outbox import PendingEvent, append_events
 from models.queries import get_stream_by_name, get_users_by_ids_and_emails, values_as_table
 from models.tables import (
     MAX_CLIENT_NAME_LENGTH,
     MAX_MESSAGE_LENGTH,
     MAX_TOPIC_NAME_LENGTH,
     Message,
-    Realm,
     Recipient,
     Role,
     Stream,
@@ -167,20 +169,11 @@ def check_send_message(
     body = normalize_content(content)
     subject = normalize_topic(topic) if isinstance(target, ChannelTarget) else ""
     rendered = render_markdown(body)
-    lock_realm(session, realm_id)
-    row = session.execute(
-        select(UserProfile, Realm.string_id)
-        .join(Realm, Realm.id == UserProfile.realm_id)
-        .where(UserProfile.id == sender_id, UserProfile.realm_id == realm_id)
-        # Authenticated before this transaction: read the committed row, under the lock.
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"No user with id {sender_id} in this realm.")
-    sender, realm_str = row
-    if not sender.is_active:
-        raise ActorDeactivated()
-    draft = _Draft(sender, realm_str, subject, body, rendered, client[:MAX_CLIENT_NAME_LENGTH])
+    # Authenticated before this transaction: the sender is read again under the lock.
+    locked = lock_realm_for_actor(session, realm_id, sender_id)
+    draft = _Draft(
+        locked.user, locked.realm_str, subject, body, rendered, client[:MAX_CLIENT_NAME_LENGTH]
+    )
     if isinstance(target, ChannelTarget):
         return _send_to_channel(session, draft, target.channel)
     return _send_direct(session, draft, target)

@@ -4,6 +4,11 @@ Creating many channels costs the statements of creating one: the names are check
 Python, looked up in one statement, inserted in one statement, and every `stream`
 `create` event is written by one `append_events` call. A subscription request that
 names new channels (`actions.subscriptions`) creates them through `insert_streams`.
+
+`do_create_streams` acts for `acting_user_id`, read again under the realm lock
+(`actions.actors`): deactivated, or with a role that may not create such channels
+(a guest; a non-administrator for web-public ones), they are refused before anything is
+written. `acting_user_id=None` is the machine's administrator (the command line).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from collections.abc import Sequence
 from sqlalchemy import Boolean, DateTime, Integer, String, insert, literal, select
 from sqlalchemy.orm import Session
 
+from actions.actors import CREATE_CHANNELS, CREATE_WEB_PUBLIC_CHANNELS, lock_realm_as
 from actions.errors import AlreadyExists, InvalidInput
 from actions.validation import check_name
-from models.outbox import PendingEvent, append_events, lock_realm
+from models.outbox import PendingEvent, append_events
 from models.queries import get_streams_by_names, values_as_table
 from models.tables import (
     MAX_STREAM_DESCRIPTION_LENGTH,
@@ -102,12 +108,16 @@ def do_create_streams(
     invite_only: bool = False,
     is_web_public: bool = False,
     description: str = "",
+    acting_user_id: int | None = None,
 ) -> list[Stream]:
     """Create channels with no subscribers; `stream` `create` goes to whoever may see each.
 
     All or nothing: the first invalid or taken name (in order) refuses the whole call.
+    `acting_user_id` must be an active user whose current role may create the channels
+    (None: the machine's administrator; see the module).
     """
-    lock_realm(session, realm_id)
+    need = CREATE_WEB_PUBLIC_CHANNELS if is_web_public else CREATE_CHANNELS
+    lock_realm_as(session, realm_id, acting_user_id, need)
     checked = [
         check_new_stream(
             name, invite_only=invite_only, is_web_public=is_web_public, description=description
@@ -143,8 +153,11 @@ def do_create_stream(
     invite_only: bool = False,
     is_web_public: bool = False,
     description: str = "",
+    acting_user_id: int | None = None,
 ) -> Stream:
-    """Create a channel with no subscribers; `stream` `create` goes to whoever may see it."""
+    """Create a channel with no subscribers; `stream` `create` goes to whoever may see it.
+
+    `acting_user_id` as for `do_create_streams`."""
     [stream] = do_create_streams(
         session,
         realm_id,
@@ -152,5 +165,6 @@ def do_create_stream(
         invite_only=invite_only,
         is_web_public=is_web_public,
         description=description,
+        acting_user_id=acting_user_id,
     )
     return stream

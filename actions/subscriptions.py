@@ -16,10 +16,15 @@ names themselves (docs/architecture.md §3).
 
 `check_add_subscriptions` and `check_remove_subscriptions` serve the REST requests, by
 channel name and principal: they take the realm's writer lock first, then re-read the
-acting user (the server authenticated them before the transaction began, and a
-deactivation may have committed since: `ActorDeactivated`, never an assertion), then
-resolve every principal, every name and every new channel in bulk, so a request also
-runs a fixed number of statements whatever the number of principals and channels.
+acting user with every principal in one statement (`actions.actors`: the server
+authenticated them before the transaction began, and a deactivation or a change of role
+may have committed since, so `ActorDeactivated` and every role refusal are judged on
+what is read under the lock), then resolve every name and every new channel in bulk, so
+a request also runs a fixed number of statements whatever the number of principals and
+channels.
+
+`bulk_add_subscriptions` and `bulk_remove_subscriptions` act for nobody: they are the
+machine administrator's (the command line, the demo) and the building blocks above.
 """
 
 from __future__ import annotations
@@ -32,22 +37,21 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from actions.errors import ActorDeactivated, InvalidInput, NotAllowed, NotFound
+from actions.actors import (
+    CREATE_CHANNELS,
+    CREATE_WEB_PUBLIC_CHANNELS,
+    SUBSCRIBE_OTHERS,
+    UNSUBSCRIBE_OTHERS,
+    LockedActor,
+    lock_realm_for_actor,
+)
+from actions.errors import InvalidInput, NotFound
 from actions.peer_events import PeerEventGrouper
 from actions.streams import check_new_stream, insert_streams
 from models.outbox import PendingEvent, append_events, lock_realm
-from models.queries import get_streams_by_names, get_users_by_ids_and_emails
+from models.queries import get_streams_by_names
 from models.tables import Stream, Subscription, UserProfile
-from models.visibility import (
-    AudienceIndex,
-    active_subscribers,
-    active_user_roles,
-    can_create_channels,
-    can_create_web_public_channels,
-    can_see_stream,
-    can_subscribe_others,
-    can_unsubscribe_others,
-)
+from models.visibility import AudienceIndex, active_subscribers, active_user_roles, can_see_stream
 from models.wire import (
     stream_create_event,
     stream_delete_event,
@@ -283,39 +287,20 @@ class SubscriptionRequestResult:
     unchanged: dict[int, list[str]] = field(default_factory=dict)
 
 
-@dataclass
-class _KnownUsers:
-    """The users a request names (and its actor), read in one statement under the lock."""
-
-    by_id: dict[int, UserProfile]
-    by_email: dict[str, UserProfile]
-
-
 def _locked_actor(
     session: Session, realm_id: int, actor_id: int, principals: Collection[object] | None
-) -> tuple[UserProfile, _KnownUsers]:
-    """Take the realm's writer lock, then read the acting user and every principal.
-
-    The lock comes before any read (`models.outbox`): the server authenticated the
-    actor before this transaction began, so a deactivation may have committed since;
-    read under the lock it is seen, and refused as `ActorDeactivated`.
+) -> LockedActor:
+    """Take the realm's writer lock, then read the acting user and every principal in one
+    statement (`actions.actors.lock_realm_for_actor`, which refuses a deactivated actor).
     """
-    lock_realm(session, realm_id)
     given = list(principals or ())
     ids = {p for p in given if isinstance(p, int) and not isinstance(p, bool)}
     emails = {p.strip().lower() for p in given if isinstance(p, str)}
-    rows = get_users_by_ids_and_emails(session, realm_id, ids | {actor_id}, emails)
-    known = _KnownUsers({u.id: u for u in rows}, {u.email: u for u in rows})
-    actor = known.by_id.get(actor_id)
-    if actor is None:
-        raise NotFound(f"No user with id {actor_id} in this realm.")
-    if not actor.is_active:
-        raise ActorDeactivated()
-    return actor, known
+    return lock_realm_for_actor(session, realm_id, actor_id, user_ids=ids, emails=emails)
 
 
 def _resolve_principals(
-    actor: UserProfile, principals: Collection[object] | None, known: _KnownUsers
+    actor: UserProfile, principals: Collection[object] | None, known: LockedActor
 ) -> list[UserProfile]:
     """Users named by email or id (default: the actor), all active users of the actor's
     realm; the first principal that is not (in the order given) is the one reported."""
@@ -396,21 +381,21 @@ def check_add_subscriptions(
     inserted in one statement, and their `stream` `create` events are written with the
     subscription events in one `append_events` call.
     """
-    actor, known = _locked_actor(session, realm_id, actor_id, principals)
+    known = _locked_actor(session, realm_id, actor_id, principals)
+    actor = known.user
     if not names:
         raise InvalidInput("Nothing to subscribe to: subscriptions is empty.")
     users = _resolve_principals(actor, principals, known)
-    if not can_subscribe_others(actor.role) and any(u.id != actor.id for u in users):
-        raise NotAllowed("Guests cannot subscribe other users.")
+    if any(u.id != actor.id for u in users):
+        SUBSCRIBE_OTHERS.check(actor.role)
     named = _by_name_visible_to(session, actor, names)
     # Every refusal is decided before anything is written, in the order of the names,
     # so the first bad name is the one reported.
     to_create: list[str] = []
     for name in named.missing:
-        if not can_create_channels(actor.role):
-            raise NotAllowed("Guests cannot create channels.")
-        if is_web_public and not can_create_web_public_channels(actor.role):
-            raise NotAllowed("Only administrators can create web-public channels.")
+        CREATE_CHANNELS.check(actor.role)
+        if is_web_public:
+            CREATE_WEB_PUBLIC_CHANNELS.check(actor.role)
         if name in named.hidden:
             # It exists but is private and invisible to the actor: do not reveal it.
             raise NotFound(f"Channel '{name}' does not exist.")
@@ -447,12 +432,13 @@ def check_remove_subscriptions(
     principals: list[str | int] | None = None,
 ) -> SubscriptionRequestResult:
     """`DELETE /users/me/subscriptions`: only administrators may remove other users."""
-    actor, known = _locked_actor(session, realm_id, actor_id, principals)
+    known = _locked_actor(session, realm_id, actor_id, principals)
+    actor = known.user
     if not names:
         raise InvalidInput("Nothing to unsubscribe from: subscriptions is empty.")
     users = _resolve_principals(actor, principals, known)
-    if any(u.id != actor.id for u in users) and not can_unsubscribe_others(actor.role):
-        raise NotAllowed("Insufficient permission to unsubscribe other users.")
+    if any(u.id != actor.id for u in users):
+        UNSUBSCRIBE_OTHERS.check(actor.role)
     named = _by_name_visible_to(session, actor, names)
     if named.missing:
         raise NotFound(f"Channel '{named.missing[0]}' does not exist.")

@@ -1,4 +1,11 @@
-"""User actions: creating, deactivating and reactivating users."""
+"""User actions: creating, deactivating and reactivating users.
+
+Each is an owner or administrator action when a user asks for it: `acting_user_id` is
+that user, read again under the realm lock and refused (`ActorDeactivated`,
+`AdministratorRequired`) if a deactivation or a demotion committed after the server
+authenticated them (`actions.actors`). `acting_user_id=None` is the machine's
+administrator (the command line, the demo, the probe), whom nothing refuses.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,11 @@ import string
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from actions.actors import ADMINISTRATOR, lock_realm_as
 from actions.errors import AlreadyExists, InvalidInput, NotAllowed, NotFound
 from actions.peer_events import PeerEventGrouper
 from actions.validation import check_email, check_name
-from models.outbox import PendingEvent, append_events, lock_realm
+from models.outbox import PendingEvent, append_events
 from models.queries import get_user_by_email
 from models.tables import (
     API_KEY_LENGTH,
@@ -40,9 +48,15 @@ def do_create_user(
     full_name: str | None = None,
     role: Role = Role.MEMBER,
     is_bot: bool = False,
+    *,
+    acting_user_id: int | None = None,
 ) -> UserProfile:
-    """Create an active user; every active user of the realm gets `realm_user` `add`."""
-    lock_realm(session, realm_id)
+    """Create an active user; every active user of the realm gets `realm_user` `add`.
+
+    `acting_user_id` must be an active owner or administrator when the realm lock is
+    taken (None: the machine's administrator; see the module).
+    """
+    lock_realm_as(session, realm_id, acting_user_id, ADMINISTRATOR)
     normalized = check_email(email, MAX_EMAIL_LENGTH)
     name = check_name(
         full_name if full_name is not None else normalized.split("@", 1)[0],
@@ -83,9 +97,10 @@ def _subscribed_streams(session: Session, user_id: int) -> list[Stream]:
     )
 
 
-def _locked_user(session: Session, realm_id: int, user_id: int) -> UserProfile:
-    lock_realm(session, realm_id)
-    user = session.get(UserProfile, user_id)
+def _target_user(session: Session, realm_id: int, user_id: int) -> UserProfile:
+    """The user an action changes; the caller holds the realm lock."""
+    # The caller (the command line) may have loaded the row before the lock: read it again.
+    user = session.get(UserProfile, user_id, populate_existing=True)
     if user is None or user.realm_id != realm_id:
         raise NotFound(f"No user with id {user_id} in this realm.")
     return user
@@ -132,17 +147,18 @@ def do_deactivate_user(
 ) -> UserProfile:
     """Deactivate a user: `peer_remove` for each of their channels, then `realm_user` update.
 
-    Peer events are grouped by identical recipients and marked `legacy_skip`: queues on
-    the legacy sequence get the `realm_user` update alone. Runs the same number of
-    statements for 10 channels as for 1,000.
+    `acting_user_id` must be an active owner or administrator when the realm lock is
+    taken, and an owner to deactivate an owner (None: the machine's administrator; see
+    the module). Peer events are grouped by identical recipients and marked
+    `legacy_skip`: queues on the legacy sequence get the `realm_user` update alone. Runs
+    the same number of statements for 10 channels as for 1,000.
     """
-    user = _locked_user(session, realm_id, user_id)
+    actor = lock_realm_as(session, realm_id, acting_user_id, ADMINISTRATOR)
+    user = _target_user(session, realm_id, user_id)
     if not user.is_active:
         raise InvalidInput(f"User {user.email} is already deactivated.")
-    if acting_user_id is not None:
-        actor = session.get(UserProfile, acting_user_id)
-        if user.role == Role.OWNER and (actor is None or actor.role != Role.OWNER):
-            raise NotAllowed("Must be an organization owner to deactivate an owner.")
+    if user.role == Role.OWNER and actor is not None and actor.role != Role.OWNER:
+        raise NotAllowed("Must be an organization owner to deactivate an owner.")
     if user.role == Role.OWNER:
         other_owners = session.scalars(
             select(UserProfile.id)
@@ -167,10 +183,19 @@ def do_deactivate_user(
     return user
 
 
-def do_reactivate_user(session: Session, realm_id: int, user_id: int) -> UserProfile:
+def do_reactivate_user(
+    session: Session, realm_id: int, user_id: int, *, acting_user_id: int | None = None
+) -> UserProfile:
     """Reactivate a user: `realm_user` update, then `peer_add` for the channels they are
-    subscribed to again (the rows kept at deactivation). Every client gets both."""
-    user = _locked_user(session, realm_id, user_id)
+    subscribed to again (the rows kept at deactivation). Every client gets both.
+
+    `acting_user_id` must be an active owner or administrator when the realm lock is
+    taken (None: the machine's administrator; see the module). So an administrator
+    deactivated while their request to reactivate themselves was in flight is refused:
+    the request's actor is read after the deactivation committed.
+    """
+    lock_realm_as(session, realm_id, acting_user_id, ADMINISTRATOR)
+    user = _target_user(session, realm_id, user_id)
     if user.is_active:
         raise InvalidInput(f"User {user.email} is already active.")
     peer_events, update_event = _flip_active(session, realm_id, user, active=True)

@@ -1,6 +1,11 @@
 """State and admin endpoints the `zulip` client calls: users, channels, subscriptions,
 and eventq's own admin views of live queues. Each handler parses, calls one function
-of `models` or `actions` on a database thread, and answers."""
+of `models` or `actions` on a database thread, and answers.
+
+Every action is called with the caller's id as its acting user. `require_admin()`
+refuses a non-administrator early, on the role authentication found (possibly cached);
+the action is the authority: it reads the caller again under the realm lock and refuses
+one deactivated or demoted since (`actions.actors`)."""
 
 from __future__ import annotations
 
@@ -61,7 +66,9 @@ class UsersHandler(ApiHandler):
         email = self.param_str("email")
         self.param_str("password")  # required by Zulip's API; eventq has no passwords
         full_name = self.param_str("full_name")
-        created = await self.act(do_create_user, user.realm_id, email, full_name, Role.MEMBER)
+        created = await self.act(
+            do_create_user, user.realm_id, email, full_name, Role.MEMBER, acting_user_id=user.id
+        )
         self.send_success({"user_id": created.id})
 
 
@@ -72,7 +79,7 @@ class UserHandler(ApiHandler):
         user = await self.authenticate()
         self.require_admin()
         target = parse_id_text("user_id", raw_id)
-        await self.act(do_deactivate_user, user.realm_id, target, user.id)
+        await self.act(do_deactivate_user, user.realm_id, target, acting_user_id=user.id)
         self.send_success()
 
     async def get(self, raw_id: str) -> None:
@@ -97,7 +104,8 @@ class ReactivateUserHandler(ApiHandler):
     async def post(self, raw_id: str) -> None:
         user = await self.authenticate()
         self.require_admin()
-        await self.act(do_reactivate_user, user.realm_id, parse_id_text("user_id", raw_id))
+        target = parse_id_text("user_id", raw_id)
+        await self.act(do_reactivate_user, user.realm_id, target, acting_user_id=user.id)
         self.send_success()
 
 

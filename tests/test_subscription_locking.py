@@ -180,7 +180,7 @@ async def test_rest_request_by_a_user_deactivated_after_authentication_gets_a_ty
             "/users/me/subscriptions",
             params,
         )
-    assert answer.status == 400, answer.body
+    assert answer.status == 401, answer.body
     assert answer.body == {
         "result": "error",
         "msg": "Account is deactivated",
