@@ -21,6 +21,7 @@ from migrations import check_schema
 from models.database import Database
 from queues.descriptor import parse_legacy_rules
 from server import native_heap
+from server.body_limits import LARGEST_BODY_LIMIT, BodyBoundedApplication, BodyBudget
 from server.config import DEFAULT_READY_MAX_LAG_SECS, Settings
 from server.connections import GuardedHTTPServer, connection_cap
 from server.handlers_events import (
@@ -30,18 +31,13 @@ from server.handlers_events import (
     ServerSettingsHandler,
 )
 from server.handlers_ops import ADMIN_ROUTES, METRICS_ROUTES, PROBE_ROUTES
-from server.http import MAX_BODY_BYTES, NotFoundHandler, log_request
+from server.http import NotFoundHandler, log_request
 from server.metrics import FigureReader
 from server.ratelimit import RateLimiter, RateLimits
 from server.service import HEARTBEAT_MAX_SECS, HEARTBEAT_MIN_SECS, EventService
 
 log = logging.getLogger("eventq.server")
 
-# Tornado reads bodies up to this size, so that one over MAX_BODY_BYTES (256 KiB) still
-# gets a JSON 413 from ApiHandler.prepare; a body over this hard cap is not read at all
-# (the connection is closed), which bounds the memory one request can take.
-MAX_READ_BODY_BYTES = 8 * 1024 * 1024
-assert MAX_READ_BODY_BYTES > MAX_BODY_BYTES, "oversized bodies must be read to be answered"
 # Pending connections the kernel queues for us: after a restart every client of a large
 # realm reconnects at once, and Tornado's default (128) would reset most of them.
 LISTEN_BACKLOG = 4096
@@ -62,11 +58,13 @@ def make_app(
     serve_metrics: bool = True,
     figures: FigureReader | None = None,
     ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS,
-) -> tornado.web.Application:
+    body_budget: BodyBudget | None = None,
+) -> BodyBoundedApplication:
     """The application with every route of docs/architecture.md §6.
 
     `rate_limiter` None: Zulip's default limits (`server.ratelimit.RateLimits()`).
     `serve_metrics` False: `/metrics` is left to a listener of its own (`make_ops_app`).
+    `body_budget` None: a budget of its own at the default size (`server.body_limits`).
     """
     from server.handlers_messages import MESSAGE_ROUTES
     from server.handlers_page import PAGE_ROUTES
@@ -84,8 +82,9 @@ def make_app(
         *(METRICS_ROUTES if serve_metrics else []),
         *PAGE_ROUTES,
     ]
-    return tornado.web.Application(
+    return BodyBoundedApplication(
         routes,
+        body_budget=body_budget or BodyBudget(monitor=service.abuse),
         service=service,
         rate_limiter=rate_limiter or RateLimiter(RateLimits(), service.abuse),
         figures=figures or FigureReader(service),
@@ -101,10 +100,12 @@ def make_ops_app(
     rate_limiter: RateLimiter,
     figures: FigureReader,
     ready_max_lag_secs: float = DEFAULT_READY_MAX_LAG_SECS,
-) -> tornado.web.Application:
+    body_budget: BodyBudget | None = None,
+) -> BodyBoundedApplication:
     """`/metrics`, `/healthz` and `/readyz` alone, for `EVENTQ_METRICS_ADDRESS`."""
-    return tornado.web.Application(
+    return BodyBoundedApplication(
         [*METRICS_ROUTES, *PROBE_ROUTES],
+        body_budget=body_budget or BodyBudget(monitor=service.abuse),
         service=service,
         rate_limiter=rate_limiter,
         figures=figures,
@@ -154,6 +155,8 @@ async def run_server(
     )
     await service.start()
     rate_limiter = RateLimiter(settings.rate_limits, service.abuse)
+    # One budget for both listeners: it bounds what every connection of the process holds.
+    body_budget = BodyBudget(settings.max_body_bytes_in_flight, service.abuse)
     # One reader for both listeners: their scrapes and probes share one database read.
     figures = FigureReader(service)
     app = make_app(
@@ -162,13 +165,16 @@ async def run_server(
         serve_metrics=settings.metrics_address is None,
         figures=figures,
         ready_max_lag_secs=settings.ready_max_lag_secs,
+        body_budget=body_budget,
     )
     # Tornado's idle_connection_timeout is its header timeout: it bounds the wait for a
     # request's whole header, on a new connection and between keep-alive requests
     # (server.connections). Neither timeout runs while a poll is parked.
     server = GuardedHTTPServer(
         app,
-        max_body_size=MAX_READ_BODY_BYTES,
+        # Bodies are bounded before they are read (`server.body_limits`): each request's
+        # route lowers this cap (16 KiB for most), and a budget bounds all of them.
+        max_body_size=LARGEST_BODY_LIMIT,
         max_header_size=MAX_HEADER_BYTES,
         # Behind nginx every connection comes from the proxy: its X-Real-IP (or
         # X-Forwarded-For) names the client, for the rate limits and the logs.
@@ -182,7 +188,7 @@ async def run_server(
     ops_server = None
     if settings.metrics_address is not None:
         ops_server = _listen_for_ops(
-            make_ops_app(service, rate_limiter, figures, settings.ready_max_lag_secs),
+            make_ops_app(service, rate_limiter, figures, settings.ready_max_lag_secs, body_budget),
             settings,
             *settings.metrics_address,
         )
@@ -230,7 +236,7 @@ def _listen_for_ops(
     """Serve the operational endpoints on their own address (port 0: any free one)."""
     ops_server = tornado.httpserver.HTTPServer(
         app,
-        max_body_size=MAX_READ_BODY_BYTES,
+        max_body_size=LARGEST_BODY_LIMIT,
         max_header_size=MAX_HEADER_BYTES,
         xheaders=False,
         idle_connection_timeout=settings.header_timeout_secs,
@@ -253,11 +259,12 @@ def _log_limits(settings: Settings, max_connections: int) -> None:
         ("auth failures/email", limits.auth_failures_email),
     )
     log.info(
-        "limits: header timeout %gs, body timeout %gs, %d connections, %d queues per user; "
-        "rate limits %s",
+        "limits: header timeout %gs, body timeout %gs, %d connections, %d body bytes in "
+        "flight, %d queues per user; rate limits %s",
         settings.header_timeout_secs,
         settings.body_timeout_secs,
         max_connections,
+        settings.max_body_bytes_in_flight,
         settings.max_queues_per_user,
         ", ".join(f"{name} {','.join(map(str, r)) or 'off'}" for name, r in rules)
         if limits.enabled

@@ -11,6 +11,7 @@
 | `EVENTQ_HEADER_TIMEOUT_SECS` | 20 | to receive a request's header; keep-alive idle limit |
 | `EVENTQ_BODY_TIMEOUT_SECS` | 30 | seconds to receive a request's body |
 | `EVENTQ_MAX_CONNECTIONS` | fd limit - 256 | connections per process; past it a 503 |
+| `EVENTQ_MAX_BODY_BYTES_IN_FLIGHT` | 33554432 | body bytes being received at once; past it a 503 |
 | `EVENTQ_RATE_LIMITING` | `on` | `off` turns every rate limit off |
 | `EVENTQ_RATE_LIMIT_USER` | `60:200` | API requests per user (polls excepted) |
 | `EVENTQ_RATE_LIMIT_POLLS` | `60:200` | wasted long-polls per user |
@@ -63,6 +64,13 @@ MIN_TIMEOUT_SECS = 0.1
 MAX_TIMEOUT_SECS = 3600.0
 # Lower caps leave the server unable to park its own clients' polls.
 MIN_MAX_CONNECTIONS = 16
+# Request-body bytes all connections may be sending at once (`server.body_limits`).
+# 32 MiB is 128 bodies of the largest size a route allows, received at the same moment.
+# The minimum is that largest size, or such a body could never be received: it is
+# `server.http.MAX_BODY_BYTES`, repeated because this module must not import Tornado
+# (`server.body_limits` checks that they agree).
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024
+MIN_MAX_BODY_BYTES_IN_FLIGHT = 256 * 1024
 # The consumer routes a committed row within milliseconds; ten seconds behind means it
 # is stuck or the database is crawling, and a load balancer should try another process.
 DEFAULT_READY_MAX_LAG_SECS = 10.0
@@ -85,6 +93,9 @@ class Settings:
     body_timeout_secs: float = DEFAULT_BODY_TIMEOUT_SECS
     # None: as many as the process's file descriptor limit allows (server.connections).
     max_connections: int | None = None
+    # Past this many request-body bytes being received at once, a request with a body
+    # gets a 503 before it is read (`server.body_limits`).
+    max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
     max_queues_per_user: int = DEFAULT_MAX_QUEUES_PER_USER
     rate_limits: RateLimits = RateLimits()
     # (host, port) of a listener of its own for /metrics, /healthz and /readyz; None:
@@ -135,6 +146,10 @@ class Settings:
             header_timeout_secs=_seconds("EVENTQ_HEADER_TIMEOUT_SECS", DEFAULT_HEADER_TIMEOUT_SECS),
             body_timeout_secs=_seconds("EVENTQ_BODY_TIMEOUT_SECS", DEFAULT_BODY_TIMEOUT_SECS),
             max_connections=_count("EVENTQ_MAX_CONNECTIONS", MIN_MAX_CONNECTIONS, None),
+            max_body_bytes_in_flight=_count(
+                "EVENTQ_MAX_BODY_BYTES_IN_FLIGHT", MIN_MAX_BODY_BYTES_IN_FLIGHT, None
+            )
+            or DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             max_queues_per_user=_count("EVENTQ_MAX_QUEUES_PER_USER", 1, MAX_QUEUES_PER_USER_CEILING)
             or DEFAULT_MAX_QUEUES_PER_USER,
             rate_limits=_rate_limits(),

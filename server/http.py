@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
@@ -24,7 +24,7 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from actions.errors import ActionError
+from actions.errors import ActionError, ActorDeactivated
 from models.visibility import is_realm_admin
 from server.errors import (
     AdminRequired,
@@ -67,18 +67,23 @@ def new_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):016x}"
 
 
-# No request of this API needs a larger body; a larger one gets a JSON 413 from
-# `ApiHandler.prepare` (`server.app` reads bodies up to a higher hard cap so that it can).
+# Parameters that a proxy in front routes by (nginx reads the first `queue_id` of a
+# query string, this server would read the last): a request giving one twice is refused,
+# so the two can never disagree about which queue a poll is for.
+SINGLE_VALUED_PARAMS = frozenset({"queue_id"})
+
+# No request of this API needs a larger body. Each route has its own limit, at most this
+# one, which refuses a larger body before it is read (`server.body_limits`).
 MAX_BODY_BYTES = 256 * 1024
 
 
 class PayloadTooLarge(ApiError):
-    """The request body is over MAX_BODY_BYTES (the OpenAPI document's 413)."""
+    """The request body is over its route's limit (the OpenAPI document's 413)."""
 
     status = 413
 
-    def __init__(self) -> None:
-        super().__init__(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    def __init__(self, limit: int = MAX_BODY_BYTES) -> None:
+        super().__init__(f"The request body is larger than {limit} bytes.")
 
 
 # The long-poll's own parameters (`last_event_id`, `dont_block`) are small integers and
@@ -199,16 +204,21 @@ class ApiHandler(tornado.web.RequestHandler):
         headers["Cache-Control"] = "no-store"
         headers[REQUEST_ID_HEADER] = self.request_id
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
+        if not self.public and not self._implements_method():
+            # Answered 405 whatever the credentials; they still name the caller.
+            self._check_body_size()
+            return self.identify_caller()
         # Requests that will not authenticate count against the address's budget (those
         # that do count against their user's once authenticated): Zulip's api_by_ip.
-        if (
-            self.public
-            or not self.request.headers.get("Authorization")
-            or not self._implements_method()
-        ):
+        if self.public or not self.request.headers.get("Authorization"):
             self.set_rate_headers(self.rate_limiter.anonymous_request(self.client_address))
-        # Tornado has read the whole body (up to server.app's hard cap) by now.
+        self._check_body_size()
+        return None
+
+    def _check_body_size(self) -> None:
+        # A body over its route's limit was refused before it was read
+        # (`server.body_limits`); this is the backstop for an app served without that.
         if len(self.request.body) > MAX_BODY_BYTES:
             raise PayloadTooLarge()
 
@@ -216,10 +226,16 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def _raw_param(self, name: str) -> str | None:
         values = self.request.query_arguments.get(name)
-        if not values and self.request.method in ("POST", "PATCH", "DELETE", "PUT"):
-            values = self.request.body_arguments.get(name)
+        if self.request.method in ("POST", "PATCH", "DELETE", "PUT"):
+            in_body = self.request.body_arguments.get(name)
+            if not values:
+                values = in_body
+            elif in_body and name in SINGLE_VALUED_PARAMS:
+                values = values + in_body  # refused below: two places, two values
         if not values:
             return None
+        if len(values) > 1 and name in SINGLE_VALUED_PARAMS:
+            raise BadRequest(f'Argument "{name}" was given more than once.')
         try:
             return values[-1].decode("utf-8")
         except UnicodeDecodeError:
@@ -282,6 +298,20 @@ class ApiHandler(tornado.web.RequestHandler):
             self.set_rate_headers(limiter.user_request(self.user.id))
         return self.user
 
+    async def identify_caller(self) -> None:
+        """For a request refused whatever its credentials (an unknown path, a method the
+        path does not take): authenticate it if it carries credentials, so that the log
+        names the caller and the request counts against their budget, and otherwise count
+        it against the address's. The answer stays the refusal: a failed authentication
+        is counted as any other, but not answered as such."""
+        if not self.request.headers.get("Authorization"):
+            self.set_rate_headers(self.rate_limiter.anonymous_request(self.client_address))
+            return
+        try:
+            await self.authenticate()
+        except (InvalidApiKey, UserDeactivated):
+            pass  # counted against the address and the email by authenticate()
+
     # -- calling the layers below on the database threads ------------------------------
 
     async def query(
@@ -333,9 +363,13 @@ class ApiHandler(tornado.web.RequestHandler):
             self.set_rate_headers(self._rate_headers)
         if isinstance(error, ApiError):
             self.set_status(error.status)
+            for header, value in error.headers.items():
+                self.set_header(header, value)
             body = error.to_json()
         elif isinstance(error, ActionError):
-            self.set_status(400)
+            # Zulip answers a deactivated account with 401 wherever it is found out; here
+            # under the realm lock, after authentication had let the request in.
+            self.set_status(401 if isinstance(error, ActorDeactivated) else 400)
             body = {"result": "error", "msg": str(error), "code": error.code}
         elif isinstance(error, SQLAlchemyError):
             self.set_status(503)
@@ -373,8 +407,8 @@ class ApiHandler(tornado.web.RequestHandler):
 class NotFoundHandler(ApiHandler):
     """Every unknown path: a JSON 404, never an HTML page."""
 
-    def prepare(self) -> None:
-        self.set_rate_headers(self.rate_limiter.anonymous_request(self.client_address))
+    async def prepare(self) -> None:
+        await self.identify_caller()
         self.set_status(404)
         self.finish(json.dumps({"result": "error", "msg": "Not Found", "code": "BAD_REQUEST"}))
 

@@ -655,6 +655,14 @@ def test_a_refused_request_with_credentials_is_logged_as_its_caller(
         server.wait_for_log(
             rf"GET /api/v1/no-such-endpoint 404 user {member_id} ", CONDITION_TIMEOUT_SECS
         )
+        # A method the path does not take: 405, named the same way.
+        wrong_method = requests.put(
+            server.url + "/api/v1/users/me",
+            auth=(realm.emails["member"], realm.api_keys["member"]),
+            timeout=REQUEST_TIMEOUT_SECS,
+        )
+        assert wrong_method.status_code == 405
+        server.wait_for_log(rf"PUT /api/v1/users/me 405 user {member_id} ", CONDITION_TIMEOUT_SECS)
         # Wrong credentials: the same 404, logged as nobody's, counted as a failure.
         wrong = requests.get(
             server.url + "/api/v1/still-nothing",
