@@ -3,14 +3,19 @@
 This module owns
 
 * the rendering of a message's content (`render_markdown`: Markdown with raw HTML
-  disabled, so nothing a sender writes reaches another client as markup);
+  disabled, so nothing a sender writes reaches another client as markup), refused as
+  Zulip refuses it, "Unable to render message", when the HTML would pass
+  `MAX_RENDERED_LENGTH`;
 * the wire shape of a message (`message_to_api`), the same in a `message` event and in
   `GET /messages`, following Zulip's API documentation, and the stored form of the event
   (`message_event`), which carries the raw-Markdown form for queues that ask for it;
 * the narrow (`parse_narrow`): Zulip's operators `channel`/`stream`, `topic`/`subject`,
   `dm`/`pm-with`, `sender` and `is:dm`/`is:private`, each possibly negated, as a queue's
   event filter (`EventNarrow`, which reads nothing but the event, so a rebuilt queue
-  filters identically) and as the conditions of a history query;
+  filters identically, and which prepares its terms once so that filtering one message
+  costs the same whatever the size of its operands) and as the conditions of a history
+  query; its size is bounded (`MAX_NARROW_TERMS`, `MAX_NARROW_USERS`,
+  `MAX_NARROW_OPERAND_CHARS`);
 * history (`fetch_messages`): a user reads what they received (`user_message`, newest
   first through its primary key), plus, with a channel narrow, the whole history of a
   channel whose history is public to them: a public channel they may see, or a
@@ -18,7 +23,9 @@ This module owns
   subscribers (its `history_public_to_subscribers` is false, `models.wire`): they read
   what they received while subscribed, and nobody else reads any of it. Every read is
   an indexed walk (`user_message`'s key, `message (recipient_id, id)`), never a scan of
-  the realm's messages.
+  the realm's messages, and one answer holds at most `MAX_FETCH_ANSWER_BYTES` of
+  messages: the messages farthest from the anchor are left out, and `found_oldest` or
+  `found_newest` says so, so that the client pages on.
 
 Fields Zulip sends that eventq has no concept of have the value that says so:
 `avatar_url` null (every avatar is the Gravatar of the sender's email, computed by the
@@ -35,14 +42,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from actions.errors import ActionError, InvalidInput
 from models.queries import get_stream_by_name
 from models.state import ViewerDeactivated
-from models.tables import Message, Realm, Recipient, Stream, Subscription, UserMessage, UserProfile
+from models.tables import (
+    MAX_MESSAGE_LENGTH,
+    Message,
+    Realm,
+    Recipient,
+    Stream,
+    Subscription,
+    UserMessage,
+    UserProfile,
+)
 from models.visibility import can_see_stream
 
 # Zulip's `Recipient.type` values eventq uses: a channel, and a direct-message
@@ -57,9 +76,60 @@ CONTENT_TYPE_MARKDOWN = "text/x-markdown"
 LARGER_THAN_MAX_MESSAGE_ID = 10_000_000_000_000_000
 # Zulip's cap on `num_before + num_after` of one `GET /messages`.
 MAX_MESSAGES_PER_FETCH = 5000
+# The most bytes of messages one `GET /messages` answer holds (its JSON as sent, less the
+# envelope). Zulip has no such bound; without it, 5,000 messages of the largest rendering
+# (`MAX_RENDERED_LENGTH`, about 108 KB each as sent) make a 540 MB answer, built on a
+# database thread, encoded on the event loop and buffered per reader. An ordinary message
+# is 0.5-1.5 KB in this encoding (measured: 518 bytes for a two-line channel message), so
+# a full answer of 5,000 of them fits and only answers inflated by large messages are
+# cut, at about 77 messages of the largest rendering. The messages farthest from
+# the anchor are the ones left out, and the side they were on answers `found_oldest` or
+# `found_newest` false, as when `num_before` or `num_after` stops short: a client pages on
+# from the last message it got, as Zulip's clients do.
+MAX_FETCH_ANSWER_BYTES = 8 * 1024 * 1024
+# What the answer holds besides its messages (`result`, `msg`, `anchor`, the `found_*`
+# flags), with a wide margin: it is a few hundred bytes.
+_FETCH_ENVELOPE_BYTES = 1024
+# Messages are loaded and measured this many at a time, nearest the anchor first, so a
+# read that stops at MAX_FETCH_ANSWER_BYTES holds at most this many beyond it (about
+# 55 MB if each had the largest rendering) instead of all 5,000.
+_FETCH_LOAD_BATCH = 500
 # No client narrows by more than a few terms; the cap bounds the SQL of one history read
 # and the work of one queue's filter per message.
 MAX_NARROW_TERMS = 16
+# The most users a narrow's `dm` terms name in all, and the most characters of its text
+# operands in all (channel names, topics and emails, those of `dm` terms included). Zulip
+# bounds neither (only its request size does); eventq's 256 KiB request bound let one
+# register name 40,000 users, which its queue kept for life (1.2-1.5 MB each, measured)
+# and, before filters were prepared once (`EventNarrow`), walked on every message routed
+# to it. A `dm` term names one conversation, so the figures are for a client that names
+# sixteen conversations (`MAX_NARROW_TERMS`) of up to fifteen people each, or one of 250,
+# by ids or by emails of up to 65 characters; a narrow beyond them is refused as
+# BAD_NARROW, at register and in `GET /messages` alike.
+MAX_NARROW_USERS = 250
+MAX_NARROW_OPERAND_CHARS = 16_384
+# The longest HTML a message may render to: Zulip refuses a message whose rendered
+# content exceeds 100 times MAX_MESSAGE_LENGTH (zerver/lib/markdown/__init__.py,
+# `do_convert`: "Rendered content exceeds ... characters", a MarkdownRenderingError that
+# zerver/actions/message_send.py's `render_incoming_message` answers as "Unable to render
+# message"), and stops any rendering after 5 s. eventq stores the HTML three times (the
+# message row and its two `message` events) and sends it in every event and history read,
+# so it refuses at ten times: a 7,203-character table that markdown-it completes to 65,536
+# cells renders to 668,004 characters (the review measured 2.2 MB stored for it). Text
+# renders to at most six times its length (`"` is `&quot;`), a table of one-character
+# cells to about five: of Markdown not built to expand, only such a table with column
+# alignments (36 characters a cell) of more than about 2,700 cells passes the bound.
+MAX_RENDERED_LENGTH = 10 * MAX_MESSAGE_LENGTH
+# The most block tokens one rendering may make, checked as the parser makes them, so that
+# source which would be refused for its length is refused before most of the work: a
+# table cell is three block tokens and renders to at least `<td></td>` and a newline, ten
+# characters, so a table of more cells than a third of this renders past
+# MAX_RENDERED_LENGTH anyway. Written Markdown makes at most about three block tokens a
+# character (a `|` in a table row); only the cells markdown-it fills in (up to 65,536 a
+# table, its `MAX_AUTOCOMPLETED_CELLS`) make more, and those cost the CPU: rendering the
+# table above took 0.9 s, six smaller ones in one 9,245-character message 6.2 s; refusing
+# them at this bound takes 0.10 s and 0.14 s (measured on this project's 2-core machine).
+MAX_RENDER_BLOCK_TOKENS = 3 * MAX_RENDERED_LENGTH // 10
 # Must equal `queues.types.RAW_MARKDOWN_KEY` (models may not import queues; a unit test
 # checks they agree): the stored event's raw-Markdown fields for `apply_markdown` false.
 RAW_MARKDOWN_KEY = "eventq_raw_markdown"
@@ -78,9 +148,41 @@ _MARKDOWN = (
 )
 
 
+class MarkdownRenderingError(InvalidInput):
+    """Raised by `render_markdown` for content whose HTML would be longer than
+    MAX_RENDERED_LENGTH: Zulip's exception of that name, answered with Zulip's wording
+    (BAD_REQUEST). Raised before the message's transaction writes anything."""
+
+    def __init__(self) -> None:
+        super().__init__("Unable to render message")
+
+
+class _BoundedBlockTokens(list[Token]):
+    """The block token stream of one rendering: the parser appends every block token
+    here (`StateBlock.push`), and the one past MAX_RENDER_BLOCK_TOKENS stops it."""
+
+    __slots__ = ()
+
+    def append(self, token: Token) -> None:
+        if len(self) >= MAX_RENDER_BLOCK_TOKENS:
+            raise MarkdownRenderingError()
+        super().append(token)
+
+
+def _bound_block_tokens(state: StateCore) -> None:
+    state.tokens = _BoundedBlockTokens(state.tokens)
+
+
+_MARKDOWN.core.ruler.before("block", "eventq_block_token_bound", _bound_block_tokens)
+
+
 def render_markdown(content: str) -> str:
-    """The HTML a client shows for `content` (`apply_markdown` true)."""
-    return _MARKDOWN.render(content)
+    """The HTML a client shows for `content` (`apply_markdown` true). Raises
+    `MarkdownRenderingError` for content whose HTML would pass MAX_RENDERED_LENGTH."""
+    html = _MARKDOWN.render(content)
+    if len(html) > MAX_RENDERED_LENGTH:
+        raise MarkdownRenderingError()
+    return html
 
 
 def dm_key(user_ids: Iterable[int]) -> str:
@@ -299,7 +401,24 @@ def parse_narrow(raw: Any) -> tuple[NarrowTerm, ...]:
             )
         else:
             raise InvalidInput(f"Invalid narrow[{index}]")
+    users, characters = narrow_size(terms)
+    if users > MAX_NARROW_USERS:
+        raise BadNarrow(f"dm operands name more than {MAX_NARROW_USERS} users")
+    if characters > MAX_NARROW_OPERAND_CHARS:
+        raise BadNarrow(f"operands longer than {MAX_NARROW_OPERAND_CHARS} characters in all")
     return tuple(terms)
+
+
+def narrow_size(terms: Iterable[NarrowTerm]) -> tuple[int, int]:
+    """(users its `dm` terms name, characters of its text operands) of a narrow, as
+    MAX_NARROW_USERS and MAX_NARROW_OPERAND_CHARS bound them."""
+    users = characters = 0
+    for term in terms:
+        items = term.operand if isinstance(term.operand, tuple) else (term.operand,)
+        if term.operator == "dm":
+            users += len(items)
+        characters += sum(len(item) for item in items if isinstance(item, str))
+    return users, characters
 
 
 def narrow_to_json(terms: Sequence[NarrowTerm]) -> str | None:
@@ -310,7 +429,13 @@ def narrow_to_json(terms: Sequence[NarrowTerm]) -> str | None:
 
 
 def narrow_from_json(text: str | None) -> tuple[NarrowTerm, ...]:
-    """The terms of a stored narrow, as `narrow_to_json` wrote them."""
+    """The terms of a stored narrow, as `narrow_to_json` wrote them.
+
+    Not checked against MAX_NARROW_USERS and MAX_NARROW_OPERAND_CHARS: a descriptor
+    written before those bounds (or under larger ones) still rebuilds its queue, which
+    filters as its client registered it, at the per-message cost of any other queue
+    (`EventNarrow`), and is gone when the queue expires. Refusing it would drop a queue
+    whose id the client holds; cutting it would change what the client receives."""
     if not text:
         return ()
     terms = []
@@ -324,37 +449,111 @@ def _lower(value: Any) -> str:
     return value.lower() if isinstance(value, str) else ""
 
 
-def _event_term_matches(term: NarrowTerm, message: dict[str, Any], owner_id: int) -> bool:
+@dataclass(frozen=True, slots=True)
+class PreparedTerm:
+    """A narrow term as a queue's filter reads it, prepared once per queue: operands
+    lower-cased once, and a `dm` term's users as sets, so that matching a message costs
+    the same whatever the number of users the term names."""
+
+    operator: str
+    negated: bool
+    # A `channel` or `sender` named by id.
+    id_operand: int | None = None
+    # A `channel` name, `topic` or `sender` email, lower-cased.
+    text_operand: str | None = None
+    # The users a `dm` term names, by id and by (lower-case) email.
+    dm_ids: frozenset[int] = frozenset()
+    dm_emails: frozenset[str] = frozenset()
+
+
+def prepare_term(term: NarrowTerm) -> PreparedTerm:
+    """`term` as `EventNarrow` matches it."""
     operand = term.operand
+    if term.operator == "dm":
+        items = operand if isinstance(operand, tuple) else (operand,)
+        return PreparedTerm(
+            term.operator,
+            term.negated,
+            dm_ids=frozenset(i for i in items if isinstance(i, int)),
+            dm_emails=frozenset(i.lower() for i in items if isinstance(i, str)),
+        )
+    if isinstance(operand, int):
+        return PreparedTerm(term.operator, term.negated, id_operand=operand)
+    return PreparedTerm(term.operator, term.negated, text_operand=_lower(operand))
+
+
+class _Conversation:
+    """A direct message's participants, as the `dm` terms of one filter read them: the
+    sets are built on first use, once per message, whatever the number of terms."""
+
+    __slots__ = ("_listed", "_participants", "_ids", "_emails")
+
+    def __init__(self, participants: list[Any]) -> None:
+        self._listed = participants
+        self._participants: list[dict[str, Any]] | None = None
+        self._ids: frozenset[Any] | None = None
+        self._emails: frozenset[str] | None = None
+
+    @property
+    def participants(self) -> list[dict[str, Any]]:
+        if self._participants is None:
+            self._participants = [p for p in self._listed if isinstance(p, dict)]
+        return self._participants
+
+    @property
+    def ids(self) -> frozenset[Any]:
+        if self._ids is None:
+            self._ids = frozenset(p.get("id") for p in self.participants)
+        return self._ids
+
+    @property
+    def emails(self) -> frozenset[str]:
+        if self._emails is None:
+            self._emails = frozenset(_lower(p.get("email")) for p in self.participants)
+        return self._emails
+
+
+def _dm_matches(term: PreparedTerm, conversation: _Conversation, owner_id: int) -> bool:
+    """Whether the conversation is exactly the named users and the queue's owner. Costs
+    the conversation's size, never the term's: a term naming more users than the
+    conversation has is answered by the sizes alone."""
+    ids, emails = conversation.ids, conversation.emails
+    if len(term.dm_ids) > len(ids) or len(term.dm_emails) > len(emails):
+        return False
+    if not (term.dm_ids <= ids and term.dm_emails <= emails):
+        return False
+    return all(
+        p.get("id") == owner_id
+        or p.get("id") in term.dm_ids
+        or _lower(p.get("email")) in term.dm_emails
+        for p in conversation.participants
+    )
+
+
+def _event_term_matches(
+    term: PreparedTerm,
+    message: dict[str, Any],
+    owner_id: int,
+    conversation: _Conversation | None,
+) -> bool:
     is_stream = message.get("type") == "stream"
     if term.operator == "channel":
-        if isinstance(operand, int):
-            return is_stream and message.get("stream_id") == operand
-        return is_stream and _lower(message.get("display_recipient")) == _lower(operand)
+        if term.id_operand is not None:
+            return is_stream and message.get("stream_id") == term.id_operand
+        return is_stream and _lower(message.get("display_recipient")) == term.text_operand
     if term.operator == "topic":
-        return is_stream and _lower(message.get("subject")) == _lower(operand)
+        return is_stream and _lower(message.get("subject")) == term.text_operand
     if term.operator == "sender":
-        if isinstance(operand, int):
-            return bool(message.get("sender_id") == operand)
-        return _lower(message.get("sender_email")) == operand
+        if term.id_operand is not None:
+            return bool(message.get("sender_id") == term.id_operand)
+        return _lower(message.get("sender_email")) == term.text_operand
     if is_stream:
         return False
     if term.operator == "is":
         return True
-    participants = message.get("display_recipient")
-    if not isinstance(participants, list) or not isinstance(operand, tuple):
+    if conversation is None:
         return False
-    ids = {p.get("id") for p in participants if isinstance(p, dict)}
-    emails = {_lower(p.get("email")) for p in participants if isinstance(p, dict)}
-    named = set(operand)
-    # The conversation of exactly the named users and the queue's owner.
-    if not all((item in ids) if isinstance(item, int) else (item in emails) for item in named):
-        return False
-    return all(
-        p.get("id") == owner_id or p.get("id") in named or _lower(p.get("email")) in named
-        for p in participants
-        if isinstance(p, dict)
-    )
+    return _dm_matches(term, conversation, owner_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,17 +563,30 @@ class EventNarrow:
     It reads only the event (channel name or id, topic, sender, participants), never the
     database: the outbox row is the same on every replay, so a rebuilt queue accepts the
     same events. Hashable, so queues with the same narrow and owner share one.
+
+    Its terms are prepared once, when the filter is built (at register, and when a queue
+    is rebuilt from its descriptor): `prepared` holds them, so one message costs
+    O(terms × participants), never the number of users the terms name.
     """
 
     terms: tuple[NarrowTerm, ...]
     owner_id: int
+    prepared: tuple[PreparedTerm, ...] = field(
+        init=False, default=(), repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prepared", tuple(prepare_term(t) for t in self.terms))
 
     def __call__(self, event: dict[str, Any]) -> bool:
         message = event.get("message")
         if not isinstance(message, dict):
             return False
+        participants = message.get("display_recipient")
+        conversation = _Conversation(participants) if isinstance(participants, list) else None
         return all(
-            _event_term_matches(term, message, self.owner_id) != term.negated for term in self.terms
+            _event_term_matches(term, message, self.owner_id, conversation) != term.negated
+            for term in self.prepared
         )
 
 
@@ -598,7 +810,10 @@ def fetch_messages(
     with Zulip's `found_anchor`, `found_oldest`, `found_newest` and `history_limited`.
 
     Each side is one indexed query that fetches one row more than asked, so the answer
-    says exactly whether the oldest and newest matching messages are included.
+    says exactly whether the oldest and newest matching messages are included. An answer
+    holds at most MAX_FETCH_ANSWER_BYTES of messages: past it, the messages farthest from
+    the anchor are left out, and `found_oldest` / `found_newest` are false for the side
+    they were on, so a client pages on from the last message it got.
     """
     if num_before < 0 or num_after < 0:
         raise InvalidInput("num_before and num_after must not be negative")
@@ -647,15 +862,56 @@ def fetch_messages(
         answer["found_newest"] = len(after) <= num_after
         after = after[:num_after]
     answer["found_anchor"] = bool(anchor_rows)
-    rows = [*before, *anchor_rows, *after]
-    views = load_message_views(session, [int(row[0]) for row in rows])
-    messages = []
-    for message_id, flags in rows:
-        data = message_to_api(views[int(message_id)], apply_markdown)
-        data["flags"] = flag_names(None if flags is None else int(flags))
-        messages.append(data)
-    answer["messages"] = messages
+    kept_before, anchor_messages, kept_after = _within_answer_bound(
+        session, before, anchor_rows, after, apply_markdown
+    )
+    # Messages left out for the byte bound: the side they were on has more, and says so.
+    if len(kept_before) < len(before):
+        answer["found_oldest"] = False
+    if len(kept_after) < len(after):
+        answer["found_newest"] = False
+    answer["messages"] = [*kept_before, *anchor_messages, *kept_after]
     return answer
+
+
+def _within_answer_bound(
+    session: Session,
+    before: Sequence[Any],
+    anchor_rows: Sequence[Any],
+    after: Sequence[Any],
+    apply_markdown: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The wire shapes of the rows (each (message id, flags), oldest first), nearest the
+    anchor first, as long as their JSON fits MAX_FETCH_ANSWER_BYTES: (the kept messages
+    before the anchor, the anchor's, those after it), each oldest first.
+
+    The anchor comes first, then the sides alternately, so a cut one leaves both sides
+    about as long; the first message is always kept, so a client paging on always gets
+    one. Rows are loaded `_FETCH_LOAD_BATCH` at a time, in that order, and the encoding
+    measured is the one the answer is sent in (orjson's)."""
+    order: list[tuple[int, Any]] = [(0, row) for row in anchor_rows]
+    nearest_before, nearest_after = before[::-1], list(after)
+    for index in range(max(len(nearest_before), len(nearest_after))):
+        if index < len(nearest_before):
+            order.append((-1, nearest_before[index]))
+        if index < len(nearest_after):
+            order.append((1, nearest_after[index]))
+    budget = MAX_FETCH_ANSWER_BYTES - _FETCH_ENVELOPE_BYTES
+    used = 0
+    kept: dict[int, list[dict[str, Any]]] = {-1: [], 0: [], 1: []}
+    for start in range(0, len(order), _FETCH_LOAD_BATCH):
+        batch = order[start : start + _FETCH_LOAD_BATCH]
+        views = load_message_views(session, [int(row[0]) for _, row in batch])
+        for side, (message_id, flags) in batch:
+            data = message_to_api(views[int(message_id)], apply_markdown)
+            data["flags"] = flag_names(None if flags is None else int(flags))
+            # Its JSON and the comma before the next one.
+            size = len(orjson.dumps(data)) + 1
+            if used + size > budget and used > 0:
+                return kept[-1][::-1], kept[0], kept[1]
+            used += size
+            kept[side].append(data)
+    return kept[-1][::-1], kept[0], kept[1]
 
 
 def received_message_count(session: Session, user_ids: Collection[int] | None = None) -> int:

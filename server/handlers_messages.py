@@ -6,6 +6,11 @@ The handler decodes Zulip's parameters into plain values, makes one call
 decoding of `to`, which Zulip accepts in several forms: for a channel message its name
 (plain or JSON-encoded) or its id (a JSON integer); for a direct message a JSON list of
 user ids or of emails, a single id, or emails separated by commas.
+
+Both answers are bounded in `models.messages`: a send whose content would render past
+`MAX_RENDERED_LENGTH` is refused with Zulip's "Unable to render message", and a history
+answer holds at most `MAX_FETCH_ANSWER_BYTES` of messages, its `found_oldest` /
+`found_newest` false on the side it cut, so the client pages on.
 """
 
 from __future__ import annotations
