@@ -25,7 +25,7 @@ from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from migrations import SchemaOutOfDate, check_schema
-from models.database import Database, normalize_url
+from models.database import DEFAULT_SQLITE_PATH, Database, normalize_url
 from models.outbox import lock_realm
 from models.ownership import check_shard_name
 from models.queries import (
@@ -599,7 +599,6 @@ def cmd_nginx_config(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_cluster(args: argparse.Namespace, settings: Settings) -> None:
     """`eventq cluster`: migrate, then nginx and N shards until SIGTERM or Ctrl-C."""
-    from models.database import DEFAULT_SQLITE_PATH
     from server.cluster import ClusterError, ClusterOptions, cluster_dir, find_nginx, run_cluster
     from server.demo import ensure_demo_realm, print_connection_help
 
@@ -636,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eventq",
         description="eventq: a Zulip-compatible real-time event-queue server and its admin "
         "tools. Every command works on the database named by --database-url, else "
-        "EVENTQ_DATABASE_URL, else the SQLite file var/eventq.sqlite3.",
+        f"EVENTQ_DATABASE_URL, else the SQLite file {DEFAULT_SQLITE_PATH}.",
     )
     parser.add_argument(
         "--database-url",

@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| `EVENTQ_DATABASE_URL` | `sqlite:///var/eventq.sqlite3` | SQLAlchemy URL of the database |
+| `EVENTQ_DATABASE_URL` | the checkout's `var/eventq.sqlite3` | SQLAlchemy URL of the database |
 | `EVENTQ_HOST` | `127.0.0.1` | address `eventq serve` listens on |
 | `EVENTQ_PORT` | `9993` | port `eventq serve` listens on |
 | `EVENTQ_LEGACY_CLIENTS` | empty | client versions that predate deactivation peer events |
