@@ -1,7 +1,7 @@
 """The acting user, read again under the realm lock: the one way an action checks who acts.
 
 The server authenticates a request before the action's transaction begins, from its
-credentials cache (`server.credentials`), which the routed outbox keeps current only
+credentials cache (`server.engine.credentials`), which the routed outbox keeps current only
 after the fact; its handlers also refuse non-administrators early on that cached role.
 Between that check and the action, the actor may have been deactivated or lost their
 role, by a transaction that has committed since. So every action done for a user takes

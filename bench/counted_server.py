@@ -49,7 +49,7 @@ def install(path: str) -> None:
 
 def main() -> None:
     install(os.environ[COUNTERS_ENV])
-    from server.cli import main as eventq_main
+    from server.ops.cli.main import main as eventq_main
 
     sys.exit(eventq_main(sys.argv[1:]))
 

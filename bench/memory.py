@@ -20,8 +20,8 @@ from bench.support import fresh_database
 from models.database import Database
 from models.tables import Role
 from queues.types import Capabilities
-from server.maintenance import COLD_QUEUE_IDLE_SECS
-from server.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.maintenance import COLD_QUEUE_IDLE_SECS
+from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
 
 QUEUES = 2000
 PENDING_EVENTS = 200

@@ -43,7 +43,7 @@ def start_recording(pid: int, seconds: float, out: Path, py_spy: str) -> subproc
 
 def _frame_name(frame: str) -> tuple[str, str]:
     """(`module.function`, package) of one raw frame. py-spy names files relative to
-    their `sys.path` entry: `tornado/iostream.py`, `server/service.py`, `copy.py`."""
+    their `sys.path` entry: `tornado/iostream.py`, `server/engine/service.py`, `copy.py`."""
     match = _FRAME.match(frame.strip())
     if match is None:
         return frame.strip(), "?"

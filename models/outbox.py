@@ -58,7 +58,7 @@ class StoredEvent:
     # event loop); None when the stored JSON is not an object.
     data: dict[str, Any] | None = None
     # When the row was written (Unix time; 0.0 when unknown): the start of its delivery
-    # lag (`server.metrics`).
+    # lag (`server.engine.metrics`).
     created_at: float = 0.0
 
     @property

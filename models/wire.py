@@ -4,7 +4,7 @@ One builder per kind: a user (Zulip's `User`), the current user's own keys of a
 `register` answer and of `GET /users/me`, a channel (`BasicChannel`), a subscription
 (`Subscription`), a never-subscribed channel, and the envelope of every event type
 eventq emits. Field names, types and meanings follow Zulip's API documentation at the
-feature level eventq advertises (377); `server/openapi.json` describes these shapes
+feature level eventq advertises (377); `server/api/openapi.json` describes these shapes
 exactly, and the conformance tests check them against Zulip's documented schemas.
 
 Zulip settings that eventq has no concept of are sent with the value that states what

@@ -47,12 +47,12 @@ from sqlalchemy import func, select
 from actions.users import do_create_user
 from models.database import Database
 from models.tables import OutboxEvent, QueueDescriptorRow, Stream, Subscription
-from server.quotas import (
+from server.api.quotas import (
     MAX_SUBSCRIPTION_CHANNELS,
     MAX_SUBSCRIPTION_PAIRS,
     MAX_SUBSCRIPTION_PRINCIPALS,
 )
-from server.ratelimit import DEFAULT_USER_RULES
+from server.api.ratelimit import DEFAULT_USER_RULES
 from tests.helpers.api import ApiClient
 from tests.helpers.databases import skip_or_fail
 from tests.helpers.openapi import validate_response

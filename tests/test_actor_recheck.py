@@ -36,8 +36,8 @@ from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.outbox import outbox_count
 from models.tables import Message, Realm, Role, Stream, Subscription, UserMessage, UserProfile
-from server.app import make_app
-from server.service import EventService
+from server.api.app import make_app
+from server.engine.service import EventService
 from tests.helpers.inprocess_api import InProcessApi
 from tests.helpers.realms import SampleRealm
 

@@ -1,4 +1,4 @@
-"""Request bodies are bounded before they are read (`server.body_limits`), against a real
+"""Request bodies are bounded before they are read (`server.api.body_limits`), against a real
 `eventq serve` on loopback, with raw sockets where the test must control what is sent.
 
 * A request announcing a body over its route's limit is answered with a JSON 413 as
@@ -33,7 +33,7 @@ import pytest
 import requests
 import tornado.httputil
 
-from server.body_limits import (
+from server.api.body_limits import (
     DEFAULT_BODY_LIMIT,
     LARGE_BODY_LIMIT,
     REGISTER_BODY_LIMIT,

@@ -2,7 +2,7 @@
 
 What an adversarial review did by hand, as properties Hypothesis keeps trying:
 
-* **Bodies** (`server.body_limits`): any route, framing (a length or chunked), size,
+* **Bodies** (`server.api.body_limits`): any route, framing (a length or chunked), size,
   credentials or none, a body sent whole or dropped halfway. A length over the route's
   limit is refused with a JSON 413 before a byte of the body is sent; a chunked body over
   it is refused as it arrives; any other body is read and answered without a 5xx. The
@@ -15,7 +15,7 @@ What an adversarial review did by hand, as properties Hypothesis keeps trying:
   quotes, lists and emphasis. A message the server accepts reads back rendered within
   `MAX_RENDERED_LENGTH`; one it refuses says Zulip's "Unable to render message", writes
   nothing, and is one that an unbounded renderer built here shows to be over a bound.
-* **Acknowledgement values** (`server.ratelimit.PollLedger`): any `last_event_id`, in
+* **Acknowledgement values** (`server.api.ratelimit.PollLedger`): any `last_event_id`, in
   range or not, on a queue with a few events. No answer is a 5xx, and a user's polls that
   made no progress (no new event acknowledged, none handed out) are answered at most as
   often as the wasted-poll budget allows before the 429s begin.
@@ -53,7 +53,7 @@ from models.messages import (
     MAX_RENDERED_LENGTH,
 )
 from models.tables import Message, OutboxEvent
-from server.body_limits import LARGEST_BODY_LIMIT, body_limit
+from server.api.body_limits import LARGEST_BODY_LIMIT, body_limit
 from tests.helpers.databases import database_url_for
 from tests.helpers.realms import SampleRealm, make_sample_realm
 from tests.helpers.server import LiveServer, live_server

@@ -15,7 +15,7 @@ from actions.users import do_create_user
 from models.database import DEFAULT_SQLITE_PATH, Database
 from models.outbox import read_events
 from models.queries import get_realm
-from server.cli import build_parser
+from server.ops.cli.main import build_parser
 from tests.helpers.cli import EVENTQ, run_eventq
 
 

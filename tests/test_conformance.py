@@ -29,7 +29,7 @@ from models.database import Database
 from models.outbox import read_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import UserProfile
-from server.handlers_events import VERSION_FIELDS
+from server.api.handlers.events import VERSION_FIELDS
 from tests.helpers import zulip_schema
 from tests.helpers.api import ApiClient
 from tests.helpers.openapi import validate_response

@@ -10,10 +10,9 @@ import queues.queue
 from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import outbox_count, outbox_pruned_seq
-from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
-from server.errors import BadEventQueueId
-from server.maintenance import COLD_QUEUE_IDLE_SECS
-from server.service import EventService, PollAnswer
+from server.engine.errors import BadEventQueueId
+from server.engine.maintenance import COLD_QUEUE_IDLE_SECS, DEFAULT_OUTBOX_MIN_AGE_SECS
+from server.engine.service import EventService, PollAnswer
 from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements
 from tests.test_service import FakeClock, create_stream, owner, request

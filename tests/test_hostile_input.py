@@ -37,8 +37,8 @@ from models.tables import (
     Subscription,
     UserProfile,
 )
-from server.body_limits import body_limit
-from server.http import MAX_BODY_BYTES
+from server.api.body_limits import body_limit
+from server.api.request import MAX_BODY_BYTES
 from tests.helpers.databases import BACKENDS, database_url_for
 from tests.helpers.openapi import load_document, match_path, validate_response
 from tests.helpers.realms import SampleRealm, make_sample_realm
@@ -896,7 +896,7 @@ def test_unknown_parameters_are_ignored(live: Live, path: str) -> None:
 
 def test_a_huge_body_is_refused_unread(live: Live) -> None:
     """8 MiB (the review's attack, and the old hard cap): refused from the Content-Length
-    alone with the JSON 413 of the route's limit (`server.body_limits`), the connection
+    alone with the JSON 413 of the route's limit (`server.api.body_limits`), the connection
     closed after a short linger without the body being kept; the server goes on
     answering others. (`tests/test_body_bounds.py` shows the answer comes before the
     body is sent.)"""

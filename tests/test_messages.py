@@ -39,7 +39,7 @@ from models.messages import (
 )
 from models.outbox import outbox_count
 from models.tables import MAX_MESSAGE_LENGTH, MAX_TOPIC_NAME_LENGTH, Message, UserMessage
-from server.cli import main
+from server.ops.cli.main import main
 from tests.helpers.realms import VIEWPOINTS, SampleRealm
 from tests.helpers.statements import count_statements
 from tests.helpers.verify import verify_action

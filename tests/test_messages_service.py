@@ -21,7 +21,7 @@ from actions.users import do_deactivate_user
 from models.database import Database
 from models.messages import parse_narrow
 from queues.types import Capabilities
-from server.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
 from tests.helpers import zulip_messages
 from tests.helpers.api import encode_params
 from tests.helpers.inprocess_api import InProcessApi, inprocess_api

@@ -34,7 +34,7 @@ from models.messages import (
 )
 from models.tables import QueueDescriptorRow
 from queues.types import Capabilities
-from server.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
 from tests.helpers import zulip_messages
 from tests.helpers.api import ApiClient
 from tests.helpers.realms import SampleRealm

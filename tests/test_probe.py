@@ -27,7 +27,7 @@ from migrations import upgrade
 from models.database import Database
 from models.outbox import read_events
 from models.queries import get_user_by_email
-from server.probe import CRITICAL, PROBE_EVENT_TYPE, UNKNOWN, WARNING, bot_email, run_probe
+from server.ops.probe import CRITICAL, PROBE_EVENT_TYPE, UNKNOWN, WARNING, bot_email, run_probe
 from tests.helpers.cli import CliResult, run_eventq
 from tests.helpers.databases import postmaster_identity
 from tests.helpers.openapi import validate_response

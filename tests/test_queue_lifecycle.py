@@ -20,20 +20,19 @@ import sqlalchemy.event
 from sqlalchemy import update
 
 import queues.queue
-import server.consumer
-import server.service
+import server.engine.consumer
+import server.engine.service
 from actions.realms import do_create_realm
 from actions.users import do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import PendingEvent, append_events, lock_realm, read_events, state_position
 from models.tables import OutboxEvent
-from server.database_threads import ShuttingDown
-from server.errors import BadEventQueueId, InvalidApiKey, UserDeactivated
-from server.live_queues import DropCause, QueueState
-from server.maintenance import COLD_QUEUE_IDLE_SECS
-from server.ratelimit import RateLimited
-from server.service import AuthenticatedUser, EventService
+from server.engine.database_threads import ShuttingDown
+from server.engine.errors import BadEventQueueId, InvalidApiKey, RateLimited, UserDeactivated
+from server.engine.live_queues import DropCause, QueueState
+from server.engine.maintenance import COLD_QUEUE_IDLE_SECS
+from server.engine.service import AuthenticatedUser, EventService
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
 from tests.helpers.realms import SampleRealm, make_sample_realm
@@ -314,7 +313,7 @@ async def test_a_bad_row_stops_only_its_realm_and_is_retried_with_capped_backoff
             now[0] += delays[-1]
             await service.drain_outbox()  # due: fails again
         assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
-        assert max(delays) == server.consumer.MAX_RETRY_DELAY_SECS
+        assert max(delays) == server.engine.consumer.MAX_RETRY_DELAY_SECS
 
         # Repaired, the realm resumes in order with nothing lost.
         def repair(session: Any) -> None:
@@ -326,7 +325,7 @@ async def test_a_bad_row_stops_only_its_realm_and_is_retried_with_capped_backoff
 
         await in_thread(db, repair)
         await create_stream(db, realm, "after")
-        now[0] += server.consumer.MAX_RETRY_DELAY_SECS
+        now[0] += server.engine.consumer.MAX_RETRY_DELAY_SECS
         await service.drain_outbox()
         assert not service.delivery_status(realm.realm_id)["failing"]
         answer = await service.get_events(owner(realm), broken_queue, -1, dont_block=True)
@@ -340,7 +339,7 @@ async def test_a_large_batch_yields_to_the_event_loop(
     db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every row takes longer than a slice of zero: routing yields after each one.
-    monkeypatch.setattr(server.consumer, "ROUTING_SLICE_SECS", 0.0)
+    monkeypatch.setattr(server.engine.consumer, "ROUTING_SLICE_SECS", 0.0)
     service = EventService(db)
     # The consumer without its background task, which could route the batch first.
     await service.consumer.start()
@@ -382,8 +381,8 @@ async def test_the_rows_of_one_action_reach_a_parked_poll_in_one_answer(
     # routing one action's rows outlasts a slice; the polls it reached are answered once
     # the batch is routed. Without that deferral (the control case), the first row's
     # answer would go out alone.
-    monkeypatch.setattr(server.consumer, "ROUTING_SLICE_SECS", 0.0)
-    monkeypatch.setattr(server.consumer, "MAX_ANSWER_DEFERRAL_SECS", deferral)
+    monkeypatch.setattr(server.engine.consumer, "ROUTING_SLICE_SECS", 0.0)
+    monkeypatch.setattr(server.engine.consumer, "MAX_ANSWER_DEFERRAL_SECS", deferral)
     from actions.streams import do_create_stream
     from actions.subscriptions import bulk_add_subscriptions
 
@@ -568,7 +567,7 @@ async def test_polls_that_miss_the_credentials_cache_together_share_one_read(
 async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
     db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server.service, "MAX_REGISTERS_IN_FLIGHT", 2)
+    monkeypatch.setattr(server.engine.service, "MAX_REGISTERS_IN_FLIGHT", 2)
     service = EventService(db)
     await service.start()
     try:

@@ -13,8 +13,8 @@ from actions.streams import do_create_stream
 from models.database import Database
 from models.descriptors import load_descriptor
 from queues.types import Capabilities
-from server.errors import BadEventQueueId
-from server.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.errors import BadEventQueueId
+from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
 from tests.helpers.realms import SampleRealm
 
 

@@ -20,10 +20,10 @@ from models.database import Database
 from models.descriptors import load_descriptor
 from models.ownership import check_shard_name, list_shards, shard_of
 from models.tables import QueueClaim
-from server.errors import BadEventQueueId, QueueMoving, UserDeactivated
-from server.live_queues import QueueState
-from server.maintenance import OTHER_SHARD_EXPIRY_GRACE_SECS
-from server.service import EventService, PollAnswer
+from server.engine.errors import BadEventQueueId, QueueMoving, UserDeactivated
+from server.engine.live_queues import QueueState
+from server.engine.maintenance import OTHER_SHARD_EXPIRY_GRACE_SECS
+from server.engine.service import EventService, PollAnswer
 from tests.helpers.realms import SampleRealm
 from tests.test_queue_lifecycle import member
 from tests.test_service import FakeClock, create_stream, owner, request

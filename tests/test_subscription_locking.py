@@ -29,9 +29,9 @@ from actions.users import do_deactivate_user
 from models.database import Database
 from models.outbox import read_events
 from models.tables import Realm, Stream, Subscription
-from server.cli import build_parser
-from server.http import ApiHandler
-from server.service import AuthenticatedUser
+from server.api.request import ApiHandler
+from server.engine.service import AuthenticatedUser
+from server.ops.cli.main import build_parser
 from tests.helpers.inprocess_api import inprocess_api
 from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements

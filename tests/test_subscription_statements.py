@@ -16,7 +16,7 @@ import pytest
 from actions.streams import do_create_streams
 from actions.users import do_create_user
 from models.database import Database
-from server.cli import build_parser
+from server.ops.cli.main import build_parser
 from tests.helpers.inprocess_api import InProcessApi, inprocess_api
 from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements
@@ -39,7 +39,7 @@ def _new_members(db: Database, realm: SampleRealm, tag: str, n: int) -> list[tup
 
 async def _warm_credentials(api: InProcessApi, realm: SampleRealm, who: str) -> None:
     """The server caches a user's credentials after their first request
-    (`server.credentials`): warm it, so that every measured request pays the same."""
+    (`server.engine.credentials`): warm it, so that every measured request pays the same."""
     answer = await api.call(
         realm.emails[who], realm.api_keys[who], "GET", "/users/me/subscriptions", {}
     )

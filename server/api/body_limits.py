@@ -28,7 +28,7 @@ Tornado's `headers_received`):
   (a 413 tells it never to send that body again). Requests without a body reserve
   nothing and are never refused by the budget.
 
-Refusals are counted and logged by `server.abuse` (`refused.body_size` per client
+Refusals are counted and logged by `server.engine.abuse` (`refused.body_size` per client
 address, `refused.body_budget` under one name, each at most once a minute), and so
 appear in `/metrics` as `eventq_refusals{kind=...}`.
 
@@ -49,17 +49,16 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, StreamClosedError
 
-from server.abuse import AbuseMonitor
-from server.config import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, MIN_MAX_BODY_BYTES_IN_FLIGHT
-from server.connections import LINGER_READ_BYTES, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_SECS
-from server.errors import ApiError
-from server.http import (
+from server.api.connections import LINGER_READ_BYTES, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_SECS
+from server.api.request import (
     _FORWARDED_REQUEST_ID,
     MAX_BODY_BYTES,
     REQUEST_ID_HEADER,
     PayloadTooLarge,
     new_request_id,
 )
+from server.engine.abuse import AbuseMonitor
+from server.engine.errors import ApiError
 
 # -- per route ----------------------------------------------------------------------------
 
@@ -82,9 +81,9 @@ REGISTER_BODY_LIMIT = 64 * 1024
 # `POST /messages`: `content` of up to Zulip's 10,000 characters is 120,000 bytes at the
 # worst encoding, plus a topic (60 characters) and `to`, which for a direct message is
 # a JSON list of emails (1,000 of 40 characters: 50 KiB). `POST` and `DELETE
-# /users/me/subscriptions`: up to 1,000 channels (`server.quotas.MAX_SUBSCRIPTION_
+# /users/me/subscriptions`: up to 1,000 channels (`server.api.quotas.MAX_SUBSCRIPTION_
 # CHANNELS`; POST names them in objects: 57 KiB for names of 30 ASCII characters) and
-# 1,000 `principals` (emails or ids; 50 KiB as above). 256 KiB (`server.http.
+# 1,000 `principals` (emails or ids; 50 KiB as above). 256 KiB (`server.api.request.
 # MAX_BODY_BYTES`) is the most any request of this API may send.
 LARGE_BODY_LIMIT = MAX_BODY_BYTES
 
@@ -95,7 +94,7 @@ ROUTE_BODY_LIMITS: dict[tuple[str, str], int] = {
     ("DELETE", "/api/v1/users/me/subscriptions"): LARGE_BODY_LIMIT,
     ("POST", "/api/v1/register"): REGISTER_BODY_LIMIT,
 }
-# The largest limit of any route: Tornado's own cap for the server (`server.app`), which
+# The largest limit of any route: Tornado's own cap for the server (`server.api.app`), which
 # the per-route limit lowers for each request.
 LARGEST_BODY_LIMIT = max(DEFAULT_BODY_LIMIT, *ROUTE_BODY_LIMITS.values())
 
@@ -107,16 +106,18 @@ def body_limit(method: str, path: str) -> int:
 
 # -- for all connections ------------------------------------------------------------------
 
-# The budget of body bytes in flight, by default `server.config`'s 32 MiB: 128 bodies at
-# the largest route limit, or 2,048 at the default one, received at the same moment.
-# Clients send their bodies within a round trip: even a whole organization sending
-# messages at once holds a few hundred KiB. It bounds what slow or hostile senders make
-# the process hold (Tornado's buffering about doubles a body while it is joined).
-assert MIN_MAX_BODY_BYTES_IN_FLIGHT == LARGEST_BODY_LIMIT, "server.config must agree"
+# The budget of body bytes in flight, 32 MiB unless `EVENTQ_MAX_BODY_BYTES_IN_FLIGHT` says
+# otherwise: 128 bodies at the largest route limit, or 2,048 at the default one, received
+# at the same moment. Clients send their bodies within a round trip: even a whole
+# organization sending messages at once holds a few hundred KiB. It bounds what slow or
+# hostile senders make the process hold (Tornado's buffering about doubles a body while
+# it is joined). `server.ops.config` repeats the figure (it must not import Tornado);
+# tests/test_body_bounds.py checks that they agree.
+DEFAULT_BODY_BYTES_IN_FLIGHT = 128 * LARGEST_BODY_LIMIT
 # What a client refused by the budget is told to wait: bodies in flight are received
 # within a round trip, or closed by the body timeout.
 BUDGET_RETRY_AFTER_SECS = 5
-# Refusals: the `server.abuse` kinds.
+# Refusals: the `server.engine.abuse` kinds.
 REFUSED_BODY_SIZE = "refused.body_size"
 REFUSED_BODY_BUDGET = "refused.body_budget"
 # Digits of a Content-Length worth parsing: 18 are already an exabyte.
@@ -129,7 +130,7 @@ class BodyBudget:
     """The process's budget of request-body bytes in flight."""
 
     def __init__(
-        self, limit: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, monitor: AbuseMonitor | None = None
+        self, limit: int = DEFAULT_BODY_BYTES_IN_FLIGHT, monitor: AbuseMonitor | None = None
     ) -> None:
         if limit < LARGEST_BODY_LIMIT:
             raise ValueError(
@@ -312,7 +313,7 @@ def _body_size(headers: tornado.httputil.HTTPHeaders, limit: int) -> int:
 
 def _request_id(headers: tornado.httputil.HTTPHeaders) -> str:
     """The proxy's X-Request-Id when it looks like one, else a new id (as
-    `server.http.ApiHandler.request_id`)."""
+    `server.api.request.ApiHandler.request_id`)."""
     forwarded = headers.get_list(REQUEST_ID_HEADER)
     if len(forwarded) == 1 and _FORWARDED_REQUEST_ID.fullmatch(forwarded[0]):
         return forwarded[0]

@@ -2,7 +2,7 @@
 
 Owns `GuardedHTTPServer`, Tornado's HTTP server with a cap on simultaneous connections,
 and the sizing of that cap from the process's file-descriptor limit. The timeouts that
-close slow clients are Tornado's own (`server.app` sets them from the settings):
+close slow clients are Tornado's own (`server.api.app` sets them from the settings):
 
 * the header timeout (Tornado's `idle_connection_timeout`) runs from the moment the
   server waits for a request, on a new connection or between two requests of a
@@ -29,7 +29,7 @@ from typing import Any
 import tornado.httpserver
 from tornado.iostream import IOStream, StreamClosedError
 
-from server.abuse import REFUSED_CONNECTION, AbuseMonitor
+from server.engine.abuse import REFUSED_CONNECTION, AbuseMonitor
 
 log = logging.getLogger("eventq.connections")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from server.errors import BadRequest
+from server.engine.errors import BadRequest
 
 # Larger values are not ids or counts any client sends; refusing them keeps integer
 # columns (64-bit on PostgreSQL) and arithmetic safe.

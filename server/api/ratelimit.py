@@ -57,7 +57,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from server.abuse import (
+from server.engine.abuse import (
     RATE_LIMIT_ADDRESS,
     RATE_LIMIT_AUTH_ADDRESS,
     RATE_LIMIT_AUTH_EMAIL,
@@ -65,7 +65,7 @@ from server.abuse import (
     RATE_LIMIT_USER,
     AbuseMonitor,
 )
-from server.errors import ApiError
+from server.engine.errors import RateLimited
 
 # A rule allows at most this many requests per window: each budget key keeps the times
 # of up to this many requests (8 bytes each), so it bounds the memory of one key.
@@ -148,7 +148,7 @@ def parse_rules(name: str, text: str) -> tuple[Rule, ...]:
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    """The rules of every budget (`server.config.Settings.rate_limits`)."""
+    """The rules of every budget (`server.ops.config.Settings.rate_limits`)."""
 
     enabled: bool = True
     user: tuple[Rule, ...] = DEFAULT_USER_RULES
@@ -181,18 +181,6 @@ class Verdict:
         if not self.allowed:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return headers
-
-
-class RateLimited(ApiError):
-    """HTTP 429 RATE_LIMIT_HIT, as Zulip answers it: `retry-after` in the body, and the
-    headers the HTTP layer sets from `headers`."""
-
-    status = 429
-    code = "RATE_LIMIT_HIT"
-
-    def __init__(self, retry_after: float, headers: dict[str, str]) -> None:
-        super().__init__("API usage exceeded rate limit", **{"retry-after": retry_after})
-        self.headers = headers
 
 
 class _Times:

@@ -3,7 +3,7 @@
 Parameters come from the query string and, for POST, PATCH and DELETE, from a
 form-encoded body; values that are not strings are JSON-encoded, as Zulip's clients
 send them; unknown parameters are ignored. Every answer is JSON with `result` and
-`msg`; errors add `code` (`server.errors`) and are mapped here, in one place, so a
+`msg`; errors add `code` (`server.engine.errors`) and are mapped here, in one place, so a
 handler only parses, calls one function and returns a dict.
 """
 
@@ -26,18 +26,19 @@ from sqlalchemy.orm import Session
 
 from actions.errors import ActionError, ActorDeactivated
 from models.visibility import is_realm_admin
-from server.errors import (
+from server.api.params import check_json_value, check_text
+from server.api.ratelimit import RateLimiter
+from server.engine.errors import (
     AdminRequired,
     ApiError,
     BadRequest,
     InvalidApiKey,
     MissingArgument,
+    RateLimited,
     Unauthorized,
     UserDeactivated,
 )
-from server.params import check_json_value, check_text
-from server.ratelimit import RateLimited, RateLimiter
-from server.service import AuthenticatedUser, EventService
+from server.engine.service import AuthenticatedUser, EventService
 
 log = logging.getLogger("eventq.http")
 access_log = logging.getLogger("eventq.access")
@@ -73,7 +74,7 @@ def new_request_id() -> str:
 SINGLE_VALUED_PARAMS = frozenset({"queue_id"})
 
 # No request of this API needs a larger body. Each route has its own limit, at most this
-# one, which refuses a larger body before it is read (`server.body_limits`).
+# one, which refuses a larger body before it is read (`server.api.body_limits`).
 MAX_BODY_BYTES = 256 * 1024
 
 
@@ -120,7 +121,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     user: AuthenticatedUser | None = None
     # Set by long-poll handlers whose answer was a heartbeat, and on rate-limit refusals
-    # (`server.abuse` logs those once a minute per offender): logged at DEBUG.
+    # (`server.engine.abuse` logs those once a minute per offender): logged at DEBUG.
     quiet = False
     # Set by long-poll handlers that answered with events: the bulk of all requests, so
     # they are logged at DEBUG too and counted by `eventq_polls_total` instead; a line
@@ -155,7 +156,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def counts_against_user_budget(self) -> bool:
         """Whether an authenticated request counts against its user's budget; the
-        long-poll's GET has its own (server.ratelimit)."""
+        long-poll's GET has its own (server.api.ratelimit)."""
         return True
 
     def _implements_method(self) -> bool:
@@ -218,7 +219,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def _check_body_size(self) -> None:
         # A body over its route's limit was refused before it was read
-        # (`server.body_limits`); this is the backstop for an app served without that.
+        # (`server.api.body_limits`); this is the backstop for an app served without that.
         if len(self.request.body) > MAX_BODY_BYTES:
             raise PayloadTooLarge()
 
@@ -435,7 +436,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
     The line's fields also travel with the record (`extra`), with the request id, the
     error code and the queue id when the request names one, for the JSON log format
-    (`server.logs`). Long-polls and registers are counted by outcome for the metrics.
+    (`server.ops.logs`). Long-polls and registers are counted by outcome for the metrics.
     """
     request = handler.request
     status = handler.get_status()

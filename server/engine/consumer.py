@@ -35,8 +35,8 @@ from models.ownership import QueueClaimView, newest_claim_id, read_claims
 from queues.descriptor import ClientDescriptor
 from queues.routing import route
 from queues.types import SharedEvent
-from server.database_threads import DatabaseThreads
-from server.live_queues import LiveQueues
+from server.engine.database_threads import DatabaseThreads
+from server.engine.live_queues import LiveQueues
 
 log = logging.getLogger("eventq.consumer")
 

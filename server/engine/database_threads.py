@@ -14,8 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from server.errors import ApiError
-from server.metrics import DATABASE_WAIT_BUCKETS, LockedHistogram
+from server.engine.errors import ApiError
+from server.engine.metrics import DATABASE_WAIT_BUCKETS, LockedHistogram
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -11,7 +11,7 @@ one, so the group size follows the load: one at a time when idle, hundreds in a 
 A register may also leave its descriptor to be built in the transaction, from the
 realm's outbox position read there (`create_at_position`): one statement reads the
 positions of every realm in the group, so a register whose realm state is already known
-(`server.service`) costs no database work of its own. A register under a per-user queue
+(`server.engine.service`) costs no database work of its own. A register under a per-user queue
 cap also needs the user's other queues; they are read in the same transaction, before
 the insert, in one statement for the whole group.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from models.database import Database
 from models.descriptors import DescriptorRecord, HeldQueue, create_descriptors, held_queues
 from models.outbox import state_positions
-from server.database_threads import DatabaseThreads
+from server.engine.database_threads import DatabaseThreads
 
 log = logging.getLogger("eventq.descriptors")
 

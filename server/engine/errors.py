@@ -1,6 +1,6 @@
 """Every error the HTTP API answers, as typed exceptions with Zulip's codes.
 
-Handlers and the event service raise these; `server.http.ApiHandler` maps them (and
+Handlers and the event service raise these; `server.api.request.ApiHandler` maps them (and
 `actions.errors.ActionError`) to Zulip's JSON envelope in one place.
 """
 
@@ -107,3 +107,15 @@ class StreamNotFound(ApiError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"Channel '{name}' does not exist", stream=name)
+
+
+class RateLimited(ApiError):
+    """HTTP 429 RATE_LIMIT_HIT, as Zulip answers it: `retry-after` in the body, and the
+    headers the HTTP layer sets from `headers`."""
+
+    status = 429
+    code = "RATE_LIMIT_HIT"
+
+    def __init__(self, retry_after: float, headers: dict[str, str]) -> None:
+        super().__init__("API usage exceeded rate limit", **{"retry-after": retry_after})
+        self.headers = headers

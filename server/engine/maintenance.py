@@ -40,13 +40,15 @@ from models.retention import (
     prune_batch,
 )
 from queues.gc import GC_INTERVAL_SECS, find_expired
-from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
-from server.consumer import OutboxConsumer
-from server.database_threads import DatabaseThreads
-from server.live_queues import DropCause, LiveQueue, LiveQueues, PendingDeletions, QueueState
+from server.engine.consumer import OutboxConsumer
+from server.engine.database_threads import DatabaseThreads
+from server.engine.live_queues import DropCause, LiveQueue, LiveQueues, PendingDeletions, QueueState
 
 log = logging.getLogger("eventq.maintenance")
 
+# Outbox rows younger than this are never pruned (`EVENTQ_OUTBOX_MIN_AGE_SECS`): a short
+# audit trail of what every action wrote.
+DEFAULT_OUTBOX_MIN_AGE_SECS = 3600.0
 # Acknowledged positions are written behind, batched, this often.
 CHECKPOINT_FLUSH_INTERVAL_SECS = 1.0
 # A queue with no poll for this long leaves memory (its descriptor stays); its next poll

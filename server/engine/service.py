@@ -3,11 +3,11 @@ composition of the parts that keep queues fed.
 
 The parts, each in its own module:
 
-* `server.live_queues` — the queues in memory and each queue's lifecycle;
-* `server.consumer` — routes committed outbox rows to them, realm by realm, in order;
-* `server.wakeup` — tells the consumer that rows were committed (LISTEN or a watcher);
-* `server.maintenance` — checkpoints, deletions, expiry, eviction, outbox pruning;
-* `server.database_threads` — runs blocking database work off the event loop.
+* `server.engine.live_queues` — the queues in memory and each queue's lifecycle;
+* `server.engine.consumer` — routes committed outbox rows to them, realm by realm, in order;
+* `server.engine.wakeup` — tells the consumer that rows were committed (LISTEN or a watcher);
+* `server.engine.maintenance` — checkpoints, deletions, expiry, eviction, outbox pruning;
+* `server.engine.database_threads` — runs blocking database work off the event loop.
 
 Queues are a cache. A queue's durable descriptor records its filter and a checkpoint
 (outbox seq, event id); replaying the outbox after the checkpoint through the same
@@ -68,20 +68,20 @@ from queues.descriptor import (
 from queues.queue import BadLastEventId, EventQueue, QueueOverflow
 from queues.registry import QueueRegistry
 from queues.types import Capabilities
-from server.abuse import QUEUE_CAP_DROP, REGISTER_SHED, AbuseMonitor
-from server.config import DEFAULT_OUTBOX_MIN_AGE_SECS
-from server.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
-from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
-from server.database_threads import DatabaseThreads
-from server.descriptor_writer import DescriptorWriter
-from server.errors import (
+from server.engine.abuse import QUEUE_CAP_DROP, REGISTER_SHED, AbuseMonitor
+from server.engine.consumer import OUTBOX_BATCH_SIZE, OutboxConsumer, shared_event
+from server.engine.credentials import Credentials, CredentialsCache, match_key, normalize_email
+from server.engine.database_threads import DatabaseThreads
+from server.engine.descriptor_writer import DescriptorWriter
+from server.engine.errors import (
     BadEventQueueId,
     BadRequest,
     InvalidApiKey,
     QueueMoving,
+    RateLimited,
     UserDeactivated,
 )
-from server.live_queues import (
+from server.engine.live_queues import (
     DropCause,
     LiveQueue,
     LiveQueues,
@@ -91,11 +91,10 @@ from server.live_queues import (
     Wake,
     WakeReason,
 )
-from server.maintenance import SHARD_HEARTBEAT_SECS, Maintenance
-from server.metrics import DROPPED_QUEUE, EXPIRED_QUEUE, UNKNOWN_QUEUE, ServiceMetrics
-from server.quotas import KeyedLock
-from server.ratelimit import RateLimited
-from server.wakeup import WakeupSource, wakeup_source_for
+from server.engine.maintenance import DEFAULT_OUTBOX_MIN_AGE_SECS, SHARD_HEARTBEAT_SECS, Maintenance
+from server.engine.metrics import DROPPED_QUEUE, EXPIRED_QUEUE, UNKNOWN_QUEUE, ServiceMetrics
+from server.engine.quotas import KeyedLock
+from server.engine.wakeup import WakeupSource, wakeup_source_for
 
 log = logging.getLogger("eventq.service")
 
@@ -213,7 +212,7 @@ class EventService:
         # None: no cap (benchmarks and tests that register thousands of queues for one
         # user in-process); `eventq serve` passes EVENTQ_MAX_QUEUES_PER_USER.
         self.max_queues_per_user = max_queues_per_user
-        # Refusals and quota drops of this process (server.abuse), shared with the HTTP
+        # Refusals and quota drops of this process (server.engine.abuse), shared with the HTTP
         # layer's rate limits.
         self.abuse = abuse if abuse is not None else AbuseMonitor()
         self._register_locks = KeyedLock()
@@ -221,7 +220,7 @@ class EventService:
         self.legacy_rules = tuple(legacy_rules)
         self.clock = clock
         self.threads = DatabaseThreads()
-        # What the metrics count beyond the parts' own counters (`server.metrics`).
+        # What the metrics count beyond the parts' own counters (`server.engine.metrics`).
         self.metrics = ServiceMetrics()
         self.live = LiveQueues()
         self.credentials = CredentialsCache()
@@ -406,7 +405,7 @@ class EventService:
 
         With a cap on queues per user, one user's registers run one at a time, each
         counting the user's descriptors in its snapshot and, once its own queue is live,
-        dropping the least recently used ones past the cap (`server.quotas`).
+        dropping the least recently used ones past the cap (`server.engine.quotas`).
         """
         if self._registers_in_flight >= MAX_REGISTERS_IN_FLIGHT:
             # A reconnect storm: answering later ones at once with a time to come back

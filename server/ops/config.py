@@ -20,7 +20,7 @@
 | `EVENTQ_RATE_LIMIT_AUTH_FAILURES_EMAIL` | `60:10` | failed authentications per email |
 | `EVENTQ_MAX_QUEUES_PER_USER` | 100 | live queues per user (past it: LRU one dropped) |
 | `EVENTQ_METRICS_ADDRESS` | empty | `HOST:PORT` serving /metrics (and probes) apart from the API |
-| `EVENTQ_LOG_FORMAT` | `text` | `json`: one JSON object per log line (`server.logs`) |
+| `EVENTQ_LOG_FORMAT` | `text` | `json`: one JSON object per log line (`server.ops.logs`) |
 | `EVENTQ_READY_MAX_LAG_SECS` | 10 | /readyz fails when a committed row waits longer to be routed |
 | `EVENTQ_SHARD` | `main` | this process's shard name: the prefix of its queue ids |
 | `EVENTQ_TRUSTED_PROXY` | `off` | `on`: the client address comes from X-Real-IP / X-Forwarded-For |
@@ -28,7 +28,7 @@
 Rate-limit rules are Zulip's `SECONDS:REQUESTS[,SECONDS:REQUESTS...]`, or `off`.
 
 What a client sees past each limit, and why the defaults are what they are:
-`server.connections`, `server.ratelimit`, `server.quotas`.
+`server.api.connections`, `server.api.ratelimit`, `server.engine.quotas`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from dataclasses import dataclass
 
 from models.database import default_database_url
 from models.ownership import DEFAULT_SHARD_NAME, check_shard_name
-from server.logs import LOG_FORMATS, TEXT
-from server.quotas import DEFAULT_MAX_QUEUES_PER_USER, MAX_QUEUES_PER_USER_CEILING
-from server.ratelimit import RateLimits, Rule, parse_rules
+from server.api.metrics import DEFAULT_READY_MAX_LAG_SECS
+from server.api.ratelimit import RateLimits, Rule, parse_rules
+from server.engine.maintenance import DEFAULT_OUTBOX_MIN_AGE_SECS
+from server.engine.quotas import DEFAULT_MAX_QUEUES_PER_USER, MAX_QUEUES_PER_USER_CEILING
+from server.ops.logs import LOG_FORMATS, TEXT
 
-# Kept here, not imported from the server, so the CLI reads settings without Tornado.
-DEFAULT_OUTBOX_MIN_AGE_SECS = 3600.0
 # A year: an audit trail longer than that belongs in a log store, not the outbox.
 MAX_OUTBOX_MIN_AGE_SECS = 365 * 24 * 3600.0
 
@@ -56,7 +56,7 @@ DEFAULT_PORT = 9993
 # times sooner than with Tornado's default of an hour. The same wait is Tornado's idle
 # limit between two requests of a keep-alive connection: clients reopen a closed one.
 DEFAULT_HEADER_TIMEOUT_SECS = 20.0
-# Bodies are at most 256 KiB (`server.http.MAX_BODY_BYTES`): 21 s at 100 kbit/s.
+# Bodies are at most 256 KiB (`server.api.request.MAX_BODY_BYTES`): 21 s at 100 kbit/s.
 DEFAULT_BODY_TIMEOUT_SECS = 30.0
 # Timeouts outside this range are typos: under 0.1 s a real client on a slow link
 # could not send a header, and over an hour is Tornado's default, i.e. no bound.
@@ -64,16 +64,13 @@ MIN_TIMEOUT_SECS = 0.1
 MAX_TIMEOUT_SECS = 3600.0
 # Lower caps leave the server unable to park its own clients' polls.
 MIN_MAX_CONNECTIONS = 16
-# Request-body bytes all connections may be sending at once (`server.body_limits`).
+# Request-body bytes all connections may be sending at once (`server.api.body_limits`).
 # 32 MiB is 128 bodies of the largest size a route allows, received at the same moment.
 # The minimum is that largest size, or such a body could never be received: it is
-# `server.http.MAX_BODY_BYTES`, repeated because this module must not import Tornado
-# (`server.body_limits` checks that they agree).
+# `server.api.body_limits.LARGEST_BODY_LIMIT`; both figures are repeated here because this
+# module must not import Tornado (tests/test_body_bounds.py checks that they agree).
 DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024
 MIN_MAX_BODY_BYTES_IN_FLIGHT = 256 * 1024
-# The consumer routes a committed row within milliseconds; ten seconds behind means it
-# is stuck or the database is crawling, and a load balancer should try another process.
-DEFAULT_READY_MAX_LAG_SECS = 10.0
 MAX_PORT = 65535
 
 
@@ -91,15 +88,15 @@ class Settings:
     outbox_min_age_secs: float = DEFAULT_OUTBOX_MIN_AGE_SECS
     header_timeout_secs: float = DEFAULT_HEADER_TIMEOUT_SECS
     body_timeout_secs: float = DEFAULT_BODY_TIMEOUT_SECS
-    # None: as many as the process's file descriptor limit allows (server.connections).
+    # None: as many as the process's file descriptor limit allows (server.api.connections).
     max_connections: int | None = None
     # Past this many request-body bytes being received at once, a request with a body
-    # gets a 503 before it is read (`server.body_limits`).
+    # gets a 503 before it is read (`server.api.body_limits`).
     max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
     max_queues_per_user: int = DEFAULT_MAX_QUEUES_PER_USER
     rate_limits: RateLimits = RateLimits()
     # (host, port) of a listener of its own for /metrics, /healthz and /readyz; None:
-    # they are served on the API's address (`server.app`).
+    # they are served on the API's address (`server.api.app`).
     metrics_address: tuple[str, int] | None = None
     log_format: str = TEXT
     # /readyz answers 503 once a committed outbox row has waited this long to be routed.

@@ -1,10 +1,10 @@
 """Log output of the `eventq` command: human-readable lines, or one JSON object per line.
 
-`EVENTQ_LOG_FORMAT=json` (`server.config`) is for log shippers (journald, Loki, an ELK
+`EVENTQ_LOG_FORMAT=json` (`server.ops.config`) is for log shippers (journald, Loki, an ELK
 stack): every record, the server's and its libraries', becomes one JSON object on one
 line, with its time (UTC, ISO 8601), level, logger and message, the fields a record
 carries in `extra={"eventq": {...}}` (the access log's request id, method, path, status,
-duration, user id and queue id: `server.http.log_request`), and a traceback, if any,
+duration, user id and queue id: `server.api.request.log_request`), and a traceback, if any,
 as one string. The default, `text`, stays the readable line it always was.
 """
 

@@ -22,8 +22,8 @@ import tornado.httpserver
 import tornado.netutil
 
 from models.database import Database
-from server.app import make_app
-from server.service import EventService
+from server.api.app import make_app
+from server.engine.service import EventService
 from tests.helpers.api import Answer, encode_params
 from tests.helpers.openapi import validate_response
 

@@ -1,4 +1,4 @@
-"""Validate answers and events against `server/openapi.json`, the document of the HTTP API.
+"""Validate answers and events against `server/api/openapi.json`, the document of the HTTP API.
 
 `validate_response(method, path, status, body)` finds the documented operation for a
 concrete request path (with or without the `/api/v1` prefix of the document's server),
@@ -36,7 +36,7 @@ from referencing.jsonschema import DRAFT202012
 # Imported for its effect: it adds Zulip's message shapes to zulip_schema's tables.
 from tests.helpers import zulip_messages, zulip_schema  # noqa: F401
 
-DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "server" / "openapi.json"
+DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "server" / "api" / "openapi.json"
 # The document is registered under this URI, so schemas are referenced as URI#pointer.
 DOCUMENT_URI = "urn:eventq:openapi"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

@@ -1,4 +1,4 @@
-"""`server.connections.GuardedHTTPServer` in-process: the TCP_NODELAY it sets once on
+"""`server.api.connections.GuardedHTTPServer` in-process: the TCP_NODELAY it sets once on
 every connection stays on across keep-alive requests."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import socket
 import tornado.netutil
 import tornado.web
 
-from server.abuse import AbuseMonitor
-from server.connections import GuardedHTTPServer
+from server.api.connections import GuardedHTTPServer
+from server.engine.abuse import AbuseMonitor
 
 WAIT_SECS = 10.0
 

@@ -1,8 +1,8 @@
-"""Tests for server.credentials: the cache that lets warm polls skip the database."""
+"""Tests for server.engine.credentials: the cache that lets warm polls skip the database."""
 
 from __future__ import annotations
 
-from server.credentials import Credentials, CredentialsCache, match_key, normalize_email
+from server.engine.credentials import Credentials, CredentialsCache, match_key, normalize_email
 
 
 def user(user_id: int, key: str = "k", *, active: bool = True) -> Credentials:

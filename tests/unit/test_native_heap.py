@@ -1,4 +1,4 @@
-"""The C heap's tuning (server.native_heap) on this machine's glibc."""
+"""The C heap's tuning (server.ops.native_heap) on this machine's glibc."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from server import native_heap
+from server.ops import native_heap
 
 # Chunks of 64 KiB are below glibc's mmap threshold, so they come from the heap; every
 # other one is kept, so the freed ones cannot merge into the heap's top and be given back

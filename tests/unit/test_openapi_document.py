@@ -1,4 +1,4 @@
-"""The OpenAPI document (`server/openapi.json`) and the validator the tests use with it."""
+"""The OpenAPI document (`server/api/openapi.json`) and the validator the tests use with it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-import server.errors
+import server.engine.errors
 from models.tables import Role, Stream, UserProfile
 from models.wire import (
     never_subscribed_to_api,
@@ -29,7 +29,7 @@ from models.wire import (
     subscription_to_api,
     user_to_api,
 )
-from server.handlers_events import VERSION_FIELDS
+from server.api.handlers.events import VERSION_FIELDS
 from tests.helpers import zulip_schema
 from tests.helpers.openapi import (
     DOCUMENT_PATH,
@@ -312,7 +312,7 @@ def test_error_codes_cover_the_server_errors() -> None:
         "STREAM_DOES_NOT_EXIST",
         "UNAUTHORIZED_PRINCIPAL",
     }
-    pending = [server.errors.ApiError]
+    pending = [server.engine.errors.ApiError]
     while pending:
         cls = pending.pop()
         assert cls.code in codes, f"{cls.__name__}.code {cls.code} is not documented"

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from server.config import log_format_from_env, parse_address
-from server.logs import JsonFormatter
-from server.metrics import Histogram, LockedHistogram
+from server.engine.metrics import Histogram, LockedHistogram
+from server.ops.config import log_format_from_env, parse_address
+from server.ops.logs import JsonFormatter
 
 
 def test_histogram_buckets_are_upper_bounds_and_cumulative() -> None:

@@ -1,5 +1,5 @@
-"""Rate limits, counters and quotas in isolation (`server.ratelimit`, `server.abuse`,
-`server.quotas`, `server.connections`, and their settings in `server.config`), with an
+"""Rate limits, counters and quotas in isolation (`server.api.ratelimit`, `server.engine.abuse`,
+`server.engine.quotas`, `server.api.connections`, and their settings in `server.ops.config`), with an
 injected clock: exact sliding windows, the poll ledger, identical answers whether an
 email exists or not, the once-a-minute log, and the parsing of every setting."""
 
@@ -12,19 +12,15 @@ from typing import Any
 
 import pytest
 
-import server.connections
-from server.abuse import LOG_INTERVAL_SECS, RATE_LIMIT_USER, AbuseMonitor
-from server.config import DEFAULT_HEADER_TIMEOUT_SECS, Settings
-from server.connections import RESERVED_FDS, connection_cap
-from server.errors import BadRequest
-from server.quotas import (
+import server.api.connections
+from server.api.connections import RESERVED_FDS, connection_cap
+from server.api.quotas import (
     MAX_SUBSCRIPTION_CHANNELS,
     MAX_SUBSCRIPTION_PAIRS,
     MAX_SUBSCRIPTION_PRINCIPALS,
-    KeyedLock,
     check_subscription_request,
 )
-from server.ratelimit import (
+from server.api.ratelimit import (
     PollLedger,
     RateLimited,
     RateLimiter,
@@ -33,6 +29,10 @@ from server.ratelimit import (
     SlidingWindows,
     parse_rules,
 )
+from server.engine.abuse import LOG_INTERVAL_SECS, RATE_LIMIT_USER, AbuseMonitor
+from server.engine.errors import BadRequest
+from server.engine.quotas import KeyedLock
+from server.ops.config import DEFAULT_HEADER_TIMEOUT_SECS, Settings
 
 
 class Clock:
@@ -420,9 +420,9 @@ def test_bad_settings_are_refused_by_name(
 def test_the_connection_cap_leaves_descriptors_for_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(server.connections, "descriptor_limit", lambda: 1024)
+    monkeypatch.setattr(server.api.connections, "descriptor_limit", lambda: 1024)
     assert connection_cap(None) == 1024 - RESERVED_FDS
     assert connection_cap(100) == 100
     assert connection_cap(5000) == 1024 - RESERVED_FDS
-    monkeypatch.setattr(server.connections, "descriptor_limit", lambda: None)
-    assert connection_cap(None) == server.connections.MAX_CONNECTIONS_CEILING
+    monkeypatch.setattr(server.api.connections, "descriptor_limit", lambda: None)
+    assert connection_cap(None) == server.api.connections.MAX_CONNECTIONS_CEILING

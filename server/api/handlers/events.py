@@ -11,14 +11,14 @@ import orjson
 from models.messages import parse_narrow
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
-from server.errors import ApiError, BadRequest
-from server.http import ApiHandler
-from server.live_queues import WakeReason
-from server.params import check_bool, check_dict, check_int, check_list, check_str_list
-from server.ratelimit import PollTicket, RateLimited
-from server.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION, RegisterRequest
+from server.api.params import check_bool, check_dict, check_int, check_list, check_str_list
+from server.api.ratelimit import PollTicket
+from server.api.request import ApiHandler
+from server.engine.errors import ApiError, BadRequest, RateLimited
+from server.engine.live_queues import WakeReason
+from server.engine.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION, RegisterRequest
 
-OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+OPENAPI_PATH = Path(__file__).parent.parent / "openapi.json"
 # `zulip_merge_base` is "" (Zulip: "if unavailable"): eventq is not a fork of Zulip's
 # server repository, so it has no merge base with it.
 VERSION_FIELDS = {
@@ -105,7 +105,7 @@ class EventsHandler(ApiHandler):
     _waiter: asyncio.Future[WakeReason] | None = None
 
     def counts_against_user_budget(self) -> bool:
-        # Polls have their own budget, counting only wasted ones (server.ratelimit).
+        # Polls have their own budget, counting only wasted ones (server.api.ratelimit).
         return self.request.method != "GET"
 
     async def get(self) -> None:

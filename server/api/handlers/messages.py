@@ -21,9 +21,9 @@ from typing import Any
 from actions.messages import ChannelTarget, DirectTarget, StreamDoesNotExist, check_send_message
 from models.messages import fetch_messages, parse_anchor, parse_narrow
 from queues.descriptor import parse_user_agent
-from server.errors import ApiError, BadRequest, StreamNotFound
-from server.http import ApiHandler
-from server.params import check_bool, check_id, check_int, check_json_value, check_list
+from server.api.params import check_bool, check_id, check_int, check_json_value, check_list
+from server.api.request import ApiHandler
+from server.engine.errors import ApiError, BadRequest, StreamNotFound
 
 # `type` values Zulip accepts: the current names and the ones they replaced.
 CHANNEL_TYPES = frozenset({"stream", "channel"})

@@ -7,14 +7,14 @@
   database answers, and its consumer is within `EVENTQ_READY_MAX_LAG_SECS` of the
   newest committed row (no committed row has waited longer to be routed); else 503.
   Both bodies carry the checks, so a person reading the answer sees what failed.
-* `GET /metrics` — the Prometheus text format (OpenMetrics if asked): `server.metrics`.
+* `GET /metrics` — the Prometheus text format (OpenMetrics if asked): `server.engine.metrics`.
 * `GET /api/v1/eventq/metrics` — owners and administrators: the figures the operator
   page draws (delivery lag, polls, drops, the realm's delivery), as JSON.
 
 The first three need no credentials and are not rate-limited, as probes and scrapers
 call them on a schedule; restrict who reaches them in the proxy in front, or serve them
-on a listener of their own (`EVENTQ_METRICS_ADDRESS`, `server.app`). Their answers
-share one read of the database figures per second (`server.metrics.FigureReader`), so
+on a listener of their own (`EVENTQ_METRICS_ADDRESS`, `server.api.app`). Their answers
+share one read of the database figures per second (`server.api.metrics.FigureReader`), so
 a flood of them costs the database at most that.
 """
 
@@ -26,12 +26,12 @@ from typing import Any
 
 import tornado.web
 
-from server.http import MAX_BODY_BYTES, ApiHandler, PayloadTooLarge
-from server.live_queues import DropCause
-from server.metrics import DatabaseFigures, DatabaseUnavailable, FigureReader, render
+from server.api.metrics import DatabaseFigures, DatabaseUnavailable, FigureReader, render
+from server.api.request import MAX_BODY_BYTES, ApiHandler, PayloadTooLarge
+from server.engine.live_queues import DropCause
 
 # What `/readyz` says of a database it cannot read; the reason goes to the log
-# (`server.metrics.FigureReader`).
+# (`server.api.metrics.FigureReader`).
 DATABASE_UNREACHABLE = "the database is unreachable (the server's log says why)"
 # Process start, for /healthz's uptime.
 _STARTED = time.monotonic()
@@ -153,7 +153,7 @@ class MetricsSummaryHandler(ApiHandler):
         )
 
 
-# Appended to the API application's routes by `server.app.make_app`; `/metrics` only
+# Appended to the API application's routes by `server.api.app.make_app`; `/metrics` only
 # when no listener of its own serves it (`METRICS_ROUTES`).
 PROBE_ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/healthz", HealthHandler),

@@ -91,7 +91,7 @@ class AdminPageHandler(PageFileHandler):
         await super().get(ADMIN_FILENAME, include_body=False)
 
 
-# Appended to the application's routes by `server.app.make_app`. `/()` captures an
+# Appended to the application's routes by `server.api.app.make_app`. `/()` captures an
 # empty path, which StaticFileHandler resolves to the folder's index.html.
 PAGE_ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/()", PageIndexHandler),

@@ -23,10 +23,10 @@ from models.state import (
     visible_stream_members,
 )
 from models.tables import Role
-from server.errors import BadRequest, StreamNotFound
-from server.http import ApiHandler
-from server.params import check_bool, check_id, check_list, check_str_list, parse_id_text
-from server.quotas import check_subscription_request
+from server.api.params import check_bool, check_id, check_list, check_str_list, parse_id_text
+from server.api.quotas import check_subscription_request
+from server.api.request import ApiHandler
+from server.engine.errors import BadRequest, StreamNotFound
 
 
 def _check_subscription_names(name: str, value: Any) -> list[str]:

@@ -38,9 +38,9 @@ from models.queries import (
 from models.retention import BATCH_RECIPIENT_ROWS, PRUNE_PAUSE_RATIO
 from models.tables import Realm, Role, Stream, UserProfile
 from models.visibility import active_subscribers
-from server.config import DEFAULT_HOST, DEFAULT_PORT, Settings, log_format_from_env
-from server.logs import JSON, TEXT, configure_logging
-from server.probe import DEFAULT_CRIT_MS, DEFAULT_WARN_MS
+from server.ops.config import DEFAULT_HOST, DEFAULT_PORT, Settings, log_format_from_env
+from server.ops.logs import JSON, TEXT, configure_logging
+from server.ops.probe import DEFAULT_CRIT_MS, DEFAULT_WARN_MS
 
 log = logging.getLogger("eventq.cli")
 
@@ -284,8 +284,8 @@ def cmd_streams(args: argparse.Namespace, db: Database) -> None:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import asyncio
 
-    from server.app import run_server
-    from server.demo import ensure_demo_realm, print_connection_help
+    from server.ops.serve import run_server
+    from server.ops.demo import ensure_demo_realm, print_connection_help
 
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
@@ -558,7 +558,7 @@ def cmd_prune_outbox(args: argparse.Namespace, db: Database) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """`eventq probe`: prints one Nagios line (or JSON); returns the plugin's status."""
-    from server.probe import CRITICAL, UNKNOWN, ProbeResult, database_error, run_probe
+    from server.ops.probe import CRITICAL, UNKNOWN, ProbeResult, database_error, run_probe
 
     try:
         settings = Settings.from_env(args.database_url)
@@ -581,9 +581,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_nginx_config(args: argparse.Namespace, settings: Settings) -> None:
-    """`eventq nginx-config`: the routing configuration of a list of shards (server.cluster)."""
-    from server.cluster import nginx_site_config, nginx_standalone_config, parse_shard
-    from server.config import parse_address
+    """`eventq nginx-config`: the routing configuration of a list of shards (server.ops.cluster.supervisor)."""
+    from server.ops.cluster.supervisor import (
+        nginx_site_config,
+        nginx_standalone_config,
+        parse_shard,
+    )
+    from server.ops.config import parse_address
 
     shards = [parse_shard(spec) for spec in args.shard]
     address = parse_address("--listen", args.listen)
@@ -599,8 +603,14 @@ def cmd_nginx_config(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_cluster(args: argparse.Namespace, settings: Settings) -> None:
     """`eventq cluster`: migrate, then nginx and N shards until SIGTERM or Ctrl-C."""
-    from server.cluster import ClusterError, ClusterOptions, cluster_dir, find_nginx, run_cluster
-    from server.demo import ensure_demo_realm, print_connection_help
+    from server.ops.cluster.supervisor import (
+        ClusterError,
+        ClusterOptions,
+        cluster_dir,
+        find_nginx,
+        run_cluster,
+    )
+    from server.ops.demo import ensure_demo_realm, print_connection_help
 
     nginx = args.nginx or find_nginx()
     if nginx is None:

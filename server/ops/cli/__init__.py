@@ -1,0 +1,1 @@
+"""The `eventq` command line (`server.ops.cli.main:main`)."""

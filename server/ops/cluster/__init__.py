@@ -1,0 +1,1 @@
+"""`eventq cluster` and `eventq nginx-config`: shards behind a generated nginx."""
