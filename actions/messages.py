@@ -39,17 +39,10 @@ from sqlalchemy.orm import Session
 
 from actions.actors import lock_realm_for_actor
 from actions.errors import ActionError, InvalidInput
-from models.messages import (
-    READ_FLAG,
-    RECIPIENT_DIRECT,
-    RECIPIENT_STREAM,
-    MessageView,
-    Participant,
-    dm_key,
-    message_event,
-    render_markdown,
-    timestamp_of,
-)
+from models.messages.flags import READ_FLAG
+from models.messages.recipients import RECIPIENT_DIRECT, RECIPIENT_STREAM, dm_key
+from models.messages.rendering import render_markdown
+from models.messages.wire import MessageView, Participant, message_event, timestamp_of
 from models.outbox import PendingEvent, append_events
 from models.queries import get_stream_by_name, get_users_by_ids_and_emails, values_as_table
 from models.tables import (

@@ -70,7 +70,7 @@ DRAIN_TIMEOUT_SECS = 60.0
 CONTENT = "A message of an ordinary length, with **some** Markdown in it."
 CLIENT = "eventq-bench"
 # In an answer's bytes: a message event's message id (its message object starts with it,
-# `models.messages.message_to_api`), and each event's queue id (always its last key).
+# `models.messages.wire.message_to_api`), and each event's queue id (always its last key).
 # Both are outside any string: JSON escapes every quote inside one.
 _MESSAGE_ID = re.compile(rb'"message":\{"id":(\d+)')
 _EVENT_ID = re.compile(rb',"id":(-?\d+)\}')

@@ -16,7 +16,7 @@ from typing import NamedTuple, cast
 from sqlalchemy import Table, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from models.messages import NarrowTerm, narrow_from_json, narrow_to_json
+from models.messages.narrows import NarrowTerm, narrow_from_json, narrow_to_json
 from models.tables import QueueDescriptorRow
 
 # `apply_markdown` is stored with the capabilities: like them, a choice of what the client

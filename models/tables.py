@@ -232,7 +232,7 @@ class QueueDescriptorRow(Base):
     checkpoint_seq: Mapped[int] = mapped_column(BigInteger)
     checkpoint_event_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # JSON list of the register's `narrow` terms (`models.messages.NarrowTerm`), or NULL:
+    # JSON list of the register's `narrow` terms (`models.messages.narrows.NarrowTerm`), or NULL:
     # part of the filter, fixed at register, so a rebuilt queue filters identically.
     narrow: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
     # The shard that holds the queue, and its fencing token: the epoch goes up whenever
@@ -324,7 +324,7 @@ class UserMessage(Base):
 
     Written for every recipient when the message is sent: a channel's active subscribers
     and the sender, or a conversation's participants. What a user may read beyond these
-    rows is public channel history (`models.messages`). The primary key is the index of
+    rows is public channel history (`models.messages.history`). The primary key is the index of
     one user's history, newest first.
 
     No foreign keys: a message to a channel of 1,000 subscribers writes 1,000 rows, and

@@ -32,7 +32,7 @@ RAW_MARKDOWN_KEY = "eventq_raw_markdown"
 # A queue's message filter (its register `narrow`), fixed at register: called with the
 # `data` of each `message` event offered to the queue, on the event loop, so it prepares
 # what it reads once, when built, and costs no more per event than its number of terms
-# (`models.messages.EventNarrow`). Built by the server layer.
+# (`models.messages.narrows.EventNarrow`). Built by the server layer.
 MessageFilter = Callable[[JsonDict], bool]
 
 # Compact separators: the body goes on the wire to every accepting client, so

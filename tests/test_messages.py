@@ -31,12 +31,8 @@ from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
-from models.messages import (
-    LARGER_THAN_MAX_MESSAGE_ID,
-    BadNarrow,
-    fetch_messages,
-    parse_narrow,
-)
+from models.messages.history import LARGER_THAN_MAX_MESSAGE_ID, fetch_messages
+from models.messages.narrows import BadNarrow, parse_narrow
 from models.outbox import outbox_count
 from models.tables import MAX_MESSAGE_LENGTH, MAX_TOPIC_NAME_LENGTH, Message, UserMessage
 from server.ops.cli.main import main

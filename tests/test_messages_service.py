@@ -19,9 +19,11 @@ from urllib.parse import urlencode
 from actions.messages import ChannelTarget, DirectTarget, check_send_message
 from actions.users import do_deactivate_user
 from models.database import Database
-from models.messages import parse_narrow
+from models.messages.narrows import parse_narrow
 from queues.types import Capabilities
-from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.authentication import AuthenticatedUser
+from server.engine.registration import RegisterRequest
+from server.engine.service import EventService
 from tests.helpers import zulip_messages
 from tests.helpers.api import encode_params
 from tests.helpers.inprocess_api import InProcessApi, inprocess_api

@@ -18,23 +18,23 @@ from sqlalchemy import update
 
 from actions.messages import ChannelTarget, DirectTarget, check_send_message
 from models.database import Database
-from models.messages import (
+from models.messages.narrows import (
     MAX_NARROW_OPERAND_CHARS,
     MAX_NARROW_TERMS,
     MAX_NARROW_USERS,
     BadNarrow,
     EventNarrow,
-    MessageView,
     NarrowTerm,
-    Participant,
     PreparedTerm,
-    message_event,
     narrow_from_json,
     parse_narrow,
 )
+from models.messages.wire import MessageView, Participant, message_event
 from models.tables import QueueDescriptorRow
 from queues.types import Capabilities
-from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.authentication import AuthenticatedUser
+from server.engine.registration import RegisterRequest
+from server.engine.service import EventService
 from tests.helpers import zulip_messages
 from tests.helpers.api import ApiClient
 from tests.helpers.realms import SampleRealm

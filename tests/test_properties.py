@@ -24,7 +24,8 @@ from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
-from models.messages import BadNarrow, NarrowTerm, fetch_messages
+from models.messages.history import fetch_messages
+from models.messages.narrows import BadNarrow, NarrowTerm
 from models.tables import Role, Stream
 from tests.helpers.realms import CHANNEL_KINDS
 from tests.helpers.verify import VerifiedAction, verify_action

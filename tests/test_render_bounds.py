@@ -20,21 +20,19 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-import models.messages as messages
+import models.messages.history as message_history
+import models.messages.rendering as rendering
 from actions.errors import InvalidInput
 from actions.messages import ChannelTarget, DirectTarget, check_send_message
 from models.database import Database
-from models.messages import (
-    MAX_FETCH_ANSWER_BYTES,
+from models.messages.history import MAX_FETCH_ANSWER_BYTES, fetch_messages
+from models.messages.rendering import (
     MAX_RENDER_BLOCK_TOKENS,
     MAX_RENDERED_LENGTH,
     MarkdownRenderingError,
-    MessageView,
-    Participant,
-    fetch_messages,
-    message_to_api,
     render_markdown,
 )
+from models.messages.wire import MessageView, Participant, message_to_api
 from models.outbox import outbox_count
 from models.tables import MAX_MESSAGE_LENGTH, Message, UserMessage
 from tests.helpers import zulip_messages
@@ -108,14 +106,14 @@ def test_the_parser_stops_at_the_token_bound(monkeypatch: pytest.MonkeyPatch) ->
     """The refusal comes while the table is parsed: no more block tokens are made than
     the bound (the whole table is about 198,000), which is what bounds its CPU."""
     made = 0
-    append = messages._BoundedBlockTokens.append
+    append = rendering._BoundedBlockTokens.append
 
     def counting(self: Any, token: Any) -> None:
         nonlocal made
         made += 1
         append(self, token)
 
-    monkeypatch.setattr(messages._BoundedBlockTokens, "append", counting)
+    monkeypatch.setattr(rendering._BoundedBlockTokens, "append", counting)
     with pytest.raises(MarkdownRenderingError):
         render_markdown(review_table())
     assert made == MAX_RENDER_BLOCK_TOKENS + 1
@@ -129,7 +127,7 @@ def test_the_rendered_length_bound_is_exact() -> None:
 
 
 def test_messages_just_under_the_bounds_render() -> None:
-    tokens = messages._MARKDOWN.parse(filled_table(ROWS_UNDER_BOUNDS))
+    tokens = rendering._MARKDOWN.parse(filled_table(ROWS_UNDER_BOUNDS))
     assert MAX_RENDER_BLOCK_TOKENS - 1000 < len(tokens) < MAX_RENDER_BLOCK_TOKENS
     html = render_markdown(filled_table(ROWS_UNDER_BOUNDS))
     assert MAX_RENDERED_LENGTH - 5000 < len(html) <= MAX_RENDERED_LENGTH
@@ -185,8 +183,8 @@ async def test_history_pages_through_large_messages_within_the_bound(
     loaded three at a time): every answer stays under it, says there is more on the side
     it cut, and a client paging on with Zulip's parameters gets every message once."""
     bound = 200_000
-    monkeypatch.setattr(messages, "MAX_FETCH_ANSWER_BYTES", bound)
-    monkeypatch.setattr(messages, "_FETCH_LOAD_BATCH", 3)
+    monkeypatch.setattr(message_history, "MAX_FETCH_ANSWER_BYTES", bound)
+    monkeypatch.setattr(message_history, "_FETCH_LOAD_BATCH", 3)
     sent = []
     with db.write() as session:
         for index in range(14):
@@ -216,7 +214,7 @@ async def test_history_pages_through_large_messages_within_the_bound(
                 raise_error=False,
             )
             assert response.code == 200, response.body
-            assert len(response.body) <= messages.MAX_FETCH_ANSWER_BYTES
+            assert len(response.body) <= message_history.MAX_FETCH_ANSWER_BYTES
             answer: dict[str, Any] = json.loads(response.body)
             return answer
 
@@ -274,7 +272,7 @@ async def test_history_pages_through_large_messages_within_the_bound(
         assert forward == sent
 
         # At the real bound, these fourteen messages (about 700 KB) are one answer.
-        monkeypatch.setattr(messages, "MAX_FETCH_ANSWER_BYTES", MAX_FETCH_ANSWER_BYTES)
+        monkeypatch.setattr(message_history, "MAX_FETCH_ANSWER_BYTES", MAX_FETCH_ANSWER_BYTES)
         whole = await get({"anchor": "newest", "num_before": 100, "narrow": narrow})
         assert [m["id"] for m in whole["messages"]] == sent and whole["found_oldest"]
 
@@ -316,7 +314,7 @@ def test_a_page_always_holds_a_message(
             )
             for _ in range(2)
         ]
-    monkeypatch.setattr(messages, "MAX_FETCH_ANSWER_BYTES", 10_000)
+    monkeypatch.setattr(message_history, "MAX_FETCH_ANSWER_BYTES", 10_000)
     with db.snapshot() as session:
         answer = fetch_messages(
             session, realm.users["member"], anchor="newest", num_before=10, num_after=0

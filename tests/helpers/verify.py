@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from clients.state import StateCache
 from models.database import Database
-from models.messages import RAW_MARKDOWN_KEY, fetch_messages
+from models.messages.history import fetch_messages
+from models.messages.wire import RAW_MARKDOWN_KEY
 from models.outbox import StoredEvent, read_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import Realm, UserMessage, UserProfile

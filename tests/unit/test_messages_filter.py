@@ -9,19 +9,16 @@ from typing import Any
 import pytest
 
 from actions.errors import InvalidInput
-from models.messages import (
-    RAW_MARKDOWN_KEY,
+from models.messages.narrows import (
     BadNarrow,
     EventNarrow,
-    MessageView,
     NarrowTerm,
-    Participant,
-    message_event,
     narrow_from_json,
     narrow_to_json,
     parse_narrow,
-    render_markdown,
 )
+from models.messages.rendering import render_markdown
+from models.messages.wire import RAW_MARKDOWN_KEY, MessageView, Participant, message_event
 from queues import types as queue_types
 from queues.descriptor import ClientDescriptor
 from queues.queue import EventQueue
