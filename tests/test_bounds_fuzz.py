@@ -8,10 +8,10 @@ What an adversarial review did by hand, as properties Hypothesis keeps trying:
   it is refused as it arrives; any other body is read and answered without a 5xx. The
   server's body budget is set to exactly one largest body, so a reservation that was not
   given back (a leak on any path) shows as a 503 for the next large body.
-* **Narrows** (`models.messages.parse_narrow`): random well-formed narrows of random size
+* **Narrows** (`models.messages.narrows.parse_narrow`): random well-formed narrows of random size
   register exactly when they are within the bounds the test computes itself (terms, users
   named, characters of text), and are refused as Zulip refuses them otherwise.
-* **Rendered sizes** (`models.messages.render_markdown`): random Markdown of tables,
+* **Rendered sizes** (`models.messages.rendering.render_markdown`): random Markdown of tables,
   quotes, lists and emphasis. A message the server accepts reads back rendered within
   `MAX_RENDERED_LENGTH`; one it refuses says Zulip's "Unable to render message", writes
   nothing, and is one that an unbounded renderer built here shows to be over a bound.
@@ -45,13 +45,8 @@ from sqlalchemy import func, select
 from actions.users import do_create_user
 from migrations import upgrade
 from models.database import Database
-from models.messages import (
-    MAX_NARROW_OPERAND_CHARS,
-    MAX_NARROW_TERMS,
-    MAX_NARROW_USERS,
-    MAX_RENDER_BLOCK_TOKENS,
-    MAX_RENDERED_LENGTH,
-)
+from models.messages.narrows import MAX_NARROW_OPERAND_CHARS, MAX_NARROW_TERMS, MAX_NARROW_USERS
+from models.messages.rendering import MAX_RENDER_BLOCK_TOKENS, MAX_RENDERED_LENGTH
 from models.tables import Message, OutboxEvent
 from server.api.body_limits import LARGEST_BODY_LIMIT, body_limit
 from tests.helpers.databases import database_url_for

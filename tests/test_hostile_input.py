@@ -37,8 +37,7 @@ from models.tables import (
     Subscription,
     UserProfile,
 )
-from server.api.body_limits import body_limit
-from server.api.request import MAX_BODY_BYTES
+from server.api.body_limits import MAX_BODY_BYTES, body_limit
 from tests.helpers.databases import BACKENDS, database_url_for
 from tests.helpers.openapi import load_document, match_path, validate_response
 from tests.helpers.realms import SampleRealm, make_sample_realm

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tornado.web
 
+from server.api.access_log import log_request
 from server.api.body_limits import BodyBoundedApplication, BodyBudget
 from server.api.handlers.events import (
     EventsHandler,
@@ -16,7 +17,7 @@ from server.api.handlers.events import (
 from server.api.handlers.ops import ADMIN_ROUTES, METRICS_ROUTES, PROBE_ROUTES
 from server.api.metrics import DEFAULT_READY_MAX_LAG_SECS, FigureReader
 from server.api.ratelimit import RateLimiter, RateLimits
-from server.api.request import NotFoundHandler, log_request
+from server.api.request import NotFoundHandler
 from server.engine.service import EventService
 
 

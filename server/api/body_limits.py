@@ -49,16 +49,24 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, StreamClosedError
 
+from server.api.access_log import FORWARDED_REQUEST_ID, REQUEST_ID_HEADER, new_request_id
 from server.api.connections import LINGER_READ_BYTES, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_SECS
-from server.api.request import (
-    _FORWARDED_REQUEST_ID,
-    MAX_BODY_BYTES,
-    REQUEST_ID_HEADER,
-    PayloadTooLarge,
-    new_request_id,
-)
 from server.engine.abuse import AbuseMonitor
 from server.engine.errors import ApiError
+
+# No request of this API needs a larger body. Each route has its own limit, at most this
+# one, which refuses a larger body before it is read (`server.api.body_limits`).
+MAX_BODY_BYTES = 256 * 1024
+
+
+class PayloadTooLarge(ApiError):
+    """The request body is over its route's limit (the OpenAPI document's 413)."""
+
+    status = 413
+
+    def __init__(self, limit: int = MAX_BODY_BYTES) -> None:
+        super().__init__(f"The request body is larger than {limit} bytes.")
+
 
 # -- per route ----------------------------------------------------------------------------
 
@@ -73,7 +81,7 @@ from server.engine.errors import ApiError
 DEFAULT_BODY_LIMIT = 16 * 1024
 # `POST /register`: `event_types` and `fetch_event_types` (Zulip has about 60 event
 # types: 1.5 KiB as a JSON list), `client_capabilities` (a dozen flags) and a `narrow`
-# of at most 16 terms (`models.messages.MAX_NARROW_TERMS`), each a channel or topic
+# of at most 16 terms (`models.messages.narrows.MAX_NARROW_TERMS`), each a channel or topic
 # name (60 characters), an email (254), a search text or a list of direct-message
 # participants. 16 terms of 300 characters at the worst encoding take 56 KiB; real
 # registers send 1-3 KiB.
@@ -315,7 +323,7 @@ def _request_id(headers: tornado.httputil.HTTPHeaders) -> str:
     """The proxy's X-Request-Id when it looks like one, else a new id (as
     `server.api.request.ApiHandler.request_id`)."""
     forwarded = headers.get_list(REQUEST_ID_HEADER)
-    if len(forwarded) == 1 and _FORWARDED_REQUEST_ID.fullmatch(forwarded[0]):
+    if len(forwarded) == 1 and FORWARDED_REQUEST_ID.fullmatch(forwarded[0]):
         return forwarded[0]
     return new_request_id()
 

@@ -1,8 +1,10 @@
-"""Checks for JSON-decoded parameter values: each takes (name, value) and returns the
-value typed, or raises `BadRequest` with Zulip's wording ("x is not a list")."""
+"""Parameter values: decoding a JSON-encoded one as Zulip does (`parse_json_param`), and
+checks for decoded values, each taking (name, value) and returning the value typed, or
+raising `BadRequest` with Zulip's wording ("x is not a list")."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -115,3 +117,33 @@ def parse_int_text(name: str, raw: str) -> int:
 def parse_id_text(name: str, raw: str) -> int:
     """A row id given as plain text (path segments)."""
     return check_id(name, parse_int_text(name, raw))
+
+
+_MISSING: Any = object()
+# The long-poll's own parameters (`last_event_id`, `dont_block`) are small integers and
+# booleans; these are decoded without the JSON parser, exactly as it would decode them.
+_JSON_LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
+_MAX_FAST_INT_DIGITS = 18
+
+
+def parse_json_param(name: str, raw: str) -> Any:
+    """Decode a JSON-encoded parameter value the way Zulip does, refusing what no
+    parameter can be: deep nesting, NUL characters and unpaired surrogates."""
+    literal = _JSON_LITERALS.get(raw, _MISSING)
+    if literal is not _MISSING:
+        return literal
+    digits = raw[1:] if raw[:1] == "-" else raw
+    if (
+        0 < len(digits) <= _MAX_FAST_INT_DIGITS
+        and digits.isascii()
+        and digits.isdigit()
+        and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
+    ):
+        return int(raw)
+    try:
+        value = json.loads(raw)
+    except ValueError:  # also the int() digit limit of a huge number
+        raise BadRequest(f'Argument "{name}" is not valid JSON.') from None
+    except RecursionError:  # the decoder recurses once per level of "[[[..."
+        raise BadRequest(f'Argument "{name}" is nested too deeply.') from None
+    return check_json_value(name, value)

@@ -10,11 +10,8 @@ handler only parses, calls one function and returns a dict.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import logging
-import re
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -26,8 +23,11 @@ from sqlalchemy.orm import Session
 
 from actions.errors import ActionError, ActorDeactivated
 from models.visibility import is_realm_admin
-from server.api.params import check_json_value, check_text
+from server.api.access_log import FORWARDED_REQUEST_ID, REQUEST_ID_HEADER, new_request_id
+from server.api.body_limits import MAX_BODY_BYTES, PayloadTooLarge
+from server.api.params import check_text, parse_json_param
 from server.api.ratelimit import RateLimiter
+from server.engine.authentication import AuthenticatedUser
 from server.engine.errors import (
     AdminRequired,
     ApiError,
@@ -38,82 +38,19 @@ from server.engine.errors import (
     Unauthorized,
     UserDeactivated,
 )
-from server.engine.service import AuthenticatedUser, EventService
+from server.engine.service import EventService
 
 log = logging.getLogger("eventq.http")
-access_log = logging.getLogger("eventq.access")
 
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
 _MISSING: Any = object()
 
-# Every answer of the API names its request, as the access log does, so a client's report
-# or a proxy's log line leads to the server's. A proxy's own id (nginx: `proxy_set_header
-# X-Request-Id $request_id;`) is kept when it looks like one; otherwise one is made up.
-REQUEST_ID_HEADER = "X-Request-Id"
-_FORWARDED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
-# The longest queue id the log repeats from a request (ids are a shard name, a dot and 32
-# hex digits: at most 57 characters).
-MAX_LOGGED_QUEUE_ID = 64
-
-# Request ids: 16 random hex digits per process, then a counter in 16 hex digits. Unique
-# without a random draw per request; the ids are names, not secrets.
-_REQUEST_ID_PREFIX = secrets.token_hex(8)
-_request_numbers = itertools.count()
-
-
-def new_request_id() -> str:
-    """A new request id: 32 hex digits, unique in this process's lifetime."""
-    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):016x}"
-
-
 # Parameters that a proxy in front routes by (nginx reads the first `queue_id` of a
 # query string, this server would read the last): a request giving one twice is refused,
 # so the two can never disagree about which queue a poll is for.
 SINGLE_VALUED_PARAMS = frozenset({"queue_id"})
-
-# No request of this API needs a larger body. Each route has its own limit, at most this
-# one, which refuses a larger body before it is read (`server.api.body_limits`).
-MAX_BODY_BYTES = 256 * 1024
-
-
-class PayloadTooLarge(ApiError):
-    """The request body is over its route's limit (the OpenAPI document's 413)."""
-
-    status = 413
-
-    def __init__(self, limit: int = MAX_BODY_BYTES) -> None:
-        super().__init__(f"The request body is larger than {limit} bytes.")
-
-
-# The long-poll's own parameters (`last_event_id`, `dont_block`) are small integers and
-# booleans; these are decoded without the JSON parser, exactly as it would decode them.
-_JSON_LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
-_MAX_FAST_INT_DIGITS = 18
-
-
-def parse_json_param(name: str, raw: str) -> Any:
-    """Decode a JSON-encoded parameter value the way Zulip does, refusing what no
-    parameter can be: deep nesting, NUL characters and unpaired surrogates."""
-    literal = _JSON_LITERALS.get(raw, _MISSING)
-    if literal is not _MISSING:
-        return literal
-    digits = raw[1:] if raw[:1] == "-" else raw
-    if (
-        0 < len(digits) <= _MAX_FAST_INT_DIGITS
-        and digits.isascii()
-        and digits.isdigit()
-        and (digits[0] != "0" or len(digits) == 1)  # JSON has no leading zeros
-    ):
-        return int(raw)
-    try:
-        value = json.loads(raw)
-    except ValueError:  # also the int() digit limit of a huge number
-        raise BadRequest(f'Argument "{name}" is not valid JSON.') from None
-    except RecursionError:  # the decoder recurses once per level of "[[[..."
-        raise BadRequest(f'Argument "{name}" is nested too deeply.') from None
-    return check_json_value(name, value)
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -175,7 +112,7 @@ class ApiHandler(tornado.web.RequestHandler):
         if self._request_id is None:
             # get_list, not get: a missing header (most requests) raises no KeyError inside.
             forwarded = self.request.headers.get_list(REQUEST_ID_HEADER)
-            if len(forwarded) == 1 and _FORWARDED_REQUEST_ID.fullmatch(forwarded[0]):
+            if len(forwarded) == 1 and FORWARDED_REQUEST_ID.fullmatch(forwarded[0]):
                 self._request_id = forwarded[0]
             else:
                 self._request_id = new_request_id()
@@ -428,60 +365,3 @@ def _basic_credentials(header: str) -> tuple[str | None, str]:
     if not sep or "\x00" in decoded:
         return None, ""
     return email, api_key
-
-
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: method, path, status, user, duration; long-polls answered
-    with events or a heartbeat at DEBUG.
-
-    The line's fields also travel with the record (`extra`), with the request id, the
-    error code and the queue id when the request names one, for the JSON log format
-    (`server.ops.logs`). Long-polls and registers are counted by outcome for the metrics.
-    """
-    request = handler.request
-    status = handler.get_status()
-    code = getattr(handler, "error_code", None)
-    quiet = bool(getattr(handler, "quiet", False))
-    service = handler.application.settings.get("service")
-    if isinstance(service, EventService):
-        # A long-poll answered 200 is quiet exactly when its answer was a heartbeat.
-        service.metrics.count_request(request.method, request.path, status, code, quiet)
-    level = logging.INFO
-    if quiet or (status == 200 and getattr(handler, "routine", False)):
-        level = logging.DEBUG
-    elif status >= 500:
-        level = logging.ERROR
-    if not access_log.isEnabledFor(level):
-        return  # an answered poll at INFO: no fields to build for a line nobody writes
-    duration_ms = 1000.0 * request.request_time()
-    user = getattr(handler, "user", None)
-    who = f"user {user.id}" if user is not None else "anonymous"
-    fields: dict[str, Any] = {
-        "request_id": getattr(handler, "request_id", None) or new_request_id(),
-        "method": request.method,
-        "path": request.path,
-        "status": status,
-        "duration_ms": round(duration_ms, 1),
-        "user_id": user.id if user is not None else None,
-        "queue_id": _queue_id_of(request),
-    }
-    if code is not None:
-        fields["code"] = code
-    access_log.log(
-        level,
-        "%s %s %d %s %.1fms",
-        request.method,
-        request.path,
-        status,
-        who,
-        duration_ms,
-        extra={"eventq": fields},
-    )
-
-
-def _queue_id_of(request: tornado.httputil.HTTPServerRequest) -> str | None:
-    """The `queue_id` parameter of a poll or a queue deletion, for the log."""
-    values = request.query_arguments.get("queue_id") or request.body_arguments.get("queue_id")
-    if not values:
-        return None
-    return values[-1][:MAX_LOGGED_QUEUE_ID].decode("utf-8", "replace")

@@ -9,7 +9,7 @@ each costing the hot path an increment or one bisect, never a label per queue or
 * delivery lag (`ServiceMetrics.handed_out`): one histogram observation per event a
   poll hands out, from the commit of its outbox row (`created_at`) to that moment;
 * polls and registers by outcome (`ServiceMetrics.count_request`), counted by
-  `server.api.request.log_request` when the request has been answered;
+  `server.api.access_log.log_request` when the request has been answered;
 * `BAD_EVENT_QUEUE_ID` answers by cause, counted where `EventService` raises them;
 * the wait for a database thread (`DatabaseThreads`), from submit to the call's start.
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from models.database import default_database_url
 from models.ownership import DEFAULT_SHARD_NAME, check_shard_name
 from server.api.metrics import DEFAULT_READY_MAX_LAG_SECS
-from server.api.ratelimit import RateLimits, Rule, parse_rules
+from server.api.ratelimit import RateLimits
+from server.api.windows import Rule, parse_rules
 from server.engine.maintenance import DEFAULT_OUTBOX_MIN_AGE_SECS
 from server.engine.quotas import DEFAULT_MAX_QUEUES_PER_USER, MAX_QUEUES_PER_USER_CEILING
 from server.ops.logs import LOG_FORMATS, TEXT
@@ -56,7 +57,7 @@ DEFAULT_PORT = 9993
 # times sooner than with Tornado's default of an hour. The same wait is Tornado's idle
 # limit between two requests of a keep-alive connection: clients reopen a closed one.
 DEFAULT_HEADER_TIMEOUT_SECS = 20.0
-# Bodies are at most 256 KiB (`server.api.request.MAX_BODY_BYTES`): 21 s at 100 kbit/s.
+# Bodies are at most 256 KiB (`server.api.body_limits.MAX_BODY_BYTES`): 21 s at 100 kbit/s.
 DEFAULT_BODY_TIMEOUT_SECS = 30.0
 # Timeouts outside this range are typos: under 0.1 s a real client on a slow link
 # could not send a header, and over an hour is Tornado's default, i.e. no bound.

@@ -4,7 +4,7 @@
 stack): every record, the server's and its libraries', becomes one JSON object on one
 line, with its time (UTC, ISO 8601), level, logger and message, the fields a record
 carries in `extra={"eventq": {...}}` (the access log's request id, method, path, status,
-duration, user id and queue id: `server.api.request.log_request`), and a traceback, if any,
+duration, user id and queue id: `server.api.access_log.log_request`), and a traceback, if any,
 as one string. The default, `text`, stays the readable line it always was.
 """
 

@@ -1,7 +1,8 @@
-"""Rate limits, counters and quotas in isolation (`server.api.ratelimit`, `server.engine.abuse`,
-`server.engine.quotas`, `server.api.connections`, and their settings in `server.ops.config`), with an
-injected clock: exact sliding windows, the poll ledger, identical answers whether an
-email exists or not, the once-a-minute log, and the parsing of every setting."""
+"""Rate limits, counters and quotas in isolation (`server.api.ratelimit` and its windows
+and poll ledger, `server.engine.abuse`, the quotas, `server.api.connections`, and their
+settings in `server.ops.config`), with an injected clock: exact sliding windows, the poll
+ledger, identical answers whether an email exists or not, the once-a-minute log, and the
+parsing of every setting."""
 
 from __future__ import annotations
 
@@ -14,23 +15,17 @@ import pytest
 
 import server.api.connections
 from server.api.connections import RESERVED_FDS, connection_cap
+from server.api.poll_ledger import PollLedger
 from server.api.quotas import (
     MAX_SUBSCRIPTION_CHANNELS,
     MAX_SUBSCRIPTION_PAIRS,
     MAX_SUBSCRIPTION_PRINCIPALS,
     check_subscription_request,
 )
-from server.api.ratelimit import (
-    PollLedger,
-    RateLimited,
-    RateLimiter,
-    RateLimits,
-    Rule,
-    SlidingWindows,
-    parse_rules,
-)
+from server.api.ratelimit import RateLimiter, RateLimits
+from server.api.windows import Rule, SlidingWindows, parse_rules
 from server.engine.abuse import LOG_INTERVAL_SECS, RATE_LIMIT_USER, AbuseMonitor
-from server.engine.errors import BadRequest
+from server.engine.errors import BadRequest, RateLimited
 from server.engine.quotas import KeyedLock
 from server.ops.config import DEFAULT_HEADER_TIMEOUT_SECS, Settings
 

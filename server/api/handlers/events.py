@@ -8,15 +8,16 @@ from pathlib import Path
 
 import orjson
 
-from models.messages import parse_narrow
+from models.messages.narrows import parse_narrow
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
 from server.api.params import check_bool, check_dict, check_int, check_list, check_str_list
-from server.api.ratelimit import PollTicket
+from server.api.poll_ledger import PollTicket
 from server.api.request import ApiHandler
 from server.engine.errors import ApiError, BadRequest, RateLimited
 from server.engine.live_queues import WakeReason
-from server.engine.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION, RegisterRequest
+from server.engine.registration import RegisterRequest
+from server.engine.service import ZULIP_FEATURE_LEVEL, ZULIP_VERSION
 
 OPENAPI_PATH = Path(__file__).parent.parent / "openapi.json"
 # `zulip_merge_base` is "" (Zulip: "if unavailable"): eventq is not a fork of Zulip's
@@ -75,7 +76,7 @@ class RegisterHandler(ApiHandler):
         lifespan = self.param_json("queue_lifespan_secs", check_int, None)
         if lifespan is not None and not 0 <= lifespan <= MAX_QUEUE_LIFESPAN_SECS:
             raise BadRequest(f"queue_lifespan_secs must be between 0 and {MAX_QUEUE_LIFESPAN_SECS}")
-        # Filters `message` events only (models.messages); fixed for the queue's life.
+        # Filters `message` events only (models.messages.narrows); fixed for the queue's life.
         narrow = parse_narrow(self.param_json("narrow", check_list, []))
         apply_markdown = self.param_json("apply_markdown", check_bool, True)
         # Accepted for compatibility: avatars are always computed by the client, and

@@ -2,14 +2,14 @@
 
 The handler decodes Zulip's parameters into plain values, makes one call
 (`actions.messages.check_send_message` in a write transaction, or
-`models.messages.fetch_messages` in a snapshot), and encodes the answer. It owns the
+`models.messages.history.fetch_messages` in a snapshot), and encodes the answer. It owns the
 decoding of `to`, which Zulip accepts in several forms: for a channel message its name
 (plain or JSON-encoded) or its id (a JSON integer); for a direct message a JSON list of
 user ids or of emails, a single id, or emails separated by commas.
 
 Both answers are bounded in `models.messages`: a send whose content would render past
-`MAX_RENDERED_LENGTH` is refused with Zulip's "Unable to render message", and a history
-answer holds at most `MAX_FETCH_ANSWER_BYTES` of messages, its `found_oldest` /
+`rendering.MAX_RENDERED_LENGTH` is refused with Zulip's "Unable to render message", and a
+history answer holds at most `history.MAX_FETCH_ANSWER_BYTES` of messages, its `found_oldest` /
 `found_newest` false on the side it cut, so the client pages on.
 """
 
@@ -19,7 +19,8 @@ import json
 from typing import Any
 
 from actions.messages import ChannelTarget, DirectTarget, StreamDoesNotExist, check_send_message
-from models.messages import fetch_messages, parse_anchor, parse_narrow
+from models.messages.history import fetch_messages, parse_anchor
+from models.messages.narrows import parse_narrow
 from queues.descriptor import parse_user_agent
 from server.api.params import check_bool, check_id, check_int, check_json_value, check_list
 from server.api.request import ApiHandler

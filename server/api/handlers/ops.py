@@ -26,8 +26,9 @@ from typing import Any
 
 import tornado.web
 
+from server.api.body_limits import MAX_BODY_BYTES, PayloadTooLarge
 from server.api.metrics import DatabaseFigures, DatabaseUnavailable, FigureReader, render
-from server.api.request import MAX_BODY_BYTES, ApiHandler, PayloadTooLarge
+from server.api.request import ApiHandler
 from server.engine.live_queues import DropCause
 
 # What `/readyz` says of a database it cannot read; the reason goes to the log
