@@ -20,8 +20,10 @@ from bench.support import fresh_database
 from models.database import Database
 from models.tables import Role
 from queues.types import Capabilities
+from server.engine.authentication import AuthenticatedUser
 from server.engine.maintenance import COLD_QUEUE_IDLE_SECS
-from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.registration import RegisterRequest
+from server.engine.service import EventService
 
 QUEUES = 2000
 PENDING_EVENTS = 200

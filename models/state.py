@@ -54,7 +54,7 @@ def _viewer(session: Session, user_id: int) -> UserProfile:
 class RealmState:
     """What `register` shows of one realm, read in one snapshot: its users, its channels
     and their subscriptions. Read-only once built, so one instance may serve many
-    registers (`server.engine.service` keeps one per realm while no event changed it).
+    registers (`server.engine.registration` keeps one per realm while no event changed it).
 
     The wire objects are built once, when first asked for, and shared by every answer
     that holds them: callers serialize answers and never modify them.

@@ -94,7 +94,7 @@ class Realm(Base):
     # The seq of the newest event that may change what `register` shows (users,
     # channels, subscriptions; any event but a message), written with `last_event_seq`.
     # A state read at seq S is still true at a later seq while this is <= S, which lets
-    # registers share one read (`server.engine.service`).
+    # registers share one read (`server.engine.registration`).
     state_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     date_created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -21,18 +21,19 @@ from sqlalchemy import update
 
 import queues.queue
 import server.engine.consumer
-import server.engine.service
+import server.engine.registration
 from actions.realms import do_create_realm
 from actions.users import do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.descriptors import load_descriptor
 from models.outbox import PendingEvent, append_events, lock_realm, read_events, state_position
 from models.tables import OutboxEvent
+from server.engine.authentication import AuthenticatedUser
 from server.engine.database_threads import ShuttingDown
 from server.engine.errors import BadEventQueueId, InvalidApiKey, RateLimited, UserDeactivated
 from server.engine.live_queues import DropCause, QueueState
 from server.engine.maintenance import COLD_QUEUE_IDLE_SECS
-from server.engine.service import AuthenticatedUser, EventService
+from server.engine.service import EventService
 from tests.helpers.api import ApiClient
 from tests.helpers.cli import run_eventq
 from tests.helpers.realms import SampleRealm, make_sample_realm
@@ -102,23 +103,23 @@ async def test_a_cold_queue_rebuilt_across_its_owners_deactivation_is_refused(
         gate = Gate()
         if held == "descriptor_read":
             # The descriptor is read before the deactivation commits, then held.
-            read_descriptor = service._claim
+            read_descriptor = service.activator._claim
 
             def slow_descriptor(queue_id: str, user_id: int, now: float) -> Any:
                 record = read_descriptor(queue_id, user_id, now)
                 gate.hold()
                 return record
 
-            service._claim = slow_descriptor  # type: ignore[method-assign]
+            service.activator._claim = slow_descriptor  # type: ignore[method-assign]
         else:
             # The queue is claimed in memory; its catch-up read waits for the gate.
-            read_outbox = service._read_user_outbox
+            read_outbox = service.activator._read_user_outbox
 
             def slow_outbox(*args: Any) -> Any:
                 gate.hold()
                 return read_outbox(*args)
 
-            service._read_user_outbox = slow_outbox  # type: ignore[method-assign, assignment]
+            service.activator._read_user_outbox = slow_outbox  # type: ignore[method-assign, assignment]
 
         poll = asyncio.create_task(service.get_events(user, queue_id, -1, dont_block=False))
         async with asyncio.timeout(WAIT_SECS):
@@ -197,17 +198,17 @@ async def test_a_register_whose_activation_fails_leaves_no_descriptor(
     await service.start()
     try:
         created: list[str] = []
-        original_catch_up = service._catch_up
+        original_catch_up = service.activator.catch_up
 
         async def failing_catch_up(live: Any, **kwargs: Any) -> None:
             created.append(live.queue_id)
             assert descriptor_exists(db, live.queue_id), "the descriptor was written first"
             raise RuntimeError("injected activation failure")
 
-        monkeypatch.setattr(service, "_catch_up", failing_catch_up)
+        monkeypatch.setattr(service.activator, "catch_up", failing_catch_up)
         with pytest.raises(RuntimeError, match="injected"):
             await service.register(owner(realm), request())
-        monkeypatch.setattr(service, "_catch_up", original_catch_up)
+        monkeypatch.setattr(service.activator, "catch_up", original_catch_up)
         await service.maintenance.delete_dropped()
         assert created and not descriptor_exists(db, created[0])
         assert service.live.tombstone_count == 0
@@ -541,14 +542,14 @@ async def test_polls_that_miss_the_credentials_cache_together_share_one_read(
     try:
         email, key = realm.emails["member"], realm.api_keys["member"]
         reads = 0
-        read = service._read_credentials
+        read = service.authenticator._read_credentials
 
         def counted(normalized: str) -> Any:
             nonlocal reads
             reads += 1
             return read(normalized)
 
-        service._read_credentials = counted  # type: ignore[method-assign, assignment]
+        service.authenticator._read_credentials = counted  # type: ignore[method-assign, assignment]
         users = await asyncio.gather(*(service.authenticate(email, key) for _ in range(50)))
         assert {u.id for u in users} == {realm.users["member"]}
         assert reads == 1
@@ -567,7 +568,7 @@ async def test_polls_that_miss_the_credentials_cache_together_share_one_read(
 async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
     db: Database, realm: SampleRealm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server.engine.service, "MAX_REGISTERS_IN_FLIGHT", 2)
+    monkeypatch.setattr(server.engine.registration, "MAX_REGISTERS_IN_FLIGHT", 2)
     service = EventService(db)
     await service.start()
     try:
@@ -590,12 +591,12 @@ async def test_registers_past_the_in_flight_bound_are_shed_with_a_time_to_retry(
             while held < 1:
                 await gate.reached.wait()
                 gate.reached.clear()
-        assert service._registers_in_flight == 2
+        assert service.registrar._registers_in_flight == 2
         with pytest.raises(RateLimited) as shed:
             await service.register(owner(realm), request())
         assert 1.0 <= shed.value.to_json()["retry-after"] <= 3.0
         assert shed.value.headers["Retry-After"] in {"1", "2", "3"}
-        assert service.registers_shed == 1
+        assert service.registrar.registers_shed == 1
         gate.open()
         async with asyncio.timeout(WAIT_SECS):
             answers = await asyncio.gather(first, second)

@@ -13,8 +13,10 @@ from actions.streams import do_create_stream
 from models.database import Database
 from models.descriptors import load_descriptor
 from queues.types import Capabilities
+from server.engine.authentication import AuthenticatedUser
 from server.engine.errors import BadEventQueueId
-from server.engine.service import AuthenticatedUser, EventService, RegisterRequest
+from server.engine.registration import RegisterRequest
+from server.engine.service import EventService
 from tests.helpers.realms import SampleRealm
 
 

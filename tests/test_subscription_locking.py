@@ -30,7 +30,7 @@ from models.database import Database
 from models.outbox import read_events
 from models.tables import Realm, Stream, Subscription
 from server.api.request import ApiHandler
-from server.engine.service import AuthenticatedUser
+from server.engine.authentication import AuthenticatedUser
 from server.ops.cli.main import build_parser
 from tests.helpers.inprocess_api import inprocess_api
 from tests.helpers.realms import SampleRealm

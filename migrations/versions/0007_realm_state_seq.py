@@ -1,7 +1,7 @@
 """`realm.state_seq`: the seq of the newest event that may change the register state.
 
 Registers read the realm's users, channels and subscriptions once and reuse that read
-while no such event follows it (`server.engine.service`). Existing realms start at their
+while no such event follows it (`server.engine.registration`). Existing realms start at their
 `last_event_seq`: no read made before the upgrade may be reused.
 
 Revision ID: 0007

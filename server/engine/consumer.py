@@ -2,7 +2,7 @@
 
 `routed[realm]` is the newest outbox sequence number routed to the live queues of this
 process; rows are routed strictly in order, one realm at a time, and `routed` moves
-with every row, so a queue being built (`EventService`) can catch up to it and join
+with every row, so a queue being built (`server.engine.activation`) can catch up to it and join
 the registry with nothing missed.
 
 A failure stays in its realm: a row that cannot be routed (or a read that fails) stops

@@ -11,9 +11,9 @@ one, so the group size follows the load: one at a time when idle, hundreds in a 
 A register may also leave its descriptor to be built in the transaction, from the
 realm's outbox position read there (`create_at_position`): one statement reads the
 positions of every realm in the group, so a register whose realm state is already known
-(`server.engine.service`) costs no database work of its own. A register under a per-user queue
-cap also needs the user's other queues; they are read in the same transaction, before
-the insert, in one statement for the whole group.
+(`server.engine.registration`) costs no database work of its own. A register under a
+per-user queue cap also needs the user's other queues; they are read in the same
+transaction, before the insert, in one statement for the whole group.
 """
 
 from __future__ import annotations

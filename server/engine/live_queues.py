@@ -19,7 +19,7 @@ calls `deletions_done`, so tombstones exist only while their deletion is in flig
 
 A user's deactivation (`cut_off_user`) drops their warm *and* activating queues, and
 an activation checks the user's state in the same snapshot that starts its replay
-(`EventService`), so no queue of a deactivated user comes back after the cut-off.
+(`server.engine.activation`), so no queue of a deactivated user comes back after the cut-off.
 
 Shards (docs/architecture.md §10). Each queue in memory carries the fencing epoch under
 which this process holds it. When another shard claims it (the consumer reads the claim

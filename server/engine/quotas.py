@@ -1,7 +1,7 @@
 """The queue cap: how many live queues one user may hold, whatever their request rate.
 
-Owns the cap (enforced by `EventService.register`, which drops the user's least
-recently used queue to make room) and `KeyedLock`, which serializes one user's
+Owns the cap (enforced by `server.engine.registration.Registrar`, which drops the user's
+least recently used queue to make room) and `KeyedLock`, which serializes one user's
 queue-cap bookkeeping. The caps on one request's size are the API's
 (`server.api.quotas`).
 

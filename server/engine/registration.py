@@ -1,0 +1,360 @@
+"""Registration: `POST /register` — a new queue, durable, activated, and the state
+snapshot it starts from.
+
+Owns the register path (`Registrar.register`): shedding registers past
+`MAX_REGISTERS_IN_FLIGHT`, the descriptor's creation (grouped,
+`server.engine.descriptor_writer`), the realm's register state (read once and shared by
+the registers that follow, `_read_realm_state`), and the cap on queues per user
+(`_drop_past_queue_cap`, `server.engine.quotas`). Activating the new queue is
+`server.engine.activation`'s.
+
+Race-freedom with the snapshot. The answer's state and the queue's start must be one
+position of the outbox: every event after the snapshot in the queue, none before it.
+
+* The queue is claimed in memory (`LiveQueues.begin_activation`) before the state is
+  read or the kept one checked, so a deactivation committed after that read is routed
+  to the queue and cuts it off, and one committed before it shows in the state, which
+  refuses the register (the deactivation invariant of `server.engine.activation`).
+* A kept state is reused only while no event that may change it (`realm.state_seq`)
+  followed its read, which the descriptor group's transaction checks; the queue then
+  starts at the later of the realm's position and the read's, where the kept state
+  still holds. Otherwise the queue starts where a fresh read of the state was taken.
+* A register needing a fresh read joins only one that has not started yet: a read that
+  started before its claim could miss a deactivation committed in between.
+
+The descriptor is durable before the answer (the client may next poll another
+process), and a register that fails leaves nothing behind: its client never learns the
+queue id, so the queue is dropped and its descriptor deleted.
+
+Runs on the event loop; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from models.database import Database
+from models.descriptors import DescriptorRecord, HeldQueue
+from models.messages.narrows import NarrowTerm
+from models.outbox import state_position
+from models.state import STATE_EVENT_TYPES, RealmState
+from queues.descriptor import (
+    LegacyClientRule,
+    clamp_lifespan,
+    parse_user_agent,
+    uses_legacy_deactivation,
+)
+from queues.types import Capabilities
+from server.engine.abuse import QUEUE_CAP_DROP, REGISTER_SHED, AbuseMonitor
+from server.engine.activation import Activator
+from server.engine.authentication import AuthenticatedUser
+from server.engine.database_threads import DatabaseThreads
+from server.engine.descriptor_writer import DescriptorWriter
+from server.engine.errors import RateLimited, UserDeactivated
+from server.engine.live_queues import DropCause, LiveQueues, QueueDropped
+from server.engine.maintenance import Maintenance
+from server.engine.quotas import KeyedLock
+
+# The service's logger still: registration was part of it, and log filters name it.
+log = logging.getLogger("eventq.service")
+
+# Registers being served at once. Each costs about a millisecond of CPU and a place in
+# a descriptor group (more when the realm's state must be read again); past this many
+# more are shed with 429 and a Retry-After instead of waiting in line, so a reconnect
+# storm degrades into retries spread over a few seconds rather than into timeouts.
+MAX_REGISTERS_IN_FLIGHT = 256
+# A shed register is told to come back after a random 1-3 s, so the retries spread out.
+SHED_RETRY_AFTER_SECS = (1.0, 3.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    """The parsed parameters of `POST /register`."""
+
+    event_types: frozenset[str] | None
+    fetch_event_types: frozenset[str] | None
+    capabilities: Capabilities
+    include_subscribers: bool
+    queue_lifespan_secs: int | None
+    user_agent: str | None
+    # The `narrow` (for `message` events only) and `apply_markdown` parameters.
+    narrow: tuple[NarrowTerm, ...] = ()
+    apply_markdown: bool = True
+
+
+class Registrar:
+    """Creates queues: descriptor, activation and state snapshot, within the caps."""
+
+    def __init__(
+        self,
+        db: Database,
+        threads: DatabaseThreads,
+        live: LiveQueues,
+        descriptors: DescriptorWriter,
+        activator: Activator,
+        maintenance: Maintenance,
+        abuse: AbuseMonitor,
+        *,
+        clock: Callable[[], float],
+        shard: str,
+        legacy_rules: Iterable[LegacyClientRule] = (),
+        max_queues_per_user: int | None = None,
+    ) -> None:
+        self.db = db
+        self.threads = threads
+        self.live = live
+        self.descriptors = descriptors
+        self.activator = activator
+        self.maintenance = maintenance
+        self.abuse = abuse
+        self.clock = clock
+        self.shard = shard
+        self.legacy_rules = tuple(legacy_rules)
+        # None: no cap (benchmarks and tests that register thousands of queues for one
+        # user in-process); `eventq serve` passes EVENTQ_MAX_QUEUES_PER_USER.
+        self.max_queues_per_user = max_queues_per_user
+        self._register_locks = KeyedLock()
+        self._registers_in_flight = 0
+        self.registers_shed = 0
+        # realm id -> (the seq it was read at, its register state): `_read_realm_state`.
+        self._realm_states: dict[int, tuple[int, RealmState]] = {}
+        # The next state read of a realm, not started yet, that registers join; one read
+        # per realm runs at a time (`_read_realm_state`).
+        self._upcoming_state_reads: dict[int, asyncio.Future[tuple[int, RealmState]]] = {}
+        self._state_read_locks = KeyedLock()
+        self._state_read_tasks: set[asyncio.Task[None]] = set()
+
+    async def register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
+        """Create a queue and return it with the state snapshot it starts from.
+
+        With a cap on queues per user, one user's registers run one at a time, each
+        counting the user's descriptors in its snapshot and, once its own queue is live,
+        dropping the least recently used ones past the cap (`server.engine.quotas`).
+        """
+        if self._registers_in_flight >= MAX_REGISTERS_IN_FLIGHT:
+            # A reconnect storm: answering later ones at once with a time to come back
+            # (the `zulip` client honours it) beats making them all wait, and never 5xx.
+            retry_after = random.uniform(*SHED_RETRY_AFTER_SECS)
+            self.registers_shed += 1
+            self.abuse.record(
+                REGISTER_SHED, "server", f"{self._registers_in_flight} registers in flight"
+            )
+            raise RateLimited(retry_after, {"Retry-After": str(math.ceil(retry_after))})
+        self._registers_in_flight += 1
+        try:
+            if self.max_queues_per_user is None:
+                return await self._register(user, request)
+            async with self._register_locks.hold(user.id):
+                return await self._register(user, request)
+        finally:
+            self._registers_in_flight -= 1
+
+    async def _register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
+        client_name, client_version = parse_user_agent(request.user_agent)
+        lifespan = clamp_lifespan(request.queue_lifespan_secs)
+        legacy = uses_legacy_deactivation(
+            request.capabilities, client_name, client_version, self.legacy_rules
+        )
+        fetch = request.fetch_event_types
+        if fetch is None:
+            fetch = request.event_types if request.event_types is not None else STATE_EVENT_TYPES
+        now = self.clock()
+        # The shard's name first, so a proxy can send the queue's polls here.
+        queue_id = f"{self.shard}.{secrets.token_hex(16)}"
+
+        def descriptor_at(seq: int) -> DescriptorRecord:
+            return DescriptorRecord(
+                queue_id=queue_id,
+                realm_id=user.realm_id,
+                user_id=user.id,
+                event_types=tuple(sorted(request.event_types))
+                if request.event_types is not None
+                else None,
+                capabilities=request.capabilities.to_dict(),
+                client_name=client_name,
+                client_version=client_version,
+                legacy_deactivation=legacy,
+                lifespan_secs=lifespan,
+                last_active=now,
+                checkpoint_seq=seq,
+                checkpoint_event_id=-1,
+                narrow=request.narrow,
+                apply_markdown=request.apply_markdown,
+                owner_shard=self.shard,
+                owner_epoch=1,
+            )
+
+        # What the kept state of the realm says, decided in the descriptor's transaction.
+        found: list[tuple[int, RealmState]] = []
+
+        def at_position(seq: int, state_seq: int) -> DescriptorRecord | None:
+            # On a database thread, in the descriptor group's transaction: if no event
+            # that may change the state followed the kept read, the kept state holds at
+            # the later of the two positions, and the queue starts there. Else, or for a
+            # user the state shows inactive, nothing is written here (see below).
+            kept = self._realm_states.get(user.realm_id)
+            if kept is None or state_seq > kept[0]:
+                return None
+            start = max(seq, kept[0])
+            found.append((start, kept[1]))
+            return descriptor_at(start) if kept[1].is_active(user.id) else None
+
+        with_held = self.max_queues_per_user is not None
+        # Claimed before the state is read: a deactivation committed after the read
+        # finds this queue.
+        live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+        try:
+            # Durable before the answer: the client may next poll another process.
+            record, held = await self.descriptors.create_at_position(
+                user.realm_id, user.id, at_position, with_held
+            )
+            if found:
+                seq, realm_state = found[0]
+            else:
+                # The realm's state changed since it was read (or never was): read it.
+                seq, realm_state = await self._read_realm_state(user.realm_id)
+            if not realm_state.is_active(user.id):
+                raise UserDeactivated()
+            if record is None:
+                record = descriptor_at(seq)
+                held = await self.descriptors.create(record, with_held)
+            state = realm_state.initial_state(
+                user.id, fetch & STATE_EVENT_TYPES, request.include_subscribers
+            )
+            self.activator.load_record(live, record)
+            await self.activator.catch_up(live, check_owner_active=False)
+            self.live.finish_activation(live)
+        except BaseException as error:
+            # The client never learns this queue id: nothing may be left behind.
+            self.live.drop(live, DropCause.ACTIVATION_FAILED)
+            self.maintenance.request_deletions()
+            if isinstance(error, QueueDropped):
+                raise self.activator.refusal(error.cause, queue_id) from None
+            raise
+        log.info(
+            "registered queue %s for user %d (%s %s, %s sequence, lifespan %ds)",
+            queue_id,
+            user.id,
+            client_name,
+            client_version or "",
+            "legacy" if legacy else "full",
+            lifespan,
+        )
+        if self.max_queues_per_user is not None:
+            await self._drop_past_queue_cap(user, held, self.max_queues_per_user)
+        return {"queue_id": queue_id, "last_event_id": -1, **state}
+
+    async def _drop_past_queue_cap(
+        self, user: AuthenticatedUser, held: list[HeldQueue], cap: int
+    ) -> None:
+        """Drop the user's least recently used queues (of `held`, those it had before
+        this register) so that with the new one it holds at most `cap`.
+
+        Through the one removal path (`LiveQueues.drop`, then the durable deletion, as
+        `EventService.delete_queue`), so a dropped queue's poll is answered
+        BAD_EVENT_QUEUE_ID and no poll can rebuild it; a cold queue is claimed in memory
+        to be dropped.
+        """
+        now = self.clock()
+        candidates: list[tuple[float, str]] = []
+        epochs = {queue_id: epoch for queue_id, _, epoch in held}
+        for queue_id, stored_last_active, _ in held:
+            if self.live.is_tombstoned(queue_id):
+                continue  # already on its way out
+            last_active = stored_last_active
+            live = self.live.get(queue_id)
+            if live is not None and live.client is not None:
+                # Memory is newer than the descriptor (activity is written behind), and
+                # a queue with a parked poll is in use right now.
+                waiting = live.client.waiter is not None
+                last_active = now if waiting else max(last_active, live.client.last_active)
+            candidates.append((last_active, queue_id))
+        excess = len(candidates) - (cap - 1)
+        if excess <= 0:
+            return
+        candidates.sort()
+        for last_active, queue_id in candidates[:excess]:
+            live = self.live.get(queue_id)
+            if live is None:
+                if self.live.is_tombstoned(queue_id):
+                    continue
+                live = self.live.begin_activation(queue_id, user.realm_id, user.id)
+                live.epoch = epochs[queue_id]  # its deletion is fenced by the epoch read
+            # The longest idle of the user's queues makes room for the new one.
+            self.live.drop(live, DropCause.QUEUE_CAP)
+            self.abuse.record(
+                QUEUE_CAP_DROP,
+                f"user {user.id}",
+                f"at its cap of {cap} queues; dropped {queue_id}, idle {now - last_active:.0f}s",
+            )
+        try:
+            await self.maintenance.delete_dropped()
+        except Exception as error:
+            # The queues are gone already (tombstoned); the next sweep deletes the rows.
+            log.warning("could not delete queues dropped for the cap yet: %s", error)
+            self.maintenance.request_deletions()
+
+    async def _read_realm_state(self, realm_id: int) -> tuple[int, RealmState]:
+        """The realm's register state and the outbox position it holds at, read in one
+        snapshot (three statements), and kept for the registers that follow.
+
+        A register reuses the kept state while no event that may change it
+        (`realm.state_seq`) followed its read, which the descriptor group's transaction
+        checks (`_register`), so a register usually costs no read of its own. The kept
+        state is read-only (`RealmState`).
+
+        Registers that need a read at once share one: each joins the realm's next read
+        that has not started yet (one that started before the caller claimed its queue
+        could miss a deactivation committed in between), and a realm has at most one
+        read running, so a reconnect storm into a large realm reads it once or twice,
+        not once per register.
+        """
+        upcoming = self._upcoming_state_reads.get(realm_id)
+        if upcoming is None:
+            upcoming = asyncio.get_running_loop().create_future()
+            self._upcoming_state_reads[realm_id] = upcoming
+            task = asyncio.get_running_loop().create_task(self._state_read(realm_id, upcoming))
+            self._state_read_tasks.add(task)
+            task.add_done_callback(self._state_read_tasks.discard)
+        return await asyncio.shield(upcoming)
+
+    async def _state_read(
+        self, realm_id: int, upcoming: asyncio.Future[tuple[int, RealmState]]
+    ) -> None:
+        """Run the realm's next state read once the one running (if any) is done."""
+        try:
+            async with self._state_read_locks.hold(realm_id):
+                # Started now: later callers need a read that starts after their claims.
+                if self._upcoming_state_reads.get(realm_id) is upcoming:
+                    del self._upcoming_state_reads[realm_id]
+                read_at, state = await self.threads.run(self._read_state_snapshot, realm_id)
+        except Exception as error:
+            upcoming.set_exception(error)
+            return
+        except BaseException:
+            upcoming.cancel()  # the process is stopping
+            raise
+        finally:
+            # Never leave a finished read for later callers to join.
+            if self._upcoming_state_reads.get(realm_id) is upcoming:
+                del self._upcoming_state_reads[realm_id]
+        kept = self._realm_states.get(realm_id)
+        if kept is None or kept[0] < read_at:
+            self._realm_states[realm_id] = (read_at, state)
+        upcoming.set_result((read_at, state))
+
+    def _read_state_snapshot(self, realm_id: int) -> tuple[int, RealmState]:
+        with self.db.snapshot() as session:
+            position = state_position(session, realm_id)
+            if position is None:
+                raise UserDeactivated()  # the realm is gone
+            # Built here, on the database thread: a large realm's user lists would
+            # otherwise be built on the event loop by the first register that uses them.
+            return position[0], RealmState.read(session, realm_id).build_shared()
