@@ -9,7 +9,7 @@ For each shard count, on a fresh PostgreSQL database:
   executions of each executemany), `EVENTQ_TRUSTED_PROXY=on` as behind any proxy, and
   the longest heartbeat (85 s) so that parking 10,000 polls does not race their
   heartbeats. nginx (Debian's) runs in front of them with the whole configuration
-  `server.ops.cluster.supervisor.nginx_standalone_config` generates, its access log included (see
+  `server.ops.cluster.nginx.nginx_standalone_config` generates, its access log included (see
   `_nginx_config` for the one change the benchmark may have to make).
 * 100 users register 100 queues each through nginx (`register` goes round-robin over
   the shards, so the queues spread over them; each queue id names its shard), and one
@@ -86,7 +86,7 @@ from bench.support import (
 )
 from migrations import upgrade
 from models.database import Database
-from server.ops.cluster.supervisor import ShardAddress, find_nginx, nginx_standalone_config
+from server.ops.cluster.nginx import ShardAddress, find_nginx, nginx_standalone_config
 
 SHARD_COUNTS = (1, 2)
 USERS = 100

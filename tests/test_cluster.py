@@ -1,7 +1,7 @@
 """Shards behind a real nginx (issue 12): routing, queues that move, fencing, `eventq cluster`.
 
 Three `eventq serve --shard shardK` processes share one database behind Debian's nginx,
-configured by `server.ops.cluster.supervisor.nginx_standalone_config` (tests/helpers/nginx.py). The
+configured by `server.ops.cluster.nginx.nginx_standalone_config` (tests/helpers/nginx.py). The
 tests check, through nginx and at each shard's own port:
 
 - the configuration generator: its validation, and that `nginx -t` accepts its output;
@@ -48,7 +48,7 @@ from models.database import Database
 from models.descriptors import load_descriptor
 from models.ownership import shard_of
 from models.queries import get_realm
-from server.ops.cluster.supervisor import (
+from server.ops.cluster.nginx import (
     ShardAddress,
     nginx_site_config,
     nginx_standalone_config,

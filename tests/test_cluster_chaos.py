@@ -1,7 +1,7 @@
 """Chaos across shards: SIGKILL random shards behind nginx while a writer keeps committing.
 
 Three shards (`eventq serve` with the shard names shard1..shard3) serve one PostgreSQL
-database behind a real nginx configured by `server.ops.cluster.supervisor.nginx_standalone_config`. A
+database behind a real nginx configured by `server.ops.cluster.nginx.nginx_standalone_config`. A
 poll goes to the shard its queue id names, or, while that shard is dead, to the next
 one (nginx's `backup`), which claims the queue; when the shard is back its polls return
 and it claims the queue again (docs/architecture.md §10). Nine clients of every

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from models.database import Database
 from models.tables import QueueClaim, QueueDescriptorRow
-from server.ops.cluster.supervisor import ShardAddress
+from server.ops.cluster.nginx import ShardAddress
 from tests.helpers.api import ApiClient
 from tests.helpers.chaos import ChaosClient, Progress, ServerLink
 from tests.helpers.openapi import validate_response

@@ -1,7 +1,7 @@
 """A real nginx in front of eventq shards, for integration tests (tests/test_cluster.py).
 
 `NginxServer` runs Debian's nginx in the foreground with the configuration
-`server.ops.cluster.supervisor.nginx_standalone_config` generates, in a folder of the test's, on a
+`server.ops.cluster.nginx.nginx_standalone_config` generates, in a folder of the test's, on a
 free loopback port. It waits until a worker has started, can be given a new
 shard list (`reload`: the file rewritten, SIGHUP to the master, and a wait until only
 workers started with the new configuration run), reads its access log (which names the
@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from server.ops.cluster.supervisor import ShardAddress, find_nginx, nginx_standalone_config
+from server.ops.cluster.nginx import ShardAddress, find_nginx, nginx_standalone_config
 from tests.helpers.databases import skip_or_fail
 
 START_TIMEOUT_SECS = 15.0

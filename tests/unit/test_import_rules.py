@@ -149,4 +149,4 @@ def test_the_rule_sees_the_imports_it_guards() -> None:
     graph = import_graph()
     assert "server.engine.live_queues" in graph["server.engine.service"]
     assert "server.api.app" in graph["server.ops.serve"]
-    assert "server.ops.serve" in graph["server.ops.cli.main"]
+    assert "server.ops.serve" in graph["server.ops.cli.serving"]
