@@ -38,7 +38,6 @@ Runs on the event loop; not thread-safe.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import Awaitable
 from typing import Any
@@ -47,10 +46,9 @@ import orjson
 import tornado.httputil
 import tornado.web
 from tornado.http1connection import HTTP1Connection
-from tornado.iostream import IOStream, StreamClosedError
 
 from server.api.access_log import FORWARDED_REQUEST_ID, REQUEST_ID_HEADER, new_request_id
-from server.api.connections import LINGER_READ_BYTES, MAX_LINGERING_REFUSALS, REFUSAL_LINGER_SECS
+from server.api.connections import refuse_and_close
 from server.engine.abuse import AbuseMonitor
 from server.engine.errors import ApiError
 
@@ -289,12 +287,7 @@ class _BoundedBody(tornado.httputil.HTTPMessageDelegate):
         # Tornado stops serving the connection: no body is read, and the delegate
         # behind this one never hears of the request.
         stream = self.connection.detach()
-        if len(budget.lingering) >= MAX_LINGERING_REFUSALS:
-            _write_and_close(stream, answer)
-            return
-        task = asyncio.get_running_loop().create_task(_linger(stream, answer))
-        budget.lingering.add(task)
-        task.add_done_callback(budget.lingering.discard)
+        refuse_and_close(stream, answer, budget.lingering)
 
 
 def _body_size(headers: tornado.httputil.HTTPHeaders, limit: int) -> int:
@@ -342,26 +335,3 @@ def _answer(error: ApiError, request_id: str) -> bytes:
         f"Content-Length: {len(body)}",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _write_and_close(stream: IOStream, answer: bytes) -> None:
-    try:
-        stream.write(answer)  # a few hundred bytes: the socket's buffer takes them at once
-    except StreamClosedError:
-        pass
-    stream.close()
-
-
-async def _linger(stream: IOStream, answer: bytes) -> None:
-    """Write the answer, stop sending, and read and discard what the client still sends
-    for up to REFUSAL_LINGER_SECS, so that closing does not reset the connection."""
-    try:
-        await stream.write(answer)
-        stream.socket.shutdown(socket.SHUT_WR)
-        async with asyncio.timeout(REFUSAL_LINGER_SECS):
-            while True:
-                await stream.read_bytes(LINGER_READ_BYTES, partial=True)
-    except (StreamClosedError, TimeoutError, OSError):
-        pass  # the client closed, or lingered long enough
-    finally:
-        stream.close()

@@ -126,13 +126,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
                 "connection cap",
                 f"{self.max_connections} connections open; refused {peer}",
             )
-        lingering = getattr(self, "_lingering", None)
-        if lingering is None or len(lingering) >= MAX_LINGERING_REFUSALS:
-            _write_and_close(stream)
-            return
-        task = asyncio.get_running_loop().create_task(_refuse_gently(stream))
-        lingering.add(task)
-        task.add_done_callback(lingering.discard)
+        refuse_and_close(stream, REFUSAL, getattr(self, "_lingering", None))
 
 
 def _without_nagle(stream: IOStream) -> None:
@@ -152,18 +146,36 @@ def _keep_nodelay(value: bool) -> None:
     """The per-request toggle of TCP_NODELAY, left out (`_without_nagle`)."""
 
 
-def _write_and_close(stream: IOStream) -> None:
+def refuse_and_close(
+    stream: IOStream, answer: bytes, lingering: set[asyncio.Task[None]] | None
+) -> None:
+    """Answer a connection Tornado no longer serves with `answer` (a whole HTTP answer
+    that says `Connection: close`), then close it: after a linger that reads and discards
+    what the client still sends, so that closing does not reset the connection and
+    destroy the answer, while fewer than MAX_LINGERING_REFUSALS linger in `lingering`
+    (the caller's set of them); at once past that, or with no set."""
+    if lingering is None or len(lingering) >= MAX_LINGERING_REFUSALS:
+        _write_and_close(stream, answer)
+        return
+    task = asyncio.get_running_loop().create_task(_linger(stream, answer))
+    lingering.add(task)
+    task.add_done_callback(lingering.discard)
+
+
+def _write_and_close(stream: IOStream, answer: bytes) -> None:
     try:
-        # A fresh socket's send buffer takes the whole answer at once.
-        stream.write(REFUSAL)
+        # A few hundred bytes: a socket's send buffer takes the whole answer at once.
+        stream.write(answer)
     except StreamClosedError:
         pass
     stream.close()
 
 
-async def _refuse_gently(stream: IOStream) -> None:
+async def _linger(stream: IOStream, answer: bytes) -> None:
+    """Write the answer, stop sending, and read and discard what the client still sends
+    for up to REFUSAL_LINGER_SECS."""
     try:
-        await stream.write(REFUSAL)
+        await stream.write(answer)
         stream.socket.shutdown(socket.SHUT_WR)
         async with asyncio.timeout(REFUSAL_LINGER_SECS):
             while True:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import tornado.web
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "clients" / "static"
+# The checkout's clients/static (this file is server/api/handlers/page.py).
+STATIC_DIR = Path(__file__).resolve().parents[3] / "clients" / "static"
 INDEX_FILENAME = "index.html"
 ADMIN_FILENAME = "admin.html"
 
