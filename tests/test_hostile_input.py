@@ -117,6 +117,23 @@ CASES = [
     case(
         "register-event_types-dict", "POST", "/register", 400, BAD, form={"event_types": '{"a": 1}'}
     ),
+    # A queue keeps its event types for its whole life: a list no client sends is refused.
+    case(
+        "register-event_types-too-many",
+        "POST",
+        "/register",
+        400,
+        BAD,
+        form={"event_types": json.dumps([f"type{index}" for index in range(101)])},
+    ),
+    case(
+        "register-event_types-name-too-long",
+        "POST",
+        "/register",
+        400,
+        BAD,
+        form={"fetch_event_types": json.dumps(["message", "x" * 65])},
+    ),
     case(
         "register-fetch_event_types-null-item",
         "POST",
@@ -918,3 +935,16 @@ def test_a_huge_body_is_refused_unread(live: Live) -> None:
         )
     response = requests.get(f"{live.url}/api/v1/server_settings", timeout=REQUEST_TIMEOUT_SECS)
     assert response.status_code == 200
+
+
+def test_event_types_at_their_bounds_register(live: Live) -> None:
+    """The refusals above are bounds, not a closed list: 100 names of 64 characters
+    register (unknown names simply match no event)."""
+    names = ["message", *(f"{index:02d}".ljust(64, "x") for index in range(99))]
+    response = requests.post(
+        f"{live.url}/api/v1/register",
+        data={"event_types": json.dumps(names), "fetch_event_types": json.dumps(names)},
+        auth=(live.realm.emails["member"], live.realm.api_keys["member"]),
+        timeout=REQUEST_TIMEOUT_SECS,
+    )
+    assert response.status_code == 200, response.text

@@ -21,6 +21,10 @@ MAX_ID = 2**31 - 1
 # No parameter of this API nests deeper than three (a list of objects of lists, as a
 # `narrow` can be); the margin is for clients sending richer values we ignore.
 MAX_JSON_DEPTH = 16
+# A register's event types: Zulip has about sixty, named in a few words each
+# (`realm_user_settings_defaults` is among the longest); see `check_event_types`.
+MAX_EVENT_TYPES = 100
+MAX_EVENT_TYPE_LENGTH = 64
 # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
 _INT_TEXT = re.compile(r"-?[0-9]{1,20}")
 
@@ -54,6 +58,20 @@ def check_str_list(name: str, value: Any) -> list[str]:
         if not isinstance(item, str):
             raise BadRequest(f"{name}[{index}] is not a string")
     return value
+
+
+def check_event_types(name: str, value: Any) -> list[str]:
+    """`event_types` or `fetch_event_types` of a register: a list of short names. Zulip
+    has about sixty event types, each a word or two; a queue keeps its list for its whole
+    life (in memory and in its descriptor), so a longer list, or a longer name, names
+    nothing real and is refused rather than kept."""
+    names = check_str_list(name, value)
+    if len(names) > MAX_EVENT_TYPES:
+        raise BadRequest(f"{name} has more than {MAX_EVENT_TYPES} event types")
+    for index, item in enumerate(names):
+        if len(item) > MAX_EVENT_TYPE_LENGTH:
+            raise BadRequest(f"{name}[{index}] is longer than {MAX_EVENT_TYPE_LENGTH} characters")
+    return names
 
 
 def check_list(name: str, value: Any) -> list[Any]:

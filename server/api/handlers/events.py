@@ -11,7 +11,7 @@ import orjson
 from models.messages.narrows import parse_narrow
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
-from server.api.params import check_bool, check_dict, check_int, check_list, check_str_list
+from server.api.params import check_bool, check_dict, check_event_types, check_int, check_list
 from server.api.poll_ledger import PollTicket
 from server.api.request import ApiHandler
 from server.engine.errors import ApiError, BadRequest, RateLimited
@@ -66,8 +66,9 @@ class RegisterHandler(ApiHandler):
 
     async def post(self) -> None:
         user = await self.authenticate()
-        event_types = self.param_json("event_types", check_str_list, None)
-        fetch_event_types = self.param_json("fetch_event_types", check_str_list, None)
+        # Bounded: a queue keeps its event types in memory and in its descriptor.
+        event_types = self.param_json("event_types", check_event_types, None)
+        fetch_event_types = self.param_json("fetch_event_types", check_event_types, None)
         raw_capabilities = self.param_json("client_capabilities", check_dict, {})
         try:
             capabilities = Capabilities.from_client_capabilities(raw_capabilities)
