@@ -10,6 +10,8 @@ class ActionError(Exception):
     """Base of every refusal by an action; the message is a full sentence for the user."""
 
     code = "BAD_REQUEST"
+    # The HTTP status Zulip answers the code with (its JsonableError carries one too).
+    http_status = 400
 
 
 class NotFound(ActionError):
@@ -44,6 +46,7 @@ class ActorDeactivated(ActionError):
     committed in between (`actions.actors`)."""
 
     code = "USER_DEACTIVATED"
+    http_status = 401
 
     def __init__(self) -> None:
         # Zulip's wording for the same code, as the server answers a deactivated key.

@@ -16,16 +16,12 @@ action runs as that actor.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import tornado.httpserver
-import tornado.netutil
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from actions.errors import ActionError, ActorDeactivated
@@ -36,9 +32,9 @@ from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
 from models.outbox import outbox_count
 from models.tables import Message, Realm, Role, Stream, Subscription, UserMessage, UserProfile
-from server.api.app import make_app
 from server.engine.service import EventService
-from tests.helpers.inprocess_api import InProcessApi
+from tests.helpers.inprocess_api import InProcessApi, inprocess_api
+from tests.helpers.lock_race import request_behind_the_lock
 from tests.helpers.realms import SampleRealm
 
 # How long a test waits for another thread before failing (a bound, not a sleep).
@@ -285,65 +281,23 @@ def test_a_deactivation_committed_while_the_reactivation_waits_for_the_lock_is_s
     request's lock statement reaches the server before the commit (and waits) or after,
     it reads M after the commit, deactivated."""
     admin = realm.users["admin"]
-    about_to_lock = threading.Event()
-    outcome: list[object] = []
-
-    def request() -> None:
-        try:
-            with db.write() as session:
-                outcome.append(
-                    do_reactivate_user(session, realm.realm_id, admin, acting_user_id=admin)
-                )
-        except Exception as error:  # handed to the test thread, which asserts on it
-            outcome.append(error)
-
-    worker = threading.Thread(target=request, name="reactivate-request")
-
-    def before_cursor_execute(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        if threading.current_thread() is worker and "FOR UPDATE" in statement:
-            about_to_lock.set()
-
     assert _authenticated(db, realm, "admin") == (True, Role.ADMINISTRATOR)
-    event.listen(db.engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        with db.write() as deactivation:
-            do_deactivate_user(
-                deactivation, realm.realm_id, admin, acting_user_id=realm.users["owner"]
-            )
-            worker.start()
-            assert about_to_lock.wait(THREAD_TIMEOUT_SECS), "the request never tried to lock"
-            before_commit_outbox = outbox_count(deactivation, realm.realm_id)
-        worker.join(THREAD_TIMEOUT_SECS)
-        assert not worker.is_alive(), "the request is still waiting"
-    finally:
-        event.remove(db.engine, "before_cursor_execute", before_cursor_execute)
 
-    [result] = outcome
+    def deactivate(session: Session) -> int:
+        do_deactivate_user(session, realm.realm_id, admin, acting_user_id=realm.users["owner"])
+        return outbox_count(session, realm.realm_id)
+
+    before_commit_outbox, result = request_behind_the_lock(
+        db,
+        deactivate,
+        lambda session: do_reactivate_user(session, realm.realm_id, admin, acting_user_id=admin),
+    )
     assert isinstance(result, ActorDeactivated), result
     assert _authenticated(db, realm, "admin")[0] is False
     assert _written(db, realm)["outbox"] == before_commit_outbox, "only the deactivation's events"
 
 
 # -- over HTTP, with the credentials cache still holding the actor as they were ------------
-
-
-@asynccontextmanager
-async def _served(db: Database) -> AsyncIterator[tuple[EventService, InProcessApi]]:
-    """The real application in this process, over `db`, and its service, whose
-    credentials cache the test inspects. The service is not started: no consumer routes
-    the outbox, so nothing updates the cache behind the test (the window stays open)."""
-    service = EventService(db)
-    [listener] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    http = tornado.httpserver.HTTPServer(make_app(service))
-    http.add_sockets([listener])
-    try:
-        yield service, InProcessApi(f"http://127.0.0.1:{listener.getsockname()[1]}")
-    finally:
-        http.stop()
-        await http.close_all_connections()
-        await service.stop()
 
 
 async def _cached_as(
@@ -375,7 +329,8 @@ async def test_in_flight_reactivations_of_a_deactivated_administrator_are_refuse
     reactivate M arrive with M still cached as an active administrator."""
     admin = realm.users["admin"]
     email, key = realm.emails["admin"], realm.api_keys["admin"]
-    async with _served(db) as (service, api):
+    async with inprocess_api(db) as api:
+        service = api.service
         assert await _cached_as(service, api, realm, "admin") == (admin, Role.ADMINISTRATOR)
         _deactivate_by_owner(db, realm, "admin")
         # Authentication still lets M through as an active administrator (it would raise
@@ -419,7 +374,8 @@ async def test_an_administrator_demoted_after_authentication_is_refused_over_htt
     """`require_admin()` passes on the cached role; the action reads the current one."""
     method, path, params = HTTP_ADMIN_REQUESTS[name]
     _deactivate_by_owner(db, realm, "outsider_guest")  # someone to reactivate
-    async with _served(db) as (service, api):
+    async with inprocess_api(db) as api:
+        service = api.service
         assert await _cached_as(service, api, realm, "admin") == (
             realm.users["admin"],
             Role.ADMINISTRATOR,

@@ -34,12 +34,15 @@ import requests
 import tornado.httputil
 
 from server.api.body_limits import (
+    DEFAULT_BODY_BYTES_IN_FLIGHT,
     DEFAULT_BODY_LIMIT,
     LARGE_BODY_LIMIT,
+    LARGEST_BODY_LIMIT,
     REGISTER_BODY_LIMIT,
     _body_size,
     body_limit,
 )
+from server.ops.config import DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, MIN_MAX_BODY_BYTES_IN_FLIGHT
 from tests.helpers.openapi import validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer, live_server
@@ -496,3 +499,10 @@ def _try_hold_and_release(server: LiveServer) -> bool:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_the_settings_repeat_the_body_budgets_figures() -> None:
+    """`server.ops.config` repeats the budget's default and minimum (it must not import
+    Tornado); they must be the figures `server.api.body_limits` works with."""
+    assert DEFAULT_MAX_BODY_BYTES_IN_FLIGHT == DEFAULT_BODY_BYTES_IN_FLIGHT
+    assert MIN_MAX_BODY_BYTES_IN_FLIGHT == LARGEST_BODY_LIMIT

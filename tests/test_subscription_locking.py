@@ -9,12 +9,11 @@ never a failed `assert` answered as a 500, and never a write on a stale read.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from actions.errors import ActorDeactivated
@@ -33,6 +32,7 @@ from server.api.request import ApiHandler
 from server.engine.authentication import AuthenticatedUser
 from server.ops.cli.main import build_parser
 from tests.helpers.inprocess_api import inprocess_api
+from tests.helpers.lock_race import request_behind_the_lock
 from tests.helpers.realms import SampleRealm
 from tests.helpers.statements import count_statements
 
@@ -207,38 +207,13 @@ def test_a_deactivation_committed_while_the_request_waits_for_the_lock_is_seen(
     statement reached the server before the commit (and waited) or after it.
     """
     member = realm.users["member"]
-    about_to_lock = threading.Event()
-    outcome: list[object] = []
-
-    def request() -> None:
-        try:
-            with db.write() as session:
-                outcome.append(REQUESTS["subscribe"](session, realm, member))
-        except Exception as error:  # handed to the test thread, which asserts on it
-            outcome.append(error)
-
-    worker = threading.Thread(target=request, name="subscribe-request")
-
-    def before_cursor_execute(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        if threading.current_thread() is worker and "FOR UPDATE" in statement:
-            about_to_lock.set()
-
     before = _written(db, realm)
-    event.listen(db.engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        with db.write() as deactivation:
-            do_deactivate_user(deactivation, realm.realm_id, member)  # takes the realm lock
-            worker.start()
-            assert about_to_lock.wait(THREAD_TIMEOUT_SECS), "the request never tried to lock"
-        # Committed: the request's lock is free now.
-        worker.join(THREAD_TIMEOUT_SECS)
-        assert not worker.is_alive(), "the request is still waiting"
-    finally:
-        event.remove(db.engine, "before_cursor_execute", before_cursor_execute)
-
-    [result] = outcome
+    _, result = request_behind_the_lock(
+        db,
+        # Takes the realm lock and holds it, uncommitted, until the request is about to lock.
+        lambda session: do_deactivate_user(session, realm.realm_id, member),
+        lambda session: REQUESTS["subscribe"](session, realm, member),
+    )
     assert isinstance(result, ActorDeactivated), result
     _, streams, rows = _written(db, realm)
     assert streams == before[1], "no channel was created"

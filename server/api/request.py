@@ -21,7 +21,7 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from actions.errors import ActionError, ActorDeactivated
+from actions.errors import ActionError
 from models.visibility import is_realm_admin
 from server.api.access_log import FORWARDED_REQUEST_ID, REQUEST_ID_HEADER, new_request_id
 from server.api.body_limits import MAX_BODY_BYTES, PayloadTooLarge
@@ -295,8 +295,7 @@ class ApiHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, RateLimited):
-            self.quiet = True
-            self.set_rate_headers(error.headers)
+            self.quiet = True  # its headers are the error's own, set below
         elif self._rate_headers:
             self.set_rate_headers(self._rate_headers)
         if isinstance(error, ApiError):
@@ -305,9 +304,7 @@ class ApiHandler(tornado.web.RequestHandler):
                 self.set_header(header, value)
             body = error.to_json()
         elif isinstance(error, ActionError):
-            # Zulip answers a deactivated account with 401 wherever it is found out; here
-            # under the realm lock, after authentication had let the request in.
-            self.set_status(401 if isinstance(error, ActorDeactivated) else 400)
+            self.set_status(error.http_status)
             body = {"result": "error", "msg": str(error), "code": error.code}
         elif isinstance(error, SQLAlchemyError):
             self.set_status(503)

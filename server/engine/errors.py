@@ -6,6 +6,7 @@ Handlers and the event service raise these; `server.api.request.ApiHandler` maps
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -15,8 +16,8 @@ class ApiError(Exception):
     status = 400
     code = "BAD_REQUEST"
 
-    # Headers the answer carries besides the body (a 503's `Retry-After`).
-    headers: dict[str, str] = {}
+    # Headers the answer carries besides the body (a 503's `Retry-After`); read-only.
+    headers: Mapping[str, str] = {}
 
     def __init__(self, msg: str, **extra: Any) -> None:
         super().__init__(msg)

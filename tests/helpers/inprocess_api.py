@@ -33,8 +33,11 @@ REQUEST_TIMEOUT_SECS = 30.0
 class InProcessApi:
     """Requests to the application bound on a loopback port of this process."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, service: EventService) -> None:
         self.base_url = base_url
+        # The application's service, for tests that look at its state (its credentials
+        # cache) between requests.
+        self.service = service
         self.client = tornado.httpclient.AsyncHTTPClient()
 
     async def call(
@@ -69,7 +72,7 @@ async def inprocess_api(db: Database) -> AsyncIterator[InProcessApi]:
     http = tornado.httpserver.HTTPServer(make_app(service))
     http.add_sockets([listener])
     try:
-        yield InProcessApi(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        yield InProcessApi(f"http://127.0.0.1:{listener.getsockname()[1]}", service)
     finally:
         http.stop()
         await http.close_all_connections()

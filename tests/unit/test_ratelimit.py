@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -236,7 +237,7 @@ def test_only_wasted_polls_count() -> None:
 # -- authentication failures -----------------------------------------------------------
 
 
-def refusal(action: Any) -> tuple[str, dict[str, str], float]:
+def refusal(action: Any) -> tuple[str, Mapping[str, str], float]:
     with pytest.raises(RateLimited) as caught:
         action()
     return caught.value.msg, caught.value.headers, caught.value.extra["retry-after"]
