@@ -6,14 +6,16 @@ after the fact; its handlers also refuse non-administrators early on that cached
 Between that check and the action, the actor may have been deactivated or lost their
 role, by a transaction that has committed since. So every action done for a user takes
 the realm's writer lock first (`models.outbox.lock_realm`), then reads the actor in the
-same transaction and judges them on what it reads:
+same transaction and judges them on what it reads. Actions that only add to what users
+see (sending a message, changing one's own flags) share the lock (`shared=True`); a
+deactivation or a role change takes it exclusively, so it still excludes them:
 
 * absent from the realm, or deactivated: `ActorDeactivated` (USER_DEACTIVATED);
 * active, but their current role lacks what the action needs: the action's
   `Permission` refusal (`AdministratorRequired` for owner and administrator actions).
 
-A change committed before the lock is seen; one that commits later needs the same lock,
-so it waits until this transaction ends. Every refusal is raised before the action
+A change committed before the lock is seen; one that commits later needs the same lock
+exclusively, so it waits until this transaction ends. Every refusal is raised before the action
 writes anything, so the caller's transaction (`Database.write()`) rolls back with
 nothing to undo.
 
@@ -94,15 +96,17 @@ def lock_realm_for_actor(
     *,
     user_ids: Collection[int] = (),
     emails: Collection[str] = (),
+    shared: bool = False,
 ) -> LockedActor:
     """Take the realm's writer lock, then read and check the acting user (see the module).
 
     `need` is what the actor's current role must allow (None: any active user). The
     users named by `user_ids` and `emails` (lower-case) are read in the same statement
     as the actor, however many there are, so an action that names users pays nothing
-    for checking its actor.
+    for checking its actor. `shared` takes the lock in its shared mode
+    (`models.outbox.lock_realm`), for actions that change no one's visibility.
     """
-    lock_realm(session, realm_id)
+    lock_realm(session, realm_id, shared=shared)
     wanted: list[ColumnElement[bool]] = [UserProfile.id == actor_id]
     if user_ids:
         ids = values_as_table(session, "ids", sorted(set(user_ids)), Integer)

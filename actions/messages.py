@@ -2,9 +2,9 @@
 
 `check_send_message` serves the API, the CLI and the benchmarks alike. It normalizes
 and renders the content first (pure work, no statement), then takes the realm's writer
-lock and reads the sender under it (`actions.actors.lock_realm_for_actor`, as every
-action reads its actor), then reads the channel or the participants, and writes in one
-transaction:
+lock in its shared mode and reads the sender under it
+(`actions.actors.lock_realm_for_actor`, as every action reads its actor), then reads the
+channel or the participants, and writes in one transaction:
 
 * the `message` row, and its `recipient` (created with the first message to a channel or
   a conversation);
@@ -16,6 +16,13 @@ transaction:
 
 The statements are a fixed number whatever the number of recipients (one bulk insert for
 every `user_message` row, and `append_events`' three or four).
+
+Messages share the realm lock, so any number are sent at once; what they read cannot
+change under them, because every action that changes a subscription, a user's activity
+or a role takes the lock exclusively. A message that commits after a removal from a
+private channel was computed after it, and one that commits before it gets a lower
+sequence number (docs/architecture.md §4). The `recipient` row of a first message is
+created with `ON CONFLICT DO NOTHING`, since two first messages may now race for it.
 
 Refusals, with Zulip's codes and wording: a channel the sender may not see (including
 one that does not exist) is STREAM_DOES_NOT_EXIST; a channel the sender sees but may not
@@ -34,7 +41,9 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, case, insert, literal, select
+from sqlalchemy import Integer, Select, case, insert, literal, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from actions.actors import lock_realm_for_actor
@@ -163,7 +172,7 @@ def check_send_message(
     subject = normalize_topic(topic) if isinstance(target, ChannelTarget) else ""
     rendered = render_markdown(body)
     # Authenticated before this transaction: the sender is read again under the lock.
-    locked = lock_realm_for_actor(session, realm_id, sender_id)
+    locked = lock_realm_for_actor(session, realm_id, sender_id, shared=True)
     draft = _Draft(
         locked.user, locked.realm_str, subject, body, rendered, client[:MAX_CLIENT_NAME_LENGTH]
     )
@@ -187,13 +196,11 @@ def _send_to_channel(session: Session, draft: _Draft, channel: int | str) -> int
         raise StreamDoesNotExist(channel)
     if not subscribed and (stream.invite_only or sender.role == Role.GUEST):
         raise NotAuthorizedToSend(stream.name)
-    recipient_id = session.scalar(select(Recipient.id).where(Recipient.stream_id == stream.id))
-    if recipient_id is None:
-        recipient_id = session.execute(
-            insert(Recipient)
-            .values(realm_id=sender.realm_id, type=RECIPIENT_STREAM, stream_id=stream.id)
-            .returning(Recipient.id)
-        ).scalar_one()
+    recipient_id = _recipient_id(
+        session,
+        select(Recipient.id).where(Recipient.stream_id == stream.id),
+        {"realm_id": sender.realm_id, "type": RECIPIENT_STREAM, "stream_id": stream.id},
+    )
     # The sender receives their own message even when not subscribed (a member posting to
     # a public channel), so their clients show what they sent.
     return _write(session, draft, int(recipient_id), (stream.id, stream.name), (), subscribers)
@@ -226,21 +233,36 @@ def _send_direct(session: Session, draft: _Draft, target: DirectTarget) -> int:
     )
     ids = [person.id for person in people]
     key = dm_key(ids)
-    recipient_id = session.scalar(
-        select(Recipient.id).where(Recipient.realm_id == sender.realm_id, Recipient.dm_key == key)
+    recipient_id = _recipient_id(
+        session,
+        select(Recipient.id).where(Recipient.realm_id == sender.realm_id, Recipient.dm_key == key),
+        {
+            "realm_id": sender.realm_id,
+            "type": RECIPIENT_DIRECT,
+            "dm_key": key,
+            "dm_user_ids": json.dumps(ids, separators=(",", ":")),
+        },
     )
-    if recipient_id is None:
-        recipient_id = session.execute(
-            insert(Recipient)
-            .values(
-                realm_id=sender.realm_id,
-                type=RECIPIENT_DIRECT,
-                dm_key=key,
-                dm_user_ids=json.dumps(ids, separators=(",", ":")),
-            )
-            .returning(Recipient.id)
-        ).scalar_one()
     return _write(session, draft, int(recipient_id), None, people, set(ids))
+
+
+def _recipient_id(session: Session, find: Select[int], row: dict[str, object]) -> int:
+    """The id of the recipient `find` selects, created from `row` with the first message.
+
+    Messages run concurrently, so two first messages to one conversation may both find
+    no row: the insert does nothing on the unique key's conflict (it waits for the other
+    transaction and sees its row), and the select after it finds the winner's.
+    """
+    recipient_id = session.scalar(find)
+    if recipient_id is not None:
+        return int(recipient_id)
+    insert_row = (
+        postgresql_insert(Recipient)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite_insert(Recipient)
+    )
+    session.execute(insert_row.values(**row).on_conflict_do_nothing())
+    return int(session.execute(find).scalar_one())
 
 
 def _write(
@@ -251,7 +273,7 @@ def _write(
     participants: tuple[Participant, ...],
     receivers: set[int],
 ) -> int:
-    """Insert the message, its `user_message` rows and its events (the lock is held)."""
+    """Insert the message, its `user_message` rows and its events (the lock is shared)."""
     sender = draft.sender
     sent_at: datetime = utcnow()
     message_id = int(

@@ -1,10 +1,14 @@
 """The transactional outbox (docs/architecture.md §4): the realm lock, appending and reading
 events.
 
-Every action calls `lock_realm` before it reads anything and `append_events` once it
-knows its events. The lock serializes the writers of one realm, so sequence numbers
-are gap-free and their order is commit order; the outbox row *is* the event, so a
-committed event cannot be lost between commit and delivery.
+Every action takes its realm's lock (`lock_realm`) before it reads anything and calls
+`append_events` last, once it knows its events. The lock has two modes. Actions that
+change who sees what (users, channels, subscriptions) take it exclusively; actions that
+only add to what users see (messages, flags, presence) share it, so they run at the same
+time as each other. Sequence numbers are allocated at the very end, by `append_events`,
+under the realm row's lock, which is held until commit: numbers are gap-free and their
+order is commit order. The outbox row *is* the event, so a committed event cannot be
+lost between commit and delivery.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ NOTIFY_CHANNEL = "eventq_outbox"
 # Event types that never change what `register` shows; every other type advances
 # `realm.state_seq` (an unknown type does too: a stale shared read is the risk).
 STATELESS_EVENT_TYPES = frozenset({"message"})
+# The first key of the PostgreSQL advisory lock that orders a realm's writers (the
+# second is the realm id); `models.retention` uses another space for its pruners.
+REALM_LOCK_SPACE = 0x6576_72
 
 
 class RealmNotFound(LookupError):
@@ -77,27 +84,41 @@ def encode_event(event: dict[str, Any]) -> str:
     return orjson.dumps(event).decode("utf-8")
 
 
-def lock_realm(session: Session, realm_id: int) -> int:
-    """Take the realm's writer lock and return its current `last_event_seq`.
+def lock_realm(session: Session, realm_id: int, *, shared: bool = False) -> None:
+    """Take the realm's writer lock: exclusive by default, shared with `shared=True`.
 
-    On PostgreSQL this is a row lock (`SELECT ... FOR UPDATE`); on SQLite the write
-    transaction already holds the database lock since `BEGIN IMMEDIATE`.
+    Exclusive holders wait for every other holder and make every newcomer wait; shared
+    holders wait only for an exclusive one. On PostgreSQL this is a transaction-level
+    advisory lock on (`REALM_LOCK_SPACE`, realm id), taken in the same statement that
+    checks the realm exists; PostgreSQL grants it in the order it was asked for, so a
+    stream of shared holders never starves an exclusive one. It is released at commit or
+    rollback, after the commit is visible: what the holder before wrote, every later
+    statement of this transaction reads. On SQLite the write transaction already holds
+    the database's only write lock since `BEGIN IMMEDIATE`, so both modes are that lock.
     """
-    seq = session.execute(
-        select(Realm.last_event_seq).where(Realm.id == realm_id).with_for_update()
-    ).scalar_one_or_none()
-    if seq is None:
+    query = select(Realm.id).where(Realm.id == realm_id)
+    if session.get_bind().dialect.name == "postgresql":
+        take = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+        # In the select list, so it runs once, for the realm's row, only if there is one.
+        query = query.add_columns(take(REALM_LOCK_SPACE, Realm.id))
+    if session.execute(query).first() is None:
         raise RealmNotFound(f"no realm with id {realm_id}")
-    return int(seq)
 
 
 def append_events(session: Session, realm_id: int, events: Sequence[PendingEvent]) -> list[int]:
     """Write `events` to the outbox in order and advance the realm counter.
 
-    The caller must hold the realm lock (`lock_realm`). Events with no recipient are
-    dropped: nobody could ever receive them. Runs three statements whatever the number
-    of events: the counter update, one bulk insert, and on PostgreSQL one NOTIFY
-    (delivered at commit, never for a rolled-back transaction).
+    The caller holds the realm lock (`lock_realm`, either mode) and calls this last,
+    just before its commit: the counter's `UPDATE` locks the realm row until the
+    transaction ends, so the next transaction of the realm to append waits here, reads
+    the counter this one committed, and commits after it. That short stretch (the
+    counter, two inserts, the commit) is the only part of concurrent actions that runs
+    one at a time; it is what makes sequence numbers gap-free and in commit order.
+
+    Events with no recipient are dropped: nobody could ever receive them. Runs the same
+    statements whatever the number of events: the counter update, one bulk insert of
+    events, one of recipients, and on PostgreSQL one NOTIFY (delivered at commit, never
+    for a rolled-back transaction).
     """
     kept = [pending for pending in events if pending.user_ids]
     if not kept:

@@ -34,7 +34,7 @@ from server.ops.cli.main import build_parser
 from tests.helpers.inprocess_api import inprocess_api
 from tests.helpers.lock_race import request_behind_the_lock
 from tests.helpers.realms import SampleRealm
-from tests.helpers.statements import count_statements
+from tests.helpers.statements import count_statements, is_realm_lock
 
 # How long a test waits for the other thread before failing (a bound, not a sleep).
 THREAD_TIMEOUT_SECS = 30.0
@@ -59,13 +59,6 @@ ACTIONS: dict[str, Action] = {
 }
 
 
-def _is_realm_lock(statement: str, db: Database) -> bool:
-    """`models.outbox.lock_realm`'s statement (SQLite: its write transaction is the lock)."""
-    flat = " ".join(statement.split())
-    is_realm_read = flat.startswith("SELECT realm.last_event_seq FROM realm WHERE realm.id")
-    return is_realm_read and (db.is_sqlite or flat.endswith("FOR UPDATE"))
-
-
 @pytest.mark.parametrize("name", ACTIONS)
 def test_the_first_statement_of_each_action_is_the_realm_lock(
     db: Database, realm: SampleRealm, name: str
@@ -73,7 +66,7 @@ def test_the_first_statement_of_each_action_is_the_realm_lock(
     with count_statements(db.engine) as statements, db.write() as session:
         ACTIONS[name](session, realm)
     assert statements.count > 1, "the action did some work"
-    assert _is_realm_lock(statements.statements[0], db), statements.statements[:2]
+    assert is_realm_lock(statements.statements[0], db.is_sqlite), statements.statements[:2]
 
 
 def test_the_subscribe_command_locks_the_realm_once_it_knows_it(
@@ -85,7 +78,7 @@ def test_the_subscribe_command_locks_the_realm_once_it_knows_it(
         args.func(args, db)
     first, second = statements.statements[:2]
     assert "FROM realm" in first and "string_id" in first, first
-    assert _is_realm_lock(second, db), second
+    assert is_realm_lock(second, db.is_sqlite), second
 
 
 def _written(db: Database, realm: SampleRealm) -> tuple[int, list[str], set[tuple[int, int, bool]]]:

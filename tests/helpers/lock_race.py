@@ -5,7 +5,7 @@ taking the realm lock would read them as the last commit left them, and then act
 that stale read once the lock was free. `request_behind_the_lock` runs that race in a
 fixed order: the holder's transaction does its work, the request starts on a thread of
 its own, and the holder commits only once the request is about to lock (its
-`SELECT ... FOR UPDATE` is being sent).
+advisory lock statement is being sent).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def request_behind_the_lock(
     def before_cursor_execute(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
-        if threading.current_thread() is worker and "FOR UPDATE" in statement:
+        if threading.current_thread() is worker and "pg_advisory_xact_lock" in statement:
             about_to_lock.set()
 
     event.listen(db.engine, "before_cursor_execute", before_cursor_execute)

@@ -44,3 +44,15 @@ def count_statements(engine: Engine) -> Iterator[StatementLog]:
         yield log
     finally:
         event.remove(engine, "before_cursor_execute", before_cursor_execute)
+
+
+def is_realm_lock(statement: str, is_sqlite: bool, *, shared: bool = False) -> bool:
+    """Whether `statement` is `models.outbox.lock_realm`'s, in the mode asked for.
+
+    On SQLite the write transaction is the lock, and the statement only reads the realm.
+    """
+    flat = " ".join(statement.split())
+    if not flat.startswith("SELECT realm.id") or "FROM realm WHERE realm.id" not in flat:
+        return False
+    function = "pg_advisory_xact_lock_shared(" if shared else "pg_advisory_xact_lock("
+    return is_sqlite or function in flat

@@ -30,9 +30,9 @@ def cmd_send(args: argparse.Namespace, db: Database) -> None:
         target = DirectTarget(emails=tuple(recipients))
     with db.write() as session:
         # The subdomain must be read to know which realm to lock; the sender is read
-        # under the lock, and read again by the action, which refuses a deactivated one.
+        # under the realm lock's shared mode, as the action reads them again.
         realm = find_realm(session, args.realm)
-        lock_realm(session, realm.id)
+        lock_realm(session, realm.id, shared=True)
         sender = find_user(session, realm, args.email)
         message_id = check_send_message(
             session, realm.id, sender.id, target, args.topic, args.text, CLI_CLIENT_NAME
