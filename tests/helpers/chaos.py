@@ -1,10 +1,14 @@
 """Helpers of the chaos test (tests/test_chaos.py).
 
 `python -m tests.helpers.chaos DATABASE_URL REALM_ID SEED USER_ID... --streams ID...` is
-the writer process: it commits a continuous, seeded stream of actions (create channels
-and users, subscribe and unsubscribe, deactivate and reactivate the users it created)
-until its stdin is closed, printing one line per action and finally one JSON line with
-the counts. It is a separate process so that writes go on while the server is dead.
+the writer process: `WRITER_THREADS` threads commit continuous, seeded streams of actions
+(create channels and users, subscribe and unsubscribe, deactivate and reactivate the
+users it created, send channel and direct messages) until its stdin is closed, printing
+one line per action and finally one JSON line with the counts. It is a separate process
+so that writes go on while the server is dead. Several actions are in flight at once:
+messages share the realm lock and run side by side, with each other and with the
+changes that wait for them, so the concurrent write path (docs/architecture.md §4) is
+what the clients' exact, ordered delivery is checked against.
 
 `WriterProcess` runs it and counts its actions as they happen, `ServerLink` tells client
 threads where the server is and whether it is up, and `ChaosClient` is one long-polling
@@ -27,6 +31,7 @@ from typing import Any
 import requests
 
 from actions.errors import ActionError
+from actions.messages import ChannelTarget, DirectTarget, check_send_message
 from actions.streams import do_create_stream
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
@@ -35,9 +40,10 @@ from models.tables import Role
 from tests.helpers.api import ApiClient
 from tests.helpers.realms import SampleRealm
 
-# Between two actions the writer pauses this long: about 20 transactions a second keeps
-# the outbox growing while the server is down without burying the clients.
-WRITER_PACE_SECS = 0.05
+# Between two actions each writer thread pauses this long: about 30 transactions a second
+# in all keeps the outbox growing while the server is down without burying the clients.
+WRITER_PACE_SECS = 0.1
+WRITER_THREADS = 3
 NEW_USER_ROLES = (Role.ADMINISTRATOR, Role.MODERATOR, Role.MEMBER, Role.MEMBER, Role.GUEST)
 
 
@@ -51,15 +57,23 @@ class WriterState:
     own_users: list[int] = field(default_factory=list)
     deactivated: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # Held while a thread changes the lists above, and for the whole of an action that
+    # changes who is subscribed or active: those run one at a time in the database
+    # anyway (they take the realm lock exclusively), and holding this keeps a thread from
+    # picking a user another thread is deactivating. Messages hold it only to pick.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ChaosWriter:
     """Picks and commits one random action at a time."""
 
-    def __init__(self, db: Database, state: WriterState, rng: random.Random) -> None:
+    def __init__(
+        self, db: Database, state: WriterState, rng: random.Random, name: str = ""
+    ) -> None:
         self.db = db
         self.state = state
         self.rng = rng
+        self.name = name
         self.serial = 0
 
     def step(self) -> None:
@@ -70,19 +84,41 @@ class ChaosWriter:
             (5, self.unsubscribe),
             (3, self.create_user),
             (2, self.toggle_user),
+            (10, self.send_message),
         ]
         weights = [weight for weight, _ in actions]
         (_, action) = self.rng.choices(actions, weights)[0]
         name = action.__name__
         try:
-            action()
+            if action == self.send_message:  # bound methods are equal, never identical
+                action()
+            else:
+                with self.state.lock:
+                    action()
         except ActionError:
             name = "refused"
-        self.state.counts[name] = self.state.counts.get(name, 0) + 1
-        print(name, flush=True)  # one line per committed (or refused) action
+        with self.state.lock:
+            self.state.counts[name] = self.state.counts.get(name, 0) + 1
+            print(name, flush=True)  # one line per committed (or refused) action
 
     def _some(self, pool: Sequence[int], most: int) -> list[int]:
         return self.rng.sample(list(pool), self.rng.randint(1, min(most, len(pool))))
+
+    def send_message(self) -> None:
+        """A channel message or a direct message from an active user; one the rules
+        refuse (a channel the sender may not post to) counts as refused."""
+        with self.state.lock:
+            sender = self.rng.choice(self.state.active_users)
+            channel = self.rng.choice(self.state.streams)
+            other = self.rng.choice(self.state.active_users)
+        self.serial += 1
+        target: ChannelTarget | DirectTarget = (
+            ChannelTarget(channel) if self.rng.random() < 0.7 else DirectTarget(user_ids=(other,))
+        )
+        with self.db.write() as session:
+            check_send_message(
+                session, self.state.realm_id, sender, target, "chaos", f"m{self.serial}", "chaos"
+            )
 
     def create_stream(self) -> None:
         self.serial += 1
@@ -91,7 +127,7 @@ class ChaosWriter:
             stream = do_create_stream(
                 session,
                 self.state.realm_id,
-                f"chaos-{self.serial}",
+                f"chaos-{self.name}{self.serial}",
                 invite_only=kind == "private",
                 is_web_public=kind == "web_public",
             )
@@ -116,8 +152,8 @@ class ChaosWriter:
             user = do_create_user(
                 session,
                 self.state.realm_id,
-                f"chaos{self.serial}@zulip.example.com",
-                f"Chaos {self.serial}",
+                f"chaos{self.name}-{self.serial}@zulip.example.com",
+                f"Chaos {self.name}{self.serial}",
                 role,
             )
             user_id = user.id
@@ -162,13 +198,34 @@ def writer_main(argv: Sequence[str]) -> int:
     threading.Thread(target=wait_for_eof, daemon=True).start()
     db = Database(args.database_url)
     state = WriterState(args.realm_id, list(args.user_ids), list(args.streams))
-    writer = ChaosWriter(db, state, random.Random(args.seed))
+    failures: list[BaseException] = []
+
+    def act(writer: ChaosWriter) -> None:
+        try:
+            while not stop.is_set():
+                writer.step()
+                stop.wait(WRITER_PACE_SECS)  # deliberate pacing between actions
+        except BaseException as error:  # reported below, and the process fails
+            failures.append(error)
+            stop.set()
+
+    threads = [
+        threading.Thread(
+            target=act,
+            args=(ChaosWriter(db, state, random.Random(args.seed + number), f"w{number}"),),
+            name=f"chaos-writer-{number}",
+        )
+        for number in range(WRITER_THREADS)
+    ]
     try:
-        while not stop.is_set():
-            writer.step()
-            stop.wait(WRITER_PACE_SECS)  # deliberate pacing between actions, not a condition
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     finally:
         db.dispose()
+    if failures:
+        raise failures[0]
     print(json.dumps({"counts": state.counts}), flush=True)
     return 0
 
@@ -223,7 +280,7 @@ class WriterProcess:
             self._changed.notify_all()
 
     def wait_for_actions(self, count: int, timeout: float) -> None:
-        """Wait until the writer has done `count` actions in all (it acts ~20 times a second)."""
+        """Wait until the writer has done `count` actions in all (it acts ~30 times a second)."""
         with self._changed:
             done = self._changed.wait_for(lambda: self.actions >= count or self._eof, timeout)
             assert done and not self._eof, f"the writer stopped:\n{self.log.read_text()}"
