@@ -1,5 +1,6 @@
 """Concurrent writers in one realm: no deadlock, and every queue receives the events in
-commit order (the outbox sequence), on both backends."""
+commit order (the outbox sequence), on both backends; messages hold the realm lock
+together, and a change of who sees what waits for them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import select
 
+from actions.messages import ChannelTarget, check_send_message
 from actions.subscriptions import bulk_add_subscriptions, bulk_remove_subscriptions
 from actions.users import do_create_user, do_deactivate_user, do_reactivate_user
 from models.database import Database
-from models.outbox import read_events
+from models.outbox import lock_realm, read_events
 from models.tables import Realm
 from tests.helpers.api import ApiClient
 from tests.helpers.realms import SampleRealm, make_sample_realm
@@ -20,6 +22,8 @@ from tests.helpers.server import LiveServer, live_server
 from tests.test_server import poll_until
 
 ROUNDS = 8
+# A bound on every wait for another thread (a deadlock fails instead of hanging).
+THREAD_TIMEOUT_SECS = 30.0
 
 
 @pytest.fixture
@@ -111,3 +115,57 @@ def test_concurrent_actions_arrive_in_commit_order(
     expected = [e.event for e in stored if users["owner"] in e.user_ids]
     assert [{k: v for k, v in e.items() if k != "id"} for e in received] == expected
     assert [e["id"] for e in received] == list(range(len(expected)))
+
+
+# SQLite has one writer at a time: no two of its transactions ever hold a lock together.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_messages_hold_the_realm_lock_together_and_a_change_waits_for_them(
+    db: Database, realm: SampleRealm
+) -> None:
+    """Messages share the realm lock: each of SENDERS transactions takes it and then waits
+    for all the others to have taken it too, which never happens if the lock admits one
+    at a time. An unsubscribe started meanwhile takes it exclusively: it waits until
+    every message has committed, so its events come after all of theirs."""
+    senders = ("owner", "admin", "member")
+    all_holding = threading.Barrier(len(senders))
+    changed = threading.Event()
+    errors: list[BaseException] = []
+    rid, users, streams = realm.realm_id, realm.users, realm.streams
+    with db.snapshot() as session:
+        start_seq = session.execute(
+            select(Realm.last_event_seq).where(Realm.id == rid)
+        ).scalar_one()
+
+    def send(viewpoint: str) -> None:
+        try:
+            with db.write() as session:
+                lock_realm(session, rid, shared=True)
+                all_holding.wait(THREAD_TIMEOUT_SECS)
+                # Every sender holds the lock now; the change asks for it while they do.
+                if viewpoint == senders[0]:
+                    unsubscribe.start()
+                    assert not changed.wait(0.5), "the change ran while messages held the lock"
+                check_send_message(
+                    session, rid, users[viewpoint], ChannelTarget(streams["public"]), "t", "x", "c"
+                )
+        except BaseException as error:  # handed to the test thread
+            errors.append(error)
+
+    def change() -> None:
+        with db.write() as session:
+            bulk_remove_subscriptions(session, rid, [users["member"]], [streams["public"]])
+        changed.set()
+
+    unsubscribe = threading.Thread(target=change)
+    threads = [threading.Thread(target=send, args=(viewpoint,)) for viewpoint in senders]
+    for thread in threads:
+        thread.start()
+    for thread in [*threads]:
+        thread.join(THREAD_TIMEOUT_SECS)
+    unsubscribe.join(THREAD_TIMEOUT_SECS)
+    assert not errors, errors
+    assert changed.is_set()
+    with db.snapshot() as session:
+        types = [e.event["type"] for e in read_events(session, rid, start_seq)]
+    assert types[: 2 * len(senders)] == ["message"] * (2 * len(senders)), types
+    assert set(types[2 * len(senders) :]) == {"subscription"}, types

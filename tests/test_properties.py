@@ -4,7 +4,11 @@ full-sequence and legacy alike, and no observer ever hears of a channel it canno
 The sequences send messages too, to channels and as direct messages: every user's
 history holds exactly the messages its events brought (`verify_action` checks each send),
 and no user ever reads a private channel's message it did not receive, through events or
-through history, whoever joined, left, was deactivated or came back meanwhile."""
+through history, whoever joined, left, was deactivated or came back meanwhile.
+
+The concurrent variant runs batches of actions at once, several messages and at most one
+change of who sees what per batch, through `verify_concurrent_actions`: the same
+convergence and the same privacy, with the actions in flight together."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from models.database import Database
 from models.messages.history import fetch_messages
 from models.messages.narrows import BadNarrow, NarrowTerm
 from models.tables import Role, Stream
+from tests.helpers.concurrent_verify import BatchAction, verify_concurrent_actions
 from tests.helpers.realms import CHANNEL_KINDS
 from tests.helpers.verify import VerifiedAction, verify_action
 
@@ -94,26 +99,7 @@ def test_random_actions_converge_for_every_observer(
     memberships: set[tuple[int, int]],
     steps: list[tuple[str, int, int]],
 ) -> None:
-    number = next(_realm_numbers)
-    with db.write() as session:
-        realm_id = do_create_realm(session, f"prop{number}").id
-    users: list[int] = []
-    for index, role in enumerate([Role.OWNER, *roles]):  # a realm always has an owner
-        with db.write() as session:
-            users.append(do_create_user(session, realm_id, f"u{index}@p.example.com", role=role).id)
-    streams: list[int] = []
-    for index, kind in enumerate(kinds):
-        with db.write() as session:
-            streams.append(_stream(session, realm_id, kind, f"c{index}"))
-    for user_index, stream_index in memberships:
-        with db.write() as session:
-            bulk_add_subscriptions(
-                session,
-                realm_id,
-                [users[user_index % len(users)]],
-                [streams[stream_index % len(streams)]],
-            )
-
+    realm_id, users, streams = _random_realm(db, roles, kinds, memberships)
     received: dict[int, list[int]] = {}
 
     def note(verified: VerifiedAction[Any]) -> None:
@@ -157,6 +143,84 @@ def test_random_actions_converge_for_every_observer(
     _check_no_private_message_leaks(db, users, streams, received)
 
 
+def _random_realm(
+    db: Database, roles: list[Role], kinds: list[str], memberships: set[tuple[int, int]]
+) -> tuple[int, list[int], list[int]]:
+    """A realm with an owner and users of `roles`, channels of `kinds`, and `memberships`
+    as (user index, channel index) pairs; its id, user ids and channel ids."""
+    number = next(_realm_numbers)
+    with db.write() as session:
+        realm_id = do_create_realm(session, f"prop{number}").id
+    users: list[int] = []
+    for index, role in enumerate([Role.OWNER, *roles]):  # a realm always has an owner
+        with db.write() as session:
+            users.append(do_create_user(session, realm_id, f"u{index}@p.example.com", role=role).id)
+    streams: list[int] = []
+    for index, kind in enumerate(kinds):
+        with db.write() as session:
+            streams.append(_stream(session, realm_id, kind, f"c{index}"))
+    for user_index, stream_index in memberships:
+        with db.write() as session:
+            bulk_add_subscriptions(
+                session,
+                realm_id,
+                [users[user_index % len(users)]],
+                [streams[stream_index % len(streams)]],
+            )
+    return realm_id, users, streams
+
+
+# A batch: the messages sent at once (kind, sender, channel or other user), and at most one
+# change of who sees what started with them.
+message_step = st.tuples(
+    st.sampled_from(["send_channel", "send_dm"]), st.integers(0, 50), st.integers(0, 50)
+)
+change_step = st.tuples(
+    st.sampled_from(["subscribe", "unsubscribe", "deactivate", "reactivate"]),
+    st.integers(0, 50),
+    st.integers(0, 50),
+)
+batch = st.tuples(st.lists(message_step, min_size=1, max_size=4), st.none() | change_step)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    roles=st.lists(st.sampled_from(ROLES), min_size=1, max_size=5),
+    kinds=st.lists(st.sampled_from(CHANNEL_KINDS), min_size=1, max_size=3),
+    memberships=st.sets(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=10),
+    batches=st.lists(batch, min_size=1, max_size=4),
+)
+def test_concurrent_actions_converge_and_never_leak(
+    db: Database,
+    roles: list[Role],
+    kinds: list[str],
+    memberships: set[tuple[int, int]],
+    batches: list[tuple[list[tuple[str, int, int]], tuple[str, int, int] | None]],
+) -> None:
+    realm_id, users, streams = _random_realm(db, roles, kinds, memberships)
+    received: dict[int, list[int]] = {}
+    position = 0
+    for messages, change in batches:
+        actions: list[BatchAction] = []
+        for name, a, b in [*messages, *([change] if change else [])]:
+            position += 1
+            user, stream, other = (
+                users[a % len(users)],
+                streams[b % len(streams)],
+                users[b % len(users)],
+            )
+            run = _action(name, realm_id, user, stream, a, position, other)
+            actions.append(BatchAction(name, run, changes_visibility=not name.startswith("send")))
+        outcome = verify_concurrent_actions(db, realm_id, actions)
+        for user_id in users:
+            received.setdefault(user_id, []).extend(outcome.message_ids_for(user_id))
+    _check_no_private_message_leaks(db, users, streams, received)
+
+
 def _check_no_private_message_leaks(
     db: Database, users: list[int], streams: list[int], received: dict[int, list[int]]
 ) -> None:
@@ -173,7 +237,8 @@ def _check_no_private_message_leaks(
                 )
             except ActionError:
                 continue  # deactivated: reads nothing
-            got = received.get(user_id, [])
+            # Messages sent at once may commit in any order: history is in id order.
+            got = sorted(received.get(user_id, []))
             assert [m["id"] for m in own["messages"]] == got, (user_id, got)
             for stream_id in private:
                 try:
