@@ -4,8 +4,8 @@ Two kinds of transaction exist, and every caller picks one:
 
 * `Database.write()`: a transaction that may append outbox events. On SQLite it starts
   with `BEGIN IMMEDIATE`, which takes the database's write lock before anything is
-  read, so that the realm counter lock of docs/architecture.md §4 holds on SQLite too. On
-  PostgreSQL the action locks the realm row itself (`models.outbox.lock_realm`).
+  read, so that the realm lock of docs/architecture.md §4 holds on SQLite too. On
+  PostgreSQL the action takes the realm lock itself (`models.outbox.lock_realm`).
 * `Database.snapshot()`: a read-only transaction in which every query sees the same
   snapshot (REPEATABLE READ on PostgreSQL; a deferred SQLite transaction in WAL mode).
   `register` reads its state and the realm's outbox position in one of these.
