@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from models.tables import OutboxEvent, OutboxRecipient, Realm
+from models.tables import OutboxEvent, OutboxRecipient, Realm, utcnow
 
 # The PostgreSQL channel the outbox consumer LISTENs on; the payload is the realm id.
 NOTIFY_CHANNEL = "eventq_outbox"
@@ -106,87 +106,131 @@ def lock_realm(session: Session, realm_id: int, *, shared: bool = False) -> None
 
 
 def append_events(session: Session, realm_id: int, events: Sequence[PendingEvent]) -> list[int]:
-    """Write `events` to the outbox in order and advance the realm counter.
+    """Write `events` to the outbox in order and advance the realm counter; return their
+    sequence numbers.
 
     The caller holds the realm lock (`lock_realm`, either mode) and calls this last,
     just before its commit: the counter's `UPDATE` locks the realm row until the
     transaction ends, so the next transaction of the realm to append waits here, reads
-    the counter this one committed, and commits after it. That short stretch (the
-    counter, two inserts, the commit) is the only part of concurrent actions that runs
-    one at a time; it is what makes sequence numbers gap-free and in commit order.
+    the counter this one committed, and commits after it. That short stretch is the only
+    part of concurrent actions that runs one at a time; it is what makes sequence numbers
+    gap-free and in commit order (docs/architecture.md §4).
 
-    Events with no recipient are dropped: nobody could ever receive them. Runs the same
-    statements whatever the number of events: the counter update, one bulk insert of
-    events, one of recipients, and on PostgreSQL one NOTIFY (delivered at commit, never
-    for a rolled-back transaction).
+    Events with no recipient are dropped: nobody could ever receive them. On PostgreSQL
+    the counter, both inserts and the NOTIFY (delivered at commit, never for a
+    rolled-back transaction) are one statement, so the row is held for one round trip
+    and the commit; on SQLite, which has one writer anyway, they are three.
     """
     kept = [pending for pending in events if pending.user_ids]
     if not kept:
         return []
+    changes_state = any(pending.event.get("type") not in STATELESS_EVENT_TYPES for pending in kept)
+    recipients = [sorted({int(user_id) for user_id in pending.user_ids}) for pending in kept]
+    rows = [
+        {
+            "event": encode_event(pending.event),
+            "user_ids": json.dumps(users, separators=(",", ":")),
+            "legacy_skip": pending.legacy_skip,
+            "cut_off_user_id": pending.cut_off_user_id,
+        }
+        for pending, users in zip(kept, recipients, strict=True)
+    ]
+    if session.get_bind().dialect.name == "postgresql":
+        last = _append_postgresql(session, realm_id, rows, recipients, changes_state)
+        return list(range(last - len(kept) + 1, last + 1))
     advanced: dict[str, Any] = {"last_event_seq": Realm.last_event_seq + len(kept)}
-    if any(pending.event.get("type") not in STATELESS_EVENT_TYPES for pending in kept):
+    if changes_state:
         advanced["state_seq"] = Realm.last_event_seq + len(kept)
-    last = session.execute(
-        update(Realm).where(Realm.id == realm_id).values(advanced).returning(Realm.last_event_seq)
-    ).scalar_one()
-    first = int(last) - len(kept) + 1
-    seqs = list(range(first, int(last) + 1))
+    last = int(
+        session.execute(
+            update(Realm)
+            .where(Realm.id == realm_id)
+            .values(advanced)
+            .returning(Realm.last_event_seq)
+        ).scalar_one()
+    )
+    seqs = list(range(last - len(kept) + 1, last + 1))
     session.execute(
         insert(OutboxEvent),
-        [
-            {
-                "realm_id": realm_id,
-                "seq": seq,
-                "event": encode_event(pending.event),
-                "user_ids": json.dumps(sorted(set(pending.user_ids)), separators=(",", ":")),
-                "legacy_skip": pending.legacy_skip,
-                "cut_off_user_id": pending.cut_off_user_id,
-            }
-            for seq, pending in zip(seqs, kept, strict=True)
-        ],
+        [{"realm_id": realm_id, "seq": seq, **row} for seq, row in zip(seqs, rows, strict=True)],
     )
-    _insert_recipients(session, realm_id, seqs, kept)
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": NOTIFY_CHANNEL, "payload": str(realm_id)},
-        )
+    # One row per (recipient, event), in one statement however many: a deactivation in
+    # a 10,000-user realm has tens of thousands of pairs, and an executemany would cost
+    # a statement per thousand rows.
+    pairs = [
+        [user_id, seq] for seq, users in zip(seqs, recipients, strict=True) for user_id in users
+    ]
+    session.execute(
+        text(
+            "INSERT INTO outbox_recipient (realm_id, user_id, seq) "
+            "SELECT :realm_id, json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+            "FROM json_each(:pairs)"
+        ),
+        {"realm_id": realm_id, "pairs": json.dumps(pairs)},
+    )
     return seqs
 
 
-def _insert_recipients(
-    session: Session, realm_id: int, seqs: list[int], events: list[PendingEvent]
-) -> None:
-    """One row per (recipient, event), in one statement however many there are.
+# The counter, the events, their recipients and the NOTIFY in one PostgreSQL statement.
+# Every event and every (recipient, event) pair travels as arrays (`unnest`), each event
+# numbered by its position (`ordinality`); the new counter minus the number of events
+# plus that position is its sequence number.
+_APPEND_POSTGRESQL = """
+WITH counter AS (
+    UPDATE realm SET last_event_seq = last_event_seq + :count{state}
+    WHERE id = :realm_id RETURNING last_event_seq
+), events AS (
+    INSERT INTO outbox_event
+        (realm_id, seq, event, user_ids, legacy_skip, cut_off_user_id, created_at)
+    SELECT :realm_id, counter.last_event_seq - :count + e.position, e.event, e.user_ids,
+           e.legacy_skip, e.cut_off_user_id, :created_at
+    FROM counter, unnest(
+        CAST(:events AS text[]), CAST(:user_ids AS text[]), CAST(:legacy AS boolean[]),
+        CAST(:cut_off AS integer[])
+    ) WITH ORDINALITY AS e(event, user_ids, legacy_skip, cut_off_user_id, position)
+), recipients AS (
+    INSERT INTO outbox_recipient (realm_id, user_id, seq)
+    SELECT :realm_id, pair.user_id, counter.last_event_seq - :count + pair.position
+    FROM counter, unnest(CAST(:users AS integer[]), CAST(:positions AS bigint[]))
+        AS pair(user_id, position)
+)
+SELECT counter.last_event_seq, pg_notify(:channel, :payload) FROM counter
+"""
 
-    A deactivation in a 10,000-user realm has tens of thousands of pairs; an executemany
-    would cost one statement per thousand rows, so the pairs travel as two arrays
-    (PostgreSQL `unnest`) or one JSON document (SQLite `json_each`).
-    """
+
+def _append_postgresql(
+    session: Session,
+    realm_id: int,
+    rows: list[dict[str, Any]],
+    recipients: list[list[int]],
+    changes_state: bool,
+) -> int:
+    """`append_events` on PostgreSQL, in one statement; the new counter."""
+    state = ", state_seq = last_event_seq + :count" if changes_state else ""
     users: list[int] = []
-    event_seqs: list[int] = []
-    for seq, pending in zip(seqs, events, strict=True):
-        for user_id in sorted(set(pending.user_ids)):
-            users.append(int(user_id))
-            event_seqs.append(seq)
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text(
-                "INSERT INTO outbox_recipient (realm_id, user_id, seq) "
-                "SELECT :realm_id, pair.user_id, pair.seq FROM unnest("
-                "CAST(:users AS integer[]), CAST(:seqs AS bigint[])) AS pair(user_id, seq)"
-            ),
-            {"realm_id": realm_id, "users": users, "seqs": event_seqs},
-        )
-    else:
-        session.execute(
-            text(
-                "INSERT INTO outbox_recipient (realm_id, user_id, seq) "
-                "SELECT :realm_id, json_extract(value, '$[0]'), json_extract(value, '$[1]') "
-                "FROM json_each(:pairs)"
-            ),
-            {"realm_id": realm_id, "pairs": json.dumps(list(zip(users, event_seqs, strict=True)))},
-        )
+    positions: list[int] = []
+    for position, event_users in enumerate(recipients, start=1):
+        users.extend(event_users)
+        positions.extend([position] * len(event_users))
+    last = session.execute(
+        text(_APPEND_POSTGRESQL.format(state=state)),
+        {
+            "realm_id": realm_id,
+            "count": len(rows),
+            "events": [row["event"] for row in rows],
+            "user_ids": [row["user_ids"] for row in rows],
+            "legacy": [row["legacy_skip"] for row in rows],
+            "cut_off": [row["cut_off_user_id"] for row in rows],
+            "created_at": utcnow(),
+            "users": users,
+            "positions": positions,
+            "channel": NOTIFY_CHANNEL,
+            "payload": str(realm_id),
+        },
+    ).scalar_one_or_none()
+    if last is None:
+        raise RealmNotFound(f"no realm with id {realm_id}")
+    return int(last)
 
 
 def state_positions(session: Session, realm_ids: Collection[int]) -> dict[int, tuple[int, int]]:
