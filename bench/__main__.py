@@ -24,10 +24,12 @@ from bench import (
     latency,
     memory,
     messages,
+    presence,
     prune,
     register,
     soak,
     steady,
+    writes,
 )
 from bench.support import ratio
 
@@ -41,6 +43,8 @@ DEFAULT_RUN = [
     "memory",
     "messages",
     "cluster",
+    "writes",
+    "presence",
 ]
 CHOICES = [*DEFAULT_RUN, "soak"]
 
@@ -540,6 +544,157 @@ def run_soak(args: argparse.Namespace) -> None:
         )
 
 
+def _cores_shared(what: str) -> str:
+    """The line that says what shares the machine's cores during a benchmark."""
+    return (
+        f"   the {os.cpu_count()} cores are shared by {what}, and whatever else runs on the "
+        f"machine (load average {os.getloadavg()[0]:.1f} now); 'machine busy' below is "
+        "every core's busy time, as a share of one core"
+    )
+
+
+def run_writes(args: argparse.Namespace) -> None:
+    seconds = args.seconds or writes.SECONDS
+    print(
+        f"== the write path: {writes.SENDERS} concurrent senders in a closed loop, (a) each to "
+        f"its own channel of {writes.CHANNEL_SUBSCRIBERS} subscribers, (b) all to one channel "
+        f"of {writes.USERS}; PostgreSQL; baseline: {writes.SENDERS} psycopg processes writing "
+        "the same rows (message, user_message per recipient, outbox_event, outbox_recipient "
+        "per recipient), no lock between them, one transaction per message; eventq: "
+        "`eventq serve` (EVENTQ_RATE_LIMITING=off), POST /api/v1/messages on keep-alive "
+        f"connections from one asyncio process; {writes.WARMUP_SECS:g} s warm-up, then "
+        f"{seconds:g} s measured, each"
+    )
+    print(
+        _cores_shared(
+            "PostgreSQL, the eventq server (idle during the baseline) or the baseline's "
+            f"{writes.SENDERS} processes, and the load generator (this process)"
+        )
+    )
+    f = writes.run(seconds)
+    for scenario in writes.SCENARIOS:
+        b, e = f[scenario.key]["baseline"], f[scenario.key]["eventq"]
+        print(
+            f"({scenario.key}) {scenario.title}: eventq {e['messages_per_sec']:.1f} messages/s, "
+            f"send p50 {_ms(e['latency_p50_ms'])} p99 {_ms(e['latency_p99_ms'])}, server CPU "
+            f"{e['server_cpu_pct']:.0f}%, load generator {e['client_cpu_pct']:.0f}%, machine "
+            f"busy {e['machine_busy_pct']:.0f}%; baseline {b['messages_per_sec']:.1f} "
+            f"messages/s, transaction p50 {_ms(b['latency_p50_ms'])} p99 "
+            f"{_ms(b['latency_p99_ms'])}, its processes {b['client_cpu_pct']:.0f}%, machine "
+            f"busy {b['machine_busy_pct']:.0f}%; ratio "
+            f"{ratio(e['messages_per_sec'], b['messages_per_sec'])}"
+        )
+    s = f["sqlite"]
+    print(
+        f"SQLite, (a): eventq {s['messages_per_sec']:.1f} messages/s, send p50 "
+        f"{_ms(s['latency_p50_ms'])} p99 {_ms(s['latency_p99_ms'])}, server CPU "
+        f"{s['server_cpu_pct']:.0f}%, machine busy {s['machine_busy_pct']:.0f}% (a ceiling: "
+        "SQLite takes one writer at a time; no baseline)"
+    )
+    print(
+        f"server errors/warnings logged: PostgreSQL {f['server_errors']}, SQLite "
+        f"{f['sqlite_server_errors']}"
+    )
+    a, b = f["a"], f["b"]
+    ROWS.append(
+        Row(
+            "10. writes (a) 8 senders, own channels of 100: messages/s",
+            f"{a['eventq']['messages_per_sec']:.0f}/s",
+            f"psycopg {a['baseline']['messages_per_sec']:.0f}/s",
+            ratio(a["eventq"]["messages_per_sec"], a["baseline"]["messages_per_sec"]),
+            ">= 0.5x",
+        )
+    )
+    ROWS.append(
+        Row(
+            "    send p99 (a)",
+            _ms(a["eventq"]["latency_p99_ms"]),
+            f"transaction p99 {_ms(a['baseline']['latency_p99_ms'])}",
+            "",
+            "< 100 ms",
+        )
+    )
+    ROWS.append(
+        Row(
+            "    writes (b) 8 senders, one channel of 800: messages/s",
+            f"{b['eventq']['messages_per_sec']:.0f}/s",
+            f"psycopg {b['baseline']['messages_per_sec']:.0f}/s",
+            ratio(b["eventq"]["messages_per_sec"], b["baseline"]["messages_per_sec"]),
+            ">= 0.5x",
+        )
+    )
+    ROWS.append(
+        Row(
+            "    SQLite (a): messages/s, send p99",
+            f"{s['messages_per_sec']:.0f}/s, p99 {_ms(s['latency_p99_ms'])}",
+            "ceiling",
+            "",
+            "",
+        )
+    )
+
+
+def run_presence(args: argparse.Namespace) -> None:
+    seconds = args.seconds or presence.SECONDS
+    print(
+        f"== presence pings beside message delivery: a realm of {presence.USERS:,} users, a "
+        f"channel of {presence.SUBSCRIBERS:,} subscribers long-polling `message` queues, "
+        f"{presence.MESSAGE_RATE:g} message/s sent to it over HTTP; {seconds:g} s measured "
+        f"without pings, then {seconds:g} s with {presence.USERS:,} clients each pinging "
+        f"{presence.PRESENCE_PATH} every {presence.PING_INTERVAL_SECS:g} s, spread evenly "
+        f"({presence.PING_RATE:.1f}/s, real time, not compressed: a phase reaches "
+        f"{min(presence.USERS, round(presence.PING_RATE * seconds)):,} of the clients once; "
+        f"{presence.PING_CONNECTIONS} keep-alive connections); each phase after "
+        f"{presence.WARMUP_SECS:g} s not counted; PostgreSQL"
+    )
+    print(
+        _cores_shared(
+            "PostgreSQL, the eventq server and the load generator (this process: the "
+            f"{presence.SUBSCRIBERS:,} long-polls, the sender and the pings)"
+        )
+    )
+    f = presence.run(seconds)
+    for name in presence.PHASES:
+        p = f[name]
+        print(
+            f"{name}: {p['messages']} messages, send -> delivery p50 "
+            f"{_ms(p['latency_p50_ms'])}, p99 {_ms(p['latency_p99_ms'])}, max "
+            f"{_ms(p['latency_max_ms'])} over {p['deliveries']:,} deliveries (missing "
+            f"{p['missing_deliveries']}); the send's answer p50 {_ms(p['send_p50_ms'])}, p99 "
+            f"{_ms(p['send_p99_ms'])}; server CPU {p['server_cpu_pct']:.0f}%, load generator "
+            f"{p['client_cpu_pct']:.0f}%, machine busy {p['machine_busy_pct']:.0f}%"
+        )
+    p = f[presence.PHASES[1]]
+    refusals = ", ".join(f"{k} x{v}" for k, v in sorted(p["ping_refusals"].items())) or "none"
+    print(
+        f"pings: {p['pings_sent']:,} sent in the phase (offered {f['ping_rate']:.1f}/s), "
+        f"{p['pings']:,} answered 200 ({p['pings_per_sec']:.1f}/s); every answer's round trip "
+        f"p50 {_ms(p['ping_p50_ms'])} p99 {_ms(p['ping_p99_ms'])}; the latest ping went "
+        f"{_ms(p['ping_late_max_ms'])} after its due time; refused: {refusals}"
+        + (f" (first: {p['first_ping_refusal']})" if p["first_ping_refusal"] else "")
+    )
+    print(f"server errors/warnings logged {f['server_errors']}")
+    quiet = f[presence.PHASES[0]]
+    ROWS.append(
+        Row(
+            f"11. presence: delivery p99 with {presence.PING_RATE:.0f} pings/s",
+            _ms(p["latency_p99_ms"]),
+            f"without pings {_ms(quiet['latency_p99_ms'])}",
+            ratio(p["latency_p99_ms"], quiet["latency_p99_ms"]),
+            "<= 1.2x",
+        )
+    )
+    ROWS.append(
+        Row(
+            "    pings answered 200 / refused",
+            f"{p['pings_per_sec']:.1f}/s / {sum(p['ping_refusals'].values())}",
+            f"offered {f['ping_rate']:.1f}/s",
+            ratio(p["pings_per_sec"], f["ping_rate"]),
+            "",
+        )
+    )
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "steady": run_steady,
     "fanout": run_fanout,
@@ -551,6 +706,8 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "soak": run_soak,
     "messages": run_messages,
     "cluster": run_cluster,
+    "writes": run_writes,
+    "presence": run_presence,
 }
 
 
@@ -602,6 +759,13 @@ def main() -> None:
     )
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the soak runs (soak)")
     parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"measured seconds per measurement (writes: {writes.SECONDS:g}, presence: "
+        f"{presence.SECONDS:g} per phase)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the server with py-spy for 20 s after the measured rounds (steady)",
@@ -616,6 +780,8 @@ def main() -> None:
         parser.error("--minutes must be more than 0 and at most a day")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.seconds is not None and not 0 < args.seconds <= 3600:
+        parser.error("--seconds must be more than 0 and at most an hour")
     logging.basicConfig(level=logging.WARNING)
     names = [args.only] if args.only else DEFAULT_RUN
     print(
