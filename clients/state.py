@@ -9,6 +9,20 @@ events with a fresh `register`. The current user's own keys of the answer (`user
 sets, so `peer_add` and `peer_remove` events with many `stream_ids` x `user_ids` cost
 set operations, not list scans.
 
+The user's own message state, when the answer holds it: `unread_msgs` (each unread
+message id with its conversation; a `message` event without the `read` flag adds one,
+an `update_message_flags` event of `read` removes ids or, marking unread, adds them
+from its `message_details`) and `starred_messages` (`update_message_flags` of
+`starred`). Both render in the server's order (`models.messages.unreads`).
+
+The realm's presence, when the answer holds it (`presences`, `presence_last_update_id`,
+`server_timestamp`): a `presence` event replaces its user's legacy entry, or, in the
+modern shape (`slim_presence`), moves the user's timestamps forward, as Zulip's web app
+does; a deactivated user's entry goes, as a fresh `register` leaves it out. The rest of
+presence changes without events (the client polls `POST /users/me/presence`), so the
+answer's `presence_last_update_id` and `server_timestamp` are polling bookkeeping: kept
+in `presence_meta` (the time moves with each event) and left out of `to_register_shape`.
+
 Deactivation has two sequences (docs/architecture.md §4): a client on the full sequence receives
 `peer_remove` events before the `realm_user` update and only checks that the user is
 in no list afterwards; a legacy client (`removes_deactivated_users=True`) receives the
@@ -54,8 +68,31 @@ OWN_USER_KEYS = (
     "can_invite_others_to_realm",
     "cross_realm_bots",
 )
+# Server constants of a `register` answer that fetched `realm` state: the typing
+# protocol's periods. No event changes them; the cache keeps them as they came.
+SERVER_KEYS = (
+    "server_typing_started_expiry_period_milliseconds",
+    "server_typing_stopped_wait_period_milliseconds",
+    "server_typing_started_wait_period_milliseconds",
+)
+# The user's own message state (Zulip: `unread_msgs` when `message` and
+# `update_message_flags` are fetched, `starred_messages` when `starred_messages` is).
+MESSAGE_STATE_KEYS = ("unread_msgs", "starred_messages")
+# The realm's presence (Zulip: when `presence` is fetched), and what comes with it for
+# the client's next poll, which is not state.
+PRESENCE_STATE_KEYS = ("presences",)
+PRESENCE_POLL_KEYS = ("presence_last_update_id", "server_timestamp")
+# Where an unread message belongs: ("stream", channel id, topic), or ("dm", the sorted
+# ids of the conversation's participants, the current user included).
+Conversation = tuple[Any, ...]
 # Every key of a `register` answer the cache holds and `to_register_shape` renders.
-REGISTER_STATE_KEYS = (*_STATE_KEYS, *OWN_USER_KEYS)
+REGISTER_STATE_KEYS = (
+    *_STATE_KEYS,
+    *OWN_USER_KEYS,
+    *SERVER_KEYS,
+    *MESSAGE_STATE_KEYS,
+    *PRESENCE_STATE_KEYS,
+)
 # Role numbers, for the current user's role flags after a role change.
 _OWNER, _ADMINISTRATOR, _MODERATOR, _GUEST = 100, 200, 300, 600
 
@@ -74,6 +111,8 @@ class StateCache:
         self.present: set[str] = set()
         # The current user's own keys of the register answer (empty without realm_user).
         self.own: JsonDict = {}
+        # The server constants of the register answer (empty without realm state).
+        self.server: JsonDict = {}
         self.users: dict[int, JsonDict] = {}
         self.streams: dict[int, JsonDict] = {}
         self.subscribed: dict[int, JsonDict] = {}
@@ -82,6 +121,16 @@ class StateCache:
         # stream_id -> subscriber ids, for every channel whose subscribers we were told.
         self.subscribers: dict[int, set[int]] = {}
         self.include_subscribers = False
+        # `unread_msgs`, when fetched: message id -> its conversation; and the rest.
+        self.unread: dict[int, Conversation] = {}
+        self.unread_mentions: set[int] = set()
+        self.old_unreads_missing = False
+        self.starred: set[int] = set()
+        # `presences` when fetched (None: not fetched), keyed by email, or by user id in
+        # the modern shape; and the answer's `presence_last_update_id`, `server_timestamp`.
+        self.presences: dict[str, JsonDict] | None = None
+        self.slim_presence = False
+        self.presence_meta: JsonDict = {}
 
     @classmethod
     def from_register(
@@ -91,17 +140,31 @@ class StateCache:
         *,
         removes_deactivated_users: bool = False,
         include_subscribers: bool | None = None,
+        slim_presence: bool | None = None,
     ) -> StateCache:
         """A cache holding the state of a `register` answer (or `fetch_initial_state`).
 
         `include_subscribers` is what the register asked for; when not given it is
         inferred from the answer, which fails for a user who sees no channel yet.
+        `slim_presence` likewise (inferred from the keys of `presences`: user ids).
         """
         cache = cls(user_id, removes_deactivated_users=removes_deactivated_users)
         if include_subscribers is not None:
             cache.include_subscribers = include_subscribers
-        cache.present = {key for key in _STATE_KEYS if key in answer}
+        cache.present = {key for key in (*_STATE_KEYS, *MESSAGE_STATE_KEYS) if key in answer}
+        if "unread_msgs" in answer:
+            cache._load_unreads(answer["unread_msgs"])
+        cache.starred = set(answer.get("starred_messages", []))
         cache.own = {key: copy.deepcopy(answer[key]) for key in OWN_USER_KEYS if key in answer}
+        cache.server = {key: answer[key] for key in SERVER_KEYS if key in answer}
+        if "presences" in answer:
+            cache.presences = copy.deepcopy(dict(answer["presences"]))
+            cache.presence_meta = {key: answer[key] for key in PRESENCE_POLL_KEYS if key in answer}
+            cache.slim_presence = (
+                slim_presence
+                if slim_presence is not None
+                else any(key.isdigit() for key in cache.presences)
+            )
         for person in [*answer.get("realm_users", []), *answer.get("realm_non_active_users", [])]:
             cache.users[person["user_id"]] = dict(person)
         for stream in answer.get("streams", []):
@@ -131,6 +194,12 @@ class StateCache:
             self._apply_stream(event)
         elif kind == "subscription":
             self._apply_subscription(event)
+        elif kind == "message":
+            self._apply_message(event)
+        elif kind == "update_message_flags":
+            self._apply_message_flags(event)
+        elif kind == "presence":
+            self._apply_presence(event)
 
     def apply_all(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Apply events in order."""
@@ -149,6 +218,7 @@ class StateCache:
             if user_id == self.user_id and self.own:
                 self._own_user_updated(person)
             if person.get("is_active") is False:
+                self._forget_presence(user_id)
                 self._user_deactivated(user_id)
         elif event["op"] == "remove":
             self.users.pop(user_id, None)
@@ -172,6 +242,38 @@ class StateCache:
             self.own["is_admin"] = role <= _ADMINISTRATOR
             self.own["is_moderator"] = role == _MODERATOR
             self.own["is_guest"] = role == _GUEST
+
+    def _apply_presence(self, event: Mapping[str, Any]) -> None:
+        """A user came online (or showed presence for the first time)."""
+        if self.presences is None:
+            return  # presence was not fetched
+        if "server_timestamp" in self.presence_meta:
+            self.presence_meta["server_timestamp"] = event["server_timestamp"]
+        clients: Mapping[str, JsonDict] = event["presence"]
+        if self.slim_presence:
+            key = str(event["user_id"])
+            entry = dict(self.presences.get(key, {}))
+            for info in clients.values():
+                moment = info["timestamp"]
+                if info["status"] == "active":
+                    entry["active_timestamp"] = max(entry.get("active_timestamp", moment), moment)
+                entry["idle_timestamp"] = max(entry.get("idle_timestamp", moment), moment)
+            self.presences[key] = entry
+            return
+        # The legacy entry: the event's clients (one, `website`), and the newest again
+        # as `aggregated`, without `pushable`.
+        newest = max(clients.values(), key=lambda info: info["timestamp"])
+        aggregated = {key: newest[key] for key in ("client", "status", "timestamp")}
+        self.presences[event["email"]] = {"aggregated": aggregated, **copy.deepcopy(clients)}
+
+    def _forget_presence(self, user_id: int) -> None:
+        """A deactivated user has no presence in a fresh `register`."""
+        if self.presences is None:
+            return
+        self.presences.pop(str(user_id), None)
+        email = self.users.get(user_id, {}).get("email")
+        if email is not None:
+            self.presences.pop(email, None)
 
     def _user_deactivated(self, user_id: int) -> None:
         if self.removes_deactivated_users:
@@ -249,6 +351,100 @@ class StateCache:
                 else:
                     members -= user_ids
 
+    # -- message state -------------------------------------------------------------------
+
+    def _load_unreads(self, unread: Mapping[str, Any]) -> None:
+        for entry in unread["streams"]:
+            key: Conversation = ("stream", entry["stream_id"], entry["topic"])
+            self.unread.update(dict.fromkeys(entry["unread_message_ids"], key))
+        for entry in unread["pms"]:
+            key = ("dm", tuple(sorted({self.user_id, entry["other_user_id"]})))
+            self.unread.update(dict.fromkeys(entry["unread_message_ids"], key))
+        for entry in unread["huddles"]:
+            participants = tuple(sorted(int(u) for u in entry["user_ids_string"].split(",")))
+            self.unread.update(dict.fromkeys(entry["unread_message_ids"], ("dm", participants)))
+        self.unread_mentions = set(unread["mentions"])
+        self.old_unreads_missing = bool(unread["old_unreads_missing"])
+
+    def _apply_message(self, event: Mapping[str, Any]) -> None:
+        flags = event.get("flags", [])
+        message = event["message"]
+        if "unread_msgs" in self.present and "read" not in flags:
+            if message["type"] == "stream":
+                key: Conversation = ("stream", message["stream_id"], message["subject"])
+            else:
+                key = ("dm", tuple(sorted(p["id"] for p in message["display_recipient"])))
+            self.unread[message["id"]] = key
+            if "mentioned" in flags:
+                self.unread_mentions.add(message["id"])
+        if "starred" in flags:
+            self.starred.add(message["id"])
+
+    def _apply_message_flags(self, event: Mapping[str, Any]) -> None:
+        adding = event["op"] == "add"
+        ids = event["messages"]
+        if event["flag"] == "starred":
+            if adding:
+                self.starred.update(ids)
+            else:
+                self.starred.difference_update(ids)
+        if event["flag"] != "read" or "unread_msgs" not in self.present:
+            return
+        if adding:
+            if event.get("all"):
+                self.unread.clear()
+                self.unread_mentions.clear()
+                return
+            for message_id in ids:
+                self.unread.pop(message_id, None)
+                self.unread_mentions.discard(message_id)
+            return
+        details = event.get("message_details")
+        if details is None:
+            raise StateError("update_message_flags removing read without message_details")
+        for message_id in ids:
+            detail = details[str(message_id)]
+            if detail["type"] == "stream":
+                key: Conversation = ("stream", detail["stream_id"], detail["topic"])
+            else:
+                key = ("dm", tuple(sorted({self.user_id, *detail["user_ids"]})))
+            self.unread[message_id] = key
+            if detail.get("mentioned"):
+                self.unread_mentions.add(message_id)
+
+    def _unread_msgs_shape(self) -> JsonDict:
+        """`unread_msgs` grouped and sorted as the server groups them."""
+        groups: dict[Conversation, list[int]] = {}
+        for message_id, key in self.unread.items():
+            groups.setdefault(key, []).append(message_id)
+        streams: list[JsonDict] = []
+        pms: list[JsonDict] = []
+        huddles: list[JsonDict] = []
+        for key in sorted(groups):
+            ids = sorted(groups[key])
+            if key[0] == "stream":
+                streams.append({"stream_id": key[1], "topic": key[2], "unread_message_ids": ids})
+                continue
+            others = [u for u in key[1] if u != self.user_id]
+            if len(others) <= 1:
+                other = others[0] if others else self.user_id
+                pms.append({"other_user_id": other, "sender_id": other, "unread_message_ids": ids})
+            else:
+                huddles.append(
+                    {
+                        "user_ids_string": ",".join(str(u) for u in key[1]),
+                        "unread_message_ids": ids,
+                    }
+                )
+        return {
+            "count": len(self.unread),
+            "pms": sorted(pms, key=lambda entry: entry["other_user_id"]),
+            "streams": streams,
+            "huddles": huddles,
+            "mentions": sorted(self.unread_mentions),
+            "old_unreads_missing": self.old_unreads_missing,
+        }
+
     # -- reading ------------------------------------------------------------------------
 
     def members_of(self, stream_id: int) -> set[int]:
@@ -260,7 +456,8 @@ class StateCache:
         return {u for u in self.members_of(stream_id) if self.users.get(u, {}).get("is_active")}
 
     def to_register_shape(self) -> JsonDict:
-        """The cache in the shape of a `register` answer, sorted as the server sorts it."""
+        """The cache in the shape of a `register` answer, sorted as the server sorts it
+        (without the presence poll's bookkeeping, `PRESENCE_POLL_KEYS`)."""
 
         def with_members(entries: dict[int, JsonDict]) -> list[JsonDict]:
             result = []
@@ -283,6 +480,13 @@ class StateCache:
             "unsubscribed": with_members(self.unsubscribed),
             "never_subscribed": with_members(self.never_subscribed),
         }
+        if "unread_msgs" in self.present:
+            shape["unread_msgs"] = self._unread_msgs_shape()
+        if "starred_messages" in self.present:
+            shape["starred_messages"] = sorted(self.starred)
         rendered = {key: value for key, value in shape.items() if key in self.present}
         rendered.update(copy.deepcopy(self.own))
+        rendered.update(self.server)
+        if self.presences is not None:
+            rendered["presences"] = copy.deepcopy(self.presences)
         return rendered

@@ -27,12 +27,16 @@ from models.tables import OutboxEvent, OutboxRecipient, Realm, utcnow
 
 # The PostgreSQL channel the outbox consumer LISTENs on; the payload is the realm id.
 NOTIFY_CHANNEL = "eventq_outbox"
-# Event types that never change what `register` shows; every other type advances
-# `realm.state_seq` (an unknown type does too: a stale shared read is the risk).
-STATELESS_EVENT_TYPES = frozenset({"message"})
-# The first key of the PostgreSQL advisory lock that orders a realm's writers (the
-# second is the realm id); `models.retention` uses another space for its pruners.
-REALM_LOCK_SPACE = 0x6576_72
+# Event types that never change the realm state `register` shares between users (a
+# user's own messages, flags and unreads, and presence, are read per register); every
+# other type advances `realm.state_seq` (an unknown type does too: a stale shared read
+# is the risk).
+STATELESS_EVENT_TYPES = frozenset({"message", "update_message_flags", "presence"})
+# The first key of the PostgreSQL advisory lock that orders a realm's writers is a hash
+# of this and the schema's name (the second is the realm id): advisory locks belong to
+# the whole database, and two deployments (or two test runs) in schemas of their own
+# must not wait for each other's realm 1.
+REALM_LOCK_NAME = "eventq_realm:"
 
 
 class RealmNotFound(LookupError):
@@ -89,18 +93,20 @@ def lock_realm(session: Session, realm_id: int, *, shared: bool = False) -> None
 
     Exclusive holders wait for every other holder and make every newcomer wait; shared
     holders wait only for an exclusive one. On PostgreSQL this is a transaction-level
-    advisory lock on (`REALM_LOCK_SPACE`, realm id), taken in the same statement that
-    checks the realm exists; PostgreSQL grants it in the order it was asked for, so a
-    stream of shared holders never starves an exclusive one. It is released at commit or
-    rollback, after the commit is visible: what the holder before wrote, every later
-    statement of this transaction reads. On SQLite the write transaction already holds
-    the database's only write lock since `BEGIN IMMEDIATE`, so both modes are that lock.
+    advisory lock on (a hash of `REALM_LOCK_NAME` and the schema, realm id), taken in
+    the statement that checks the realm exists; PostgreSQL grants it in the order it
+    was asked for, so a stream of shared holders never starves an exclusive one. It is
+    released at commit or rollback, after the commit is visible: what the holder before
+    wrote, every later statement of this transaction reads. On SQLite the write
+    transaction already holds the database's only write lock since `BEGIN IMMEDIATE`,
+    so both modes are that lock.
     """
     query = select(Realm.id).where(Realm.id == realm_id)
     if session.get_bind().dialect.name == "postgresql":
         take = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
         # In the select list, so it runs once, for the realm's row, only if there is one.
-        query = query.add_columns(take(REALM_LOCK_SPACE, Realm.id))
+        space = func.hashtext(func.concat(REALM_LOCK_NAME, func.current_schema()))
+        query = query.add_columns(take(space, Realm.id))
     if session.execute(query).first() is None:
         raise RealmNotFound(f"no realm with id {realm_id}")
 

@@ -9,6 +9,7 @@ with exactly what a fresh `register` returns.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -18,16 +19,20 @@ from sqlalchemy.orm import Session
 # The action layer's typed refusal: the HTTP layer answers every ActionError with its
 # Zulip code (a leaf module of exception classes; models imports nothing else of it).
 from actions.errors import ActionError
+from models.messages.unreads import user_state
+from models.presence import PRESENCE_EVENT_TYPE, realm_presence
 from models.queries import get_stream_by_name
 from models.tables import Stream, Subscription, UserProfile
+from models.typing import TYPING_PROTOCOL_KEYS
 from models.visibility import active_subscribers, can_see_stream
 from models.wire import never_subscribed_to_api, own_profile, own_user_keys
 from models.wire import stream_to_api as stream_to_api
 from models.wire import subscription_to_api as subscription_to_api
 from models.wire import user_to_api as user_to_api
 
-# The event types whose state `register` can return.
-STATE_EVENT_TYPES = frozenset({"realm_user", "subscription", "stream"})
+# The event types whose state `register` can return. Of Zulip's `realm` state eventq
+# returns only the typing protocol's three periods (`models.typing.TYPING_PROTOCOL_KEYS`).
+STATE_EVENT_TYPES = frozenset({"realm_user", "subscription", "stream", "realm"})
 
 
 class ViewerDeactivated(ActionError):
@@ -188,6 +193,9 @@ class RealmState:
         if user is None or not user.is_active:
             raise ViewerDeactivated()
         state: dict[str, Any] = {}
+        if "realm" in event_types:
+            # Zulip sends them with the `realm` state (its `fetch_initial_state_data`).
+            state.update(TYPING_PROTOCOL_KEYS)
         if "realm_user" in event_types:
             state["realm_users"], state["realm_non_active_users"] = self.realm_users()
             state.update(self._own_user_keys(user_id))
@@ -217,10 +225,19 @@ class RealmState:
 
 
 def fetch_initial_state(
-    session: Session, user: UserProfile, event_types: Collection[str], include_subscribers: bool
+    session: Session,
+    user: UserProfile,
+    event_types: Collection[str],
+    include_subscribers: bool,
+    *,
+    slim_presence: bool = False,
+    presence_history_limit_days: int | None = None,
 ) -> dict[str, Any]:
     """The part of the `register` answer for `event_types`, read in the caller's snapshot
-    (`RealmState`, read for this one user)."""
+    (`RealmState`, read for this one user), with the user's own message state
+    (`models.messages.unreads`) when `event_types` asks for it, and the realm's presence
+    with `presence` (`presences`, `presence_last_update_id`, `server_timestamp`; modern
+    entries with `slim_presence`)."""
     state = RealmState.read(
         session,
         user.realm_id,
@@ -228,7 +245,22 @@ def fetch_initial_state(
         users="realm_user" in event_types,
         subscribers=include_subscribers and "subscription" in event_types,
     )
-    return state.initial_state(user.id, event_types, include_subscribers)
+    answer = state.initial_state(user.id, set(event_types) & STATE_EVENT_TYPES, include_subscribers)
+    # Per-user state: never part of a `RealmState`, which registers share (see
+    # `models.messages.unreads`).
+    answer.update(user_state(session, user.id, event_types))
+    if PRESENCE_EVENT_TYPE in event_types:
+        # Read here, never part of a `RealmState`: presence changes without events.
+        answer.update(
+            realm_presence(
+                session,
+                user.realm_id,
+                slim=slim_presence,
+                now=time.time(),
+                history_limit_days=presence_history_limit_days,
+            )
+        )
+    return answer
 
 
 def realm_members(session: Session, realm_id: int) -> list[dict[str, Any]]:

@@ -340,3 +340,31 @@ class UserMessage(Base):
     message_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Zulip's bit flags; eventq sets only `read` (1), on the sender's own message.
     flags: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UserPresence(Base):
+    """One user's presence (Zulip's `UserPresence`): when a client last said the user
+    was connected, and when last actively using it (docs/architecture.md §4).
+
+    Times are Unix seconds. `last_active_time` is NULL until a client reports the user
+    `active`. `last_update_id` is what `POST /users/me/presence` clients page by: every
+    write gives the row a new, larger one, taken without a shared counter so concurrent
+    pings never wait for each other (`actions.presence`). The index serves both reads of
+    a realm: all its rows, and those changed after a client's `last_update_id`.
+    """
+
+    __tablename__ = "user_presence"
+    __table_args__ = (
+        Index("ix_user_presence_realm_id_last_update_id", "realm_id", "last_update_id"),
+    )
+
+    user_profile_id: Mapped[int] = mapped_column(
+        ForeignKey("user_profile.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The user's realm, copied for the realm's reads. No foreign key: PostgreSQL would
+    # lock the realm's row (FOR KEY SHARE) for every user's first ping; the user's key
+    # already ties the row to the realm, and deleting either deletes it.
+    realm_id: Mapped[int] = mapped_column(Integer)
+    last_connected_time: Mapped[float] = mapped_column(Float)
+    last_active_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_update_id: Mapped[int] = mapped_column(BigInteger)

@@ -5,7 +5,9 @@ rules that decide which deactivation sequence a client receives.
 
 The descriptor decides *whether* an event goes into its queue (`deliver`),
 and in which form (raw Markdown or HTML for a `message`); the queue data itself
-is `queues.queue.EventQueue`. The filter (``event_types``,
+is `queues.queue.EventQueue`. It decides the same for an ephemeral event
+(`offer_ephemeral`): the ``event_types`` filter, and the client capability the
+event may require; such an event never touches the outbox positions. The filter (``event_types``,
 ``legacy_deactivation``, and the ``narrow`` that applies to `message` events
 only) is fixed at register, which is what makes replaying the outbox into a
 rebuilt queue deterministic.
@@ -19,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from queues.queue import EventQueue
+from queues.queue import EphemeralEvent, EventQueue
 from queues.types import Capabilities, MessageFilter, SharedEvent
 
 # Zulip's default idle lifespan for a queue with no waiting poll: long enough
@@ -274,6 +276,21 @@ class ClientDescriptor:
             return True
         self.queue.skip(event.seq)
         return False
+
+    def accepts_ephemeral(self, event: EphemeralEvent) -> bool:
+        """Whether this client's filter lets the ephemeral ``event`` into its queue: its
+        ``event_types``, and the capability the event requires, if any."""
+        if self.event_types is not None and event.type not in self.event_types:
+            return False
+        needed = event.required_capability
+        return needed is None or getattr(self.capabilities, needed, False) is True
+
+    def offer_ephemeral(self, event: EphemeralEvent, now: float) -> bool:
+        """Offer an ephemeral event; True if the queue keeps it for its next answer."""
+        if not self.accepts_ephemeral(event):
+            return False
+        self.queue.offer_ephemeral(event, now)
+        return True
 
     @property
     def expires_at(self) -> float:

@@ -23,21 +23,49 @@ same ids for the same events. `checkpoint_after_ack` yields such a pair for
 an acknowledged event, so a durable checkpoint only ever points at events the
 client already has.
 
+Ephemeral events
+----------------
+Some events are never stored (typing notifications: docs/architecture.md §5,
+"Ephemeral events"). They must not disturb the ids above, which every shard and
+every rebuild derive from the outbox alone, so an ephemeral event takes no id.
+Like a heartbeat, it carries the queue's newest durable id at the moment it
+arrived (`newest_event_id`), which a client's ``max(last_event_id, id)``
+bookkeeping and acknowledgement accept without skipping anything. It waits in a
+small side buffer (`offer_ephemeral`): at most `MAX_EPHEMERAL_EVENTS`, the
+oldest dropped first, each for `EPHEMERAL_TTL_SECS`. `take_answer` hands it
+out once, placed among the durable events of the same answer in arrival order
+(after the durable event whose id it carries, before any later one), and
+forgets it. Neither the ids, nor ``last_seq``, nor the checkpoint ever see it,
+and the buffer, like the deque, is None until used.
+
 Not thread-safe; call from the IOLoop.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from queues.types import SharedEvent
+from queues.types import JsonDict, SharedEvent
 
 # Bounds memory per client: a client that never acknowledges gets its queue
 # dropped (it re-registers on BAD_EVENT_QUEUE_ID) instead of growing without
 # limit. A deactivation writes only a handful of grouped events, so a live
 # client that polls normally never comes near this.
 MAX_QUEUE_LENGTH = 10_000
+
+# Ephemeral events one queue keeps for a client that is not polling right now; the
+# oldest go first. A client that polls gets them within a round trip, so this only
+# bounds the memory a queue without a poll can be made to hold (a typing start every
+# 10 s from each conversation partner fills a handful).
+MAX_EPHEMERAL_EVENTS = 100
+# How long an ephemeral event waits for a poll: Zulip's typing "started" expiry period
+# (`server_typing_started_expiry_period_milliseconds`, 15000, `models.typing`). A
+# client that receives a typing start later than that would show an indicator the
+# sender has long stopped renewing.
+EPHEMERAL_TTL_SECS = 15.0
 
 
 class QueueOverflow(Exception):
@@ -63,10 +91,74 @@ class QueuedEvent:
     event: SharedEvent
 
 
+class EphemeralEvent:
+    """An event that is never stored: delivered to the queues in memory at most once,
+    never replayed (see the module). Shared, like a `SharedEvent`, by every queue it is
+    offered to; ``data`` is the body without ``"id"`` and must not be changed.
+
+    ``required_capability`` names a field of `queues.types.Capabilities` that a queue's
+    client must have declared to receive the event (Zulip sends channel typing
+    notifications only to clients declaring ``stream_typing_notifications``); None:
+    every queue whose event types accept it.
+    """
+
+    __slots__ = ("realm_id", "user_ids", "data", "required_capability", "_encoded")
+
+    def __init__(
+        self,
+        realm_id: int,
+        data: JsonDict,
+        user_ids: Iterable[int],
+        required_capability: str | None = None,
+        encoded: bytes | None = None,
+    ) -> None:
+        if "id" in data:
+            raise ValueError("EphemeralEvent data must not contain 'id'; it is added per queue")
+        self.realm_id = realm_id
+        self.data = data
+        self.user_ids = frozenset(user_ids)
+        self.required_capability = required_capability
+        # The compact JSON of `data`, when the sender already has it.
+        self._encoded = encoded
+
+    @property
+    def type(self) -> str:
+        """The event's ``type`` field, which a queue's ``event_types`` filter reads."""
+        event_type: str = self.data["type"]
+        return event_type
+
+    def encode_with_id(self, event_id: int) -> bytes:
+        """The JSON object of ``data`` with ``"id": event_id`` as its last key, spliced
+        onto one encoding shared by every queue (as `SharedEvent.encode_with_id`)."""
+        if self._encoded is None:
+            self._encoded = json.dumps(self.data, separators=(",", ":"), allow_nan=False).encode()
+        body = self._encoded
+        id_bytes = str(event_id).encode("ascii")
+        if body == b"{}":
+            return b'{"id":' + id_bytes + b"}"
+        return body[:-1] + b',"id":' + id_bytes + b"}"
+
+    def __repr__(self) -> str:
+        return (
+            f"EphemeralEvent(realm_id={self.realm_id}, type={self.data.get('type')!r}, "
+            f"targets={len(self.user_ids)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEphemeral:
+    """An ephemeral event waiting in one queue: the newest durable id the queue had
+    handed out when it arrived (the id it is delivered with), and when it expires."""
+
+    carried_id: int
+    event: EphemeralEvent
+    expires_at: float
+
+
 class EventQueue:
     """The pending events of one client, oldest first."""
 
-    __slots__ = ("_entries", "next_event_id", "last_seq", "newest_pruned_id")
+    __slots__ = ("_entries", "_ephemeral", "next_event_id", "last_seq", "newest_pruned_id")
 
     def __init__(
         self,
@@ -78,6 +170,9 @@ class EventQueue:
         # empty: an empty deque costs ~600 bytes, and most queues are empty most of the
         # time, so idle queues stay small.
         self._entries: deque[QueuedEvent] | None = None
+        # Ephemeral events waiting for a poll, in arrival order; None while there are
+        # none, for the same reason as `_entries`.
+        self._ephemeral: deque[PendingEphemeral] | None = None
         self.next_event_id = next_event_id
         self.last_seq = last_seq
         # None: nothing has been pruned yet (Zulip uses -1 for the same).
@@ -93,7 +188,20 @@ class EventQueue:
         )
 
     def empty(self) -> bool:
+        """No durable event is pending (ephemeral ones aside: see `has_pending`)."""
         return not self._entries
+
+    @property
+    def has_ephemeral(self) -> bool:
+        """Ephemeral events are waiting (some may have expired since)."""
+        return bool(self._ephemeral)
+
+    def has_pending(self, now: float) -> bool:
+        """Whether a poll answered now would carry events, durable or ephemeral."""
+        if self._entries:
+            return True
+        self._expire_ephemeral(now)
+        return bool(self._ephemeral)
 
     @property
     def newest_event_id(self) -> int:
@@ -150,6 +258,53 @@ class EventQueue:
             raise BadLastEventId(f"An event newer than {last_event_id} has already been pruned!")
         if last_event_id > self.next_event_id - 1:
             raise BadLastEventId(f"Event {last_event_id} was not in this queue")
+
+    # -- ephemeral events ---------------------------------------------------------------
+
+    def offer_ephemeral(self, event: EphemeralEvent, now: float) -> None:
+        """Keep ``event`` for the next answer, carrying the newest durable id; past
+        `MAX_EPHEMERAL_EVENTS` the oldest waiting one is dropped. Changes no id, no
+        ``last_seq`` and no checkpoint."""
+        self._expire_ephemeral(now)
+        buffer = self._ephemeral
+        if buffer is None:
+            buffer = self._ephemeral = deque()
+        elif len(buffer) >= MAX_EPHEMERAL_EVENTS:
+            buffer.popleft()
+        buffer.append(PendingEphemeral(self.newest_event_id, event, now + EPHEMERAL_TTL_SECS))
+
+    def ephemeral_contents(self) -> list[PendingEphemeral]:
+        """A snapshot of the waiting ephemeral events, oldest first (expired ones too)."""
+        return list(self._ephemeral or ())
+
+    def _expire_ephemeral(self, now: float) -> None:
+        buffer = self._ephemeral
+        if buffer is None:
+            return
+        # Arrival order is expiry order (one lifetime for all), so the expired are first.
+        while buffer and buffer[0].expires_at <= now:
+            buffer.popleft()
+        if not buffer:
+            self._ephemeral = None
+
+    def take_answer(self, now: float) -> list[bytes]:
+        """What a poll answered now hands out: every pending durable event (they stay
+        until acknowledged) and every unexpired ephemeral one, which is handed out this
+        once and forgotten. An ephemeral event comes after the durable event whose id it
+        carries and before any later one, as it arrived; ephemeral events among
+        themselves keep their arrival order."""
+        self._expire_ephemeral(now)
+        buffer, self._ephemeral = self._ephemeral, None
+        if buffer is None:
+            return self.encoded_events()
+        answer: list[bytes] = []
+        for entry in self._entries or ():
+            while buffer and buffer[0].carried_id < entry.event_id:
+                waiting = buffer.popleft()
+                answer.append(waiting.event.encode_with_id(waiting.carried_id))
+            answer.append(entry.event.encode_with_id(entry.event_id))
+        answer.extend(waiting.event.encode_with_id(waiting.carried_id) for waiting in buffer)
+        return answer
 
     def contents(self) -> list[QueuedEvent]:
         """A snapshot of the pending entries, oldest first."""

@@ -7,6 +7,10 @@ scans every queue), pushes the same `SharedEvent` object onto each accepting
 queue (no copy), and encodes nothing: JSON is produced later, once per event,
 when a poll is answered.
 
+`route_ephemeral` offers an ephemeral event (docs/architecture.md §5, "Ephemeral
+events") the same way, through the same index, to the warm queues of its target
+users; it takes no id and changes no outbox position, so it never overflows a queue.
+
 Not thread-safe; call from the IOLoop.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from queues.descriptor import ClientDescriptor
-from queues.queue import QueueOverflow
+from queues.queue import EphemeralEvent, QueueOverflow
 from queues.registry import QueueRegistry
 from queues.types import SharedEvent
 
@@ -50,3 +54,18 @@ def route(registry: QueueRegistry, event: SharedEvent) -> RouteResult:
             if accepted and client.waiter is not None:
                 result.woken.append(client)
     return result
+
+
+def route_ephemeral(
+    registry: QueueRegistry, event: EphemeralEvent, now: float
+) -> list[ClientDescriptor]:
+    """Offer the ephemeral ``event`` to every queue of its target users whose filter
+    accepts it; returns those with a waiting poll, to be answered now."""
+    woken: list[ClientDescriptor] = []
+    for user_id in event.user_ids:
+        for client in registry.iter_user(user_id):
+            if client.realm_id != event.realm_id:
+                continue
+            if client.offer_ephemeral(event, now) and client.waiter is not None:
+                woken.append(client)
+    return woken

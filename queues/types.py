@@ -49,6 +49,9 @@ class Capabilities:
     # The client handles subscription peer_remove events about a user who is
     # being deactivated (written before the realm_user deactivation event).
     deactivation_peer_events: bool = False
+    # The client shows typing notifications for channel messages; Zulip sends them
+    # only to clients that declare it (direct-message ones go to every client).
+    stream_typing_notifications: bool = False
 
     @classmethod
     def from_client_capabilities(cls, raw: Mapping[str, object]) -> Capabilities:

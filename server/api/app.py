@@ -38,7 +38,9 @@ def make_app(
     """
     from server.api.handlers.messages import MESSAGE_ROUTES
     from server.api.handlers.page import PAGE_ROUTES
+    from server.api.handlers.presence import PRESENCE_ROUTES
     from server.api.handlers.rest import REST_ROUTES
+    from server.api.handlers.typing import TYPING_ROUTES
 
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
         (r"/api/v1/server_settings", ServerSettingsHandler),
@@ -47,6 +49,8 @@ def make_app(
         (r"/api/v1/events", EventsHandler),
         *REST_ROUTES,
         *MESSAGE_ROUTES,
+        *PRESENCE_ROUTES,
+        *TYPING_ROUTES,
         *ADMIN_ROUTES,
         *PROBE_ROUTES,
         *(METRICS_ROUTES if serve_metrics else []),

@@ -233,13 +233,20 @@ class RateLimiter:
         return ticket
 
     def end_poll(
-        self, ticket: PollTicket, *, answered: bool, newest_event: int | None, held: bool
+        self,
+        ticket: PollTicket,
+        *,
+        answered: bool,
+        newest_event: int | None,
+        held: bool,
+        ephemeral: bool = False,
     ) -> None:
         """Count the poll if it was wasted.
 
         `answered`: it got a success answer; `newest_event`: the newest event id it
         handed out (None: none, or only a heartbeat); `held`: the server kept it until
-        its heartbeat was due.
+        its heartbeat was due; `ephemeral`: it handed out ephemeral events (typing),
+        which carry no new id but are handed out only once, so are never a repeat.
         """
         new_events = False
         if answered and ticket.queue_id is not None:
@@ -247,7 +254,7 @@ class RateLimiter:
         # Progress is judged on what the service accepted: an acknowledgement it refused
         # (an id it never handed out, or one already pruned) made no progress.
         acknowledged = ticket.acknowledges_new and answered
-        wasted = not (acknowledged or new_events or held)
+        wasted = not (acknowledged or new_events or held or ephemeral)
         if wasted and self.polls is not None:
             self.polls.record(ticket.user_id, self.clock())
 

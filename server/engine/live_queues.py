@@ -11,6 +11,10 @@ and the future that concurrent polls await while it is being built.
     ACTIVATING, WARM ──drop(cause)──▶ DROPPED         (for good: the one removal path)
     ACTIVATING, WARM ──fence──▶ MOVED                 (another shard claimed it)
 
+Ephemeral events (typing notifications, `server.engine.ephemeral`) live only in the
+`EventQueue` of a queue in memory: making a queue cold, dropping it or fencing it
+forgets them, which is what "never replayed" means (docs/architecture.md §5).
+
 `drop` is the only way a queue is removed for good, whatever the cause (`DropCause`):
 it takes the queue out of every index, answers its waiting poll, and leaves a
 tombstone until the durable descriptor is deleted, so that no poll can rebuild the
@@ -266,11 +270,13 @@ class LiveQueues:
                 self.drop(live, DropCause.OVERFLOWED)
 
     def answer_woken(self, clients: Iterable[ClientDescriptor]) -> None:
-        """Answer the waiting polls of these clients, which routed events reached; a
-        client listed twice, or whose poll has gone, is skipped."""
+        """Answer the waiting polls of these clients, which routed events (or ephemeral
+        ones, `server.engine.ephemeral`) reached; a client listed twice, or whose poll
+        has gone, is skipped."""
         wake = self.wake
         for client in clients:
-            if client.waiter is not None and not client.queue.empty():
+            queue = client.queue
+            if client.waiter is not None and (not queue.empty() or queue.has_ephemeral):
                 wake(client, Wake.EVENTS)
 
     # -- waiting polls ----------------------------------------------------------------

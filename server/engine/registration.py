@@ -21,6 +21,20 @@ position of the outbox: every event after the snapshot in the queue, none before
   still holds. Otherwise the queue starts where a fresh read of the state was taken.
 * A register needing a fresh read joins only one that has not started yet: a read that
   started before its claim could miss a deactivation committed in between.
+* A register that fetches the user's own message state (`unread_msgs`,
+  `starred_messages`: `models.messages.unreads`) reads it for itself, never from the
+  kept state, since `message` events change it without moving `realm.state_seq`; the
+  queue starts where that read was taken, once the kept realm state is shown to hold
+  there too (`_read_with_user_state`).
+* Presence (`presences`) is not versioned by the outbox at all: pings change it without
+  any event (always in realms over 100 active users, and on every ping's refreshed
+  times in the others), so no kept read can be checked against `realm.state_seq`. It
+  is read again for the registers of each moment (`SharedPresenceReads`): a register
+  joins the realm's next presence read that has not started yet, which starts after
+  the register's queue start was fixed. So every presence change committed before
+  that start is in the answer, and one committed after it may be both in the answer
+  and, in a small realm, in the queue as a `presence` event, which repeats the same
+  times: applying it again changes nothing a client shows.
 
 The descriptor is durable before the answer (the client may next poll another
 process), and a register that fails leaves nothing behind: its client never learns the
@@ -36,6 +50,7 @@ import logging
 import math
 import random
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +58,9 @@ from typing import Any
 from models.database import Database
 from models.descriptors import DescriptorRecord, HeldQueue
 from models.messages.narrows import NarrowTerm
+from models.messages.unreads import user_state, wants_user_state
 from models.outbox import state_position
+from models.presence import PRESENCE_EVENT_TYPE, RealmPresence
 from models.state import STATE_EVENT_TYPES, RealmState
 from queues.descriptor import (
     LegacyClientRule,
@@ -87,6 +104,9 @@ class RegisterRequest:
     # The `narrow` (for `message` events only) and `apply_markdown` parameters.
     narrow: tuple[NarrowTerm, ...] = ()
     apply_markdown: bool = True
+    # The presence state's shape (modern entries when true) and how far back it looks.
+    slim_presence: bool = False
+    presence_history_limit_days: int | None = None
 
 
 class Registrar:
@@ -130,6 +150,7 @@ class Registrar:
         self._upcoming_state_reads: dict[int, asyncio.Future[tuple[int, RealmState]]] = {}
         self._state_read_locks = KeyedLock()
         self._state_read_tasks: set[asyncio.Task[None]] = set()
+        self._presence_reads = SharedPresenceReads(db, threads)
 
     async def register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
         """Create a queue and return it with the state snapshot it starts from.
@@ -164,7 +185,11 @@ class Registrar:
         )
         fetch = request.fetch_event_types
         if fetch is None:
-            fetch = request.event_types if request.event_types is not None else STATE_EVENT_TYPES
+            fetch = (
+                request.event_types
+                if request.event_types is not None
+                else STATE_EVENT_TYPES | {PRESENCE_EVENT_TYPE}
+            )
         now = self.clock()
         # The shard's name first, so a proxy can send the queue's polls here.
         queue_id = f"{self.shard}.{secrets.token_hex(16)}"
@@ -211,15 +236,24 @@ class Registrar:
         # finds this queue.
         live = self.live.begin_activation(queue_id, user.realm_id, user.id)
         try:
-            # Durable before the answer: the client may next poll another process.
-            record, held = await self.descriptors.create_at_position(
-                user.realm_id, user.id, at_position, with_held
-            )
-            if found:
-                seq, realm_state = found[0]
+            record: DescriptorRecord | None = None
+            held: list[HeldQueue] = []
+            own: dict[str, Any] = {}
+            if wants_user_state(fetch):
+                # The user's own message state and the realm state, at one position.
+                seq, realm_state, own = await self._read_with_user_state(
+                    user.realm_id, user.id, fetch, request.include_subscribers
+                )
             else:
-                # The realm's state changed since it was read (or never was): read it.
-                seq, realm_state = await self._read_realm_state(user.realm_id)
+                # Durable before the answer: the client may next poll another process.
+                record, held = await self.descriptors.create_at_position(
+                    user.realm_id, user.id, at_position, with_held
+                )
+                if found:
+                    seq, realm_state = found[0]
+                else:
+                    # The realm's state changed since it was read (or never was): read it.
+                    seq, realm_state = await self._read_realm_state(user.realm_id)
             if not realm_state.is_active(user.id):
                 raise UserDeactivated()
             if record is None:
@@ -228,6 +262,16 @@ class Registrar:
             state = realm_state.initial_state(
                 user.id, fetch & STATE_EVENT_TYPES, request.include_subscribers
             )
+            state.update(own)
+            if PRESENCE_EVENT_TYPE in fetch:
+                # Read now that the queue's start is fixed (see the module).
+                presence = await self._presence_reads.read(user.realm_id)
+                state.update(
+                    presence.answer(
+                        slim=request.slim_presence,
+                        history_limit_days=request.presence_history_limit_days,
+                    )
+                )
             self.activator.load_record(live, record)
             await self.activator.catch_up(live, check_owner_active=False)
             self.live.finish_activation(live)
@@ -301,6 +345,60 @@ class Registrar:
             log.warning("could not delete queues dropped for the cap yet: %s", error)
             self.maintenance.request_deletions()
 
+    async def _read_with_user_state(
+        self, realm_id: int, user_id: int, fetch: frozenset[str], include_subscribers: bool
+    ) -> tuple[int, RealmState, dict[str, Any]]:
+        """The realm's state, the user's own message state (`unread_msgs`,
+        `starred_messages`) and the one outbox position both hold at.
+
+        The user's state is read for this register alone, never kept: it changes with
+        every `message` event, which does not move `realm.state_seq`, so a state kept
+        per realm (`_read_realm_state`) cannot hold it. It is read in a snapshot with
+        the realm's (`last_event_seq` P, `state_seq` Q); the kept realm state, read at
+        R, holds at P when Q <= R <= P (no event that may change it in between), and the
+        queue then starts at P. Otherwise the kept state is read again and the user's
+        state after it; should a state event fall between those two reads, both are
+        read for this user in one snapshot. Every read follows the queue's claim, so a
+        deactivation is either in the state or routed to the queue.
+        """
+        for attempt in range(2):
+            seq, state_seq, own = await self.threads.run(
+                self._read_user_snapshot, realm_id, user_id, fetch
+            )
+            kept = self._realm_states.get(realm_id)
+            if kept is not None and state_seq <= kept[0] <= seq:
+                return seq, kept[1], own
+            if attempt == 0:
+                await self._read_realm_state(realm_id)
+        return await self.threads.run(
+            self._read_both_snapshot, realm_id, user_id, fetch, include_subscribers
+        )
+
+    def _read_user_snapshot(
+        self, realm_id: int, user_id: int, fetch: frozenset[str]
+    ) -> tuple[int, int, dict[str, Any]]:
+        with self.db.snapshot() as session:
+            position = state_position(session, realm_id)
+            if position is None:
+                raise UserDeactivated()  # the realm is gone
+            return position[0], position[1], user_state(session, user_id, fetch)
+
+    def _read_both_snapshot(
+        self, realm_id: int, user_id: int, fetch: frozenset[str], include_subscribers: bool
+    ) -> tuple[int, RealmState, dict[str, Any]]:
+        with self.db.snapshot() as session:
+            position = state_position(session, realm_id)
+            if position is None:
+                raise UserDeactivated()  # the realm is gone
+            realm_state = RealmState.read(
+                session,
+                realm_id,
+                user_id,
+                users="realm_user" in fetch,
+                subscribers=include_subscribers and "subscription" in fetch,
+            )
+            return position[0], realm_state, user_state(session, user_id, fetch)
+
     async def _read_realm_state(self, realm_id: int) -> tuple[int, RealmState]:
         """The realm's register state and the outbox position it holds at, read in one
         snapshot (three statements), and kept for the registers that follow.
@@ -358,3 +456,56 @@ class Registrar:
             # Built here, on the database thread: a large realm's user lists would
             # otherwise be built on the event loop by the first register that uses them.
             return position[0], RealmState.read(session, realm_id).build_shared()
+
+
+class SharedPresenceReads:
+    """A realm's presence read once for the registers that need it at the same moment.
+
+    A reconnect storm into a realm of 10,000 users must not read its 10,000 presence
+    rows once per register. Each caller joins the realm's next read that has not
+    started yet (one that started earlier could miss a change committed before the
+    caller's queue start) and a realm has one read running at a time, as with the
+    realm's state (`Registrar._read_realm_state`); nothing is kept once the joiners
+    have it. The answers a read builds are shared, read-only (`RealmPresence`).
+    """
+
+    def __init__(self, db: Database, threads: DatabaseThreads) -> None:
+        self.db = db
+        self.threads = threads
+        self._upcoming: dict[int, asyncio.Future[RealmPresence]] = {}
+        self._locks = KeyedLock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def read(self, realm_id: int) -> RealmPresence:
+        """The realm's presence, read by a read that starts after this call."""
+        upcoming = self._upcoming.get(realm_id)
+        if upcoming is None:
+            loop = asyncio.get_running_loop()
+            upcoming = self._upcoming[realm_id] = loop.create_future()
+            task = loop.create_task(self._run(realm_id, upcoming))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(upcoming)
+
+    async def _run(self, realm_id: int, upcoming: asyncio.Future[RealmPresence]) -> None:
+        try:
+            async with self._locks.hold(realm_id):
+                # Started now: later callers need a read that starts after them.
+                if self._upcoming.get(realm_id) is upcoming:
+                    del self._upcoming[realm_id]
+                presence = await self.threads.run(self._read, realm_id)
+        except Exception as error:
+            upcoming.set_exception(error)
+            return
+        except BaseException:
+            upcoming.cancel()  # the process is stopping
+            raise
+        finally:
+            if self._upcoming.get(realm_id) is upcoming:
+                del self._upcoming[realm_id]
+        upcoming.set_result(presence)
+
+    def _read(self, realm_id: int) -> RealmPresence:
+        with self.db.snapshot() as session:
+            # Wall time: `server_timestamp` and the history limit are Unix times.
+            return RealmPresence.read(session, realm_id, now=time.time())

@@ -10,6 +10,7 @@ The parts, each in its own module:
 * `server.engine.live_queues` — the queues in memory and each queue's lifecycle;
 * `server.engine.consumer` — routes committed outbox rows to them, realm by realm, in order;
 * `server.engine.wakeup` — tells the consumer that rows were committed (LISTEN or a watcher);
+* `server.engine.ephemeral` — events never stored (typing), sent to every shard's queues;
 * `server.engine.maintenance` — checkpoints, deletions, expiry, eviction, outbox pruning;
 * `server.engine.database_threads` — runs blocking database work off the event loop.
 
@@ -28,12 +29,14 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.orm import Session
 
 from models.database import Database
 from models.ownership import DEFAULT_SHARD_NAME, ShardView, announce_shard, check_shard_name
 from queues.descriptor import LegacyClientRule
-from queues.queue import BadLastEventId
+from queues.queue import BadLastEventId, EventQueue
 from queues.registry import QueueRegistry
 from server.engine.abuse import AbuseMonitor
 from server.engine.activation import Activator
@@ -42,6 +45,7 @@ from server.engine.consumer import OutboxConsumer
 from server.engine.credentials import CredentialsCache
 from server.engine.database_threads import DatabaseThreads
 from server.engine.descriptor_writer import DescriptorWriter
+from server.engine.ephemeral import EphemeralBus, EphemeralNotification
 from server.engine.errors import BadEventQueueId, BadRequest
 from server.engine.live_queues import DropCause, LiveQueues, QueueState, Wake, WakeReason
 from server.engine.maintenance import DEFAULT_OUTBOX_MIN_AGE_SECS, SHARD_HEARTBEAT_SECS, Maintenance
@@ -72,6 +76,9 @@ class PollAnswer:
     queue_id: str
     events: list[bytes]
     heartbeat: bool = False
+    # It handed out ephemeral events (typing): never handed out before, so the poll did
+    # work for its client even when its ids did not advance (`server.api.ratelimit`).
+    ephemeral: bool = False
 
 
 def _resolve_wait(waiter: asyncio.Future[WakeReason], reason: WakeReason) -> None:
@@ -147,6 +154,8 @@ class EventService:
             legacy_rules=legacy_rules,
             max_queues_per_user=max_queues_per_user,
         )
+        # Typing notifications and any other event that is never stored.
+        self.ephemeral = EphemeralBus(db, self.threads, self.live, clock)
         self._wakeup: WakeupSource = wakeup_source_for(db)
         self._consumer_task: asyncio.Task[None] | None = None
         self._polls_in_flight = 0
@@ -167,7 +176,7 @@ class EventService:
         loop = asyncio.get_running_loop()
         self._consumer_task = loop.create_task(self.consumer.run_forever(), name="consumer")
         self.maintenance.start()
-        self._wakeup.start(loop, self.consumer.wake)
+        self._wakeup.start(loop, self.consumer.wake, self.ephemeral.receive)
         self.started = True
         log.info("event service started; realms at %s", self.consumer.routed)
 
@@ -222,6 +231,23 @@ class EventService:
         """Ask the consumer to look for new outbox rows now."""
         self.consumer.wake()
 
+    async def wait_listening(self, timeout: float) -> bool:
+        """Wait until the wake-up source hears every commit and every ephemeral event
+        of other processes (on PostgreSQL its LISTEN connection is up: an ephemeral event
+        sent before then never reaches this process). False after `timeout`."""
+        return await asyncio.to_thread(self._wakeup.listening.wait, timeout)
+
+    async def send_ephemeral(
+        self,
+        compute: Callable[Concatenate[Session, P], EphemeralNotification | None],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> bool:
+        """Compute an ephemeral event read-only (`compute(session, ...)` in a snapshot,
+        which may refuse the request) and send it to its users' queues on every shard;
+        nothing is written (`server.engine.ephemeral`). False: nothing was sent."""
+        return await self.ephemeral.send(compute, *args, **kwargs)
+
     def _request_deletions(self) -> None:
         self.maintenance.request_deletions()
 
@@ -258,6 +284,13 @@ class EventService:
 
     # -- long-poll ------------------------------------------------------------------------
 
+    def _answer(self, queue_id: str, queue: EventQueue, now: float) -> PollAnswer:
+        """Hand out what the queue holds now: its durable events and its ephemeral ones."""
+        self.metrics.handed_out(queue.contents())
+        durable = len(queue)
+        events = queue.take_answer(now)
+        return PollAnswer(queue_id, events, ephemeral=len(events) > durable)
+
     async def get_events(
         self,
         user: AuthenticatedUser,
@@ -282,6 +315,10 @@ class EventService:
           (`Wake.REPLACED`); a closed connection frees the slot (`cancel_wait`).
         * A heartbeat is never stored and carries an id already handed out (for a
           moved queue, already acknowledged), so acknowledging it skips no event.
+        * Ephemeral events (typing) take no id either: each carries the newest durable
+          id of its queue when it arrived, comes once, in arrival order among the
+          durable events of the answer, and is then forgotten (`EventQueue.take_answer`).
+          A poll that finds only ephemeral events is answered at once with them.
         * The hot path (the caller's warm queue) awaits nothing before it answers or
           parks, so a warm poll costs no database work.
         """
@@ -292,7 +329,8 @@ class EventService:
         client = live.client
         if client is None:  # cannot happen: a warm queue has its data
             raise BadEventQueueId(queue_id)
-        client.touch(self.clock())
+        now = self.clock()
+        client.touch(now)
         queue = client.queue
         checkpoint = None
         if last_event_id is not None:
@@ -303,9 +341,8 @@ class EventService:
             checkpoint = queue.checkpoint_after_ack(last_event_id)
             queue.prune(last_event_id)
         self.live.acknowledge(live, checkpoint)
-        if not queue.empty() or dont_block:
-            self.metrics.handed_out(queue.contents())
-            return PollAnswer(queue_id, queue.encoded_events())
+        if dont_block or queue.has_pending(now):
+            return self._answer(queue_id, queue, now)
 
         if client.waiter is not None:
             self.live.wake(client, Wake.REPLACED)
@@ -336,9 +373,8 @@ class EventService:
             # A heartbeat with the newest id the client acknowledged makes it poll again,
             # which reaches the holder (`docs/architecture.md` §10).
             beat_id = queue.newest_event_id - len(queue)
-        elif not queue.empty():
-            self.metrics.handed_out(queue.contents())
-            return PollAnswer(queue_id, queue.encoded_events())
+        elif queue.has_pending(now := self.clock()):
+            return self._answer(queue_id, queue, now)
         else:
             # A heartbeat is not stored: it carries the newest id already handed out, so
             # acknowledging it never skips a real event (docs/architecture.md §5).

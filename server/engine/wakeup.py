@@ -6,6 +6,13 @@ data_version`, a counter SQLite bumps whenever another connection commits, and w
 the consumer when it changes. Either way the source only calls `wake` (thread-safely,
 on the loop); it never reads the outbox itself, so a lost wake-up costs latency (the
 consumer's slow safety poll catches up), never an event.
+
+The PostgreSQL listener also LISTENs on the ephemeral channel of its schema
+(`server.engine.ephemeral`) and hands each payload, on the loop, to the callback given
+to `start`: typing notifications sent by any shard, this one included. Those are not
+wake-ups: a payload lost while the connection was down is lost for good, as an
+ephemeral event may be. SQLite and in-memory databases have one process, which
+delivers its ephemeral events itself.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from models.database import SQLITE_BUSY_TIMEOUT_SECS, Database
 from models.outbox import NOTIFY_CHANNEL
+from server.engine.ephemeral import ephemeral_channel
 
 log = logging.getLogger("eventq.wakeup")
 
@@ -35,10 +43,26 @@ RECONNECT_DELAY_SECS = 1.0
 LISTEN_WAIT_SECS = 1.0
 
 
-class WakeupSource(Protocol):
-    """Something that calls `wake` on the loop when new outbox rows may exist."""
+# Called on the loop with the payload of each ephemeral notification.
+EphemeralCallback = Callable[[str], None]
 
-    def start(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None: ...
+
+class WakeupSource(Protocol):
+    """Something that calls `wake` on the loop when new outbox rows may exist, and
+    `ephemeral` with each ephemeral payload other processes may send (PostgreSQL).
+
+    `listening` is set while the source hears every commit and every ephemeral payload
+    (on PostgreSQL: while its LISTEN connection is up), so a caller can wait for it.
+    """
+
+    listening: threading.Event
+
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None],
+        ephemeral: EphemeralCallback | None = None,
+    ) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -49,45 +73,77 @@ class _WatcherThread:
     def __init__(self) -> None:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
 
-    def start(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None],
+        ephemeral: EphemeralCallback | None = None,
+    ) -> None:
         def notify() -> None:
             try:
                 loop.call_soon_threadsafe(wake)
             except RuntimeError:
                 self._stopping.set()  # the loop closed under us: the process is exiting
 
+        forward: EphemeralCallback | None = None
+        if ephemeral is not None:
+            callback = ephemeral
+
+            def forward(payload: str) -> None:
+                try:
+                    loop.call_soon_threadsafe(callback, payload)
+                except RuntimeError:
+                    self._stopping.set()
+
         self._thread = threading.Thread(
-            target=self._watch, args=(notify,), name="eventq-outbox-watch", daemon=True
+            target=self._watch, args=(notify, forward), name="eventq-outbox-watch", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    def _watch(self, notify: Callable[[], None]) -> None:
+    def _watch(self, notify: Callable[[], None], forward: EphemeralCallback | None) -> None:
         raise NotImplementedError
 
 
 class PostgresListener(_WatcherThread):
-    """LISTEN on a dedicated autocommit connection; each NOTIFY wakes the consumer."""
+    """LISTEN on a dedicated autocommit connection; each NOTIFY on the outbox channel
+    wakes the consumer, each on the ephemeral channel is forwarded with its payload."""
 
     def __init__(self, database_url: str) -> None:
         super().__init__()
         url = make_url(database_url).set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
 
-    def _watch(self, notify: Callable[[], None]) -> None:
+    def _watch(self, notify: Callable[[], None], forward: EphemeralCallback | None) -> None:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    ephemeral: str | None = None
+                    if forward is not None:
+                        row = conn.execute("SELECT current_schema()").fetchone()
+                        ephemeral = ephemeral_channel(str(row[0]) if row else "public")
+                        conn.execute(f"LISTEN {ephemeral}")
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    log.info(
+                        "listening for outbox wake-ups on %s and ephemeral events on %s",
+                        NOTIFY_CHANNEL,
+                        ephemeral or "no channel",
+                    )
+                    self.listening.set()
                     # Rows committed while we were not listening: look now.
                     notify()
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=LISTEN_WAIT_SECS):
-                            notify()
+                        for notification in conn.notifies(timeout=LISTEN_WAIT_SECS):
+                            if forward is not None and notification.channel == ephemeral:
+                                forward(notification.payload)
+                            else:
+                                notify()
             except psycopg.Error as error:
+                self.listening.clear()
                 log.warning("LISTEN connection lost (%s); reconnecting", str(error).strip())
                 self._stopping.wait(RECONNECT_DELAY_SECS)
 
@@ -99,9 +155,11 @@ class SqliteWatcher(_WatcherThread):
         super().__init__()
         self._path = path
 
-    def _watch(self, notify: Callable[[], None]) -> None:
+    def _watch(self, notify: Callable[[], None], forward: EphemeralCallback | None) -> None:
+        # One process per SQLite database: ephemeral events never come from elsewhere.
         try:
             connection = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_SECS)
+            self.listening.set()
             try:
                 seen = None
                 while not self._stopping.wait(SQLITE_POLL_INTERVAL_SECS):
@@ -119,7 +177,17 @@ class NoWakeups:
     """An in-memory SQLite database has one process and one connection pool: the
     consumer is woken by the actions of this process (`EventService.wake_consumer`)."""
 
-    def start(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+    def __init__(self) -> None:
+        # Nothing can happen that this process would not see itself.
+        self.listening = threading.Event()
+        self.listening.set()
+
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None],
+        ephemeral: EphemeralCallback | None = None,
+    ) -> None:
         return None
 
     def stop(self) -> None:

@@ -16,6 +16,10 @@ recipients (the channel's active subscribers and the sender, or the conversation
 participants), each once, the sender flagged `read`; and each recipient's history
 (`GET /messages`) ends with exactly the messages its events carried, in both renderings,
 while nobody else's history grows.
+
+The states include each user's own message state (`unread_msgs`, `starred_messages`),
+so `message` and `update_message_flags` events are proved to keep it too; a flag event
+is checked to go to its user alone, naming each changed message once.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from sqlalchemy.orm import Session
 
 from clients.state import StateCache
 from models.database import Database
+from models.messages.flags import HISTORICAL_FLAG
 from models.messages.history import fetch_messages
+from models.messages.unreads import USER_STATE_EVENT_TYPES
 from models.messages.wire import RAW_MARKDOWN_KEY
 from models.outbox import StoredEvent, read_events
+from models.presence import PRESENCE_EVENT_TYPE, USER_LIMIT_FOR_SENDING_PRESENCE_UPDATE_EVENTS
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import Realm, UserMessage, UserProfile
 from queues.types import SharedEvent
@@ -43,6 +50,14 @@ from tests.helpers.statements import count_statements
 
 # Message events and the message endpoints join Zulip's conformance tables.
 zulip_messages.install()
+# Every state a register can return: the realm's, and the user's own message state
+# (`unread_msgs`, `starred_messages`), which `message` and `update_message_flags` events
+# change.
+FETCHED_TYPES = STATE_EVENT_TYPES | USER_STATE_EVENT_TYPES
+# With `verify_action(..., with_presence=True)`, the realm's presence too (legacy shape).
+WITH_PRESENCE = FETCHED_TYPES | {PRESENCE_EVENT_TYPE}
+# What a client polls for rather than learns from events: not part of the comparison.
+PRESENCE_POLL_KEYS = ("presence_last_update_id", "server_timestamp")
 
 T = TypeVar("T")
 
@@ -66,14 +81,20 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _states(session: Session, realm_id: int, include_subscribers: bool) -> dict[int, Any]:
+def _states(
+    session: Session, realm_id: int, include_subscribers: bool, with_presence: bool = False
+) -> dict[int, Any]:
     users = session.scalars(
         select(UserProfile).where(UserProfile.realm_id == realm_id, UserProfile.is_active)
     ).all()
+    fetched = WITH_PRESENCE if with_presence else FETCHED_TYPES
     return {
-        u.id: _json(fetch_initial_state(session, u, STATE_EVENT_TYPES, include_subscribers))
-        for u in users
+        u.id: _json(fetch_initial_state(session, u, fetched, include_subscribers)) for u in users
     }
+
+
+def _without_poll_keys(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in state.items() if key not in PRESENCE_POLL_KEYS}
 
 
 def _visible_stream_ids(state: dict[str, Any]) -> set[int]:
@@ -102,13 +123,20 @@ def verify_action(
     include_subscribers: bool = True,
     legacy_users: Collection[int] = (),
     max_statements: int | None = None,
+    with_presence: bool = False,
 ) -> VerifiedAction[T]:
-    """Run `action` in a write transaction and check every client converges (see module)."""
+    """Run `action` in a write transaction and check every client converges (see module).
+
+    `with_presence`: the states hold the realm's presence too, and the comparison covers
+    `presences` (not the two keys a client polls for, `PRESENCE_POLL_KEYS`). Only for
+    actions whose presence changes all reach clients as events: a ping in a realm too
+    large for events changes presence that clients learn by polling.
+    """
     with db.snapshot() as session:
         before_seq = session.execute(
             select(Realm.last_event_seq).where(Realm.id == realm_id)
         ).scalar_one()
-        before = _states(session, realm_id, include_subscribers)
+        before = _states(session, realm_id, include_subscribers, with_presence)
         received_before = _received_count(session, realm_id)
 
     with count_statements(db.engine) as statements, db.write() as session:
@@ -119,7 +147,7 @@ def verify_action(
             select(Realm.last_event_seq).where(Realm.id == realm_id)
         ).scalar_one()
         events = read_events(session, realm_id, before_seq)
-        after = _states(session, realm_id, include_subscribers)
+        after = _states(session, realm_id, include_subscribers, with_presence)
 
     assert [e.seq for e in events] == list(range(before_seq + 1, after_seq + 1)), (
         "outbox sequence numbers must be gap-free and match the realm counter"
@@ -131,7 +159,9 @@ def verify_action(
     # The state part of a register answer: wrapped in the keys every answer has.
     envelope = {"result": "success", "msg": "", "queue_id": "q", "last_event_id": -1}
     envelope |= {"zulip_version": "", "zulip_feature_level": 0, "zulip_merge_base": ""}
-    register_schema = zulip_schema.register(STATE_EVENT_TYPES, include_subscribers)
+    register_schema = zulip_schema.register(
+        WITH_PRESENCE if with_presence else FETCHED_TYPES, include_subscribers
+    )
     # Every user's state is built by the same builders (`models.wire`), so one state
     # shows the shapes; checking all of them would cost O(users^2) for nothing more.
     for user_id in sorted(after)[:1]:
@@ -140,6 +170,10 @@ def verify_action(
     for stored in events:
         if stored.event.get("type") == "message":
             _check_message_shape(stored)
+        elif stored.event.get("type") == "update_message_flags":
+            _check_flags_shape(stored)
+        elif stored.event.get("type") == PRESENCE_EVENT_TYPE:
+            _check_presence_shape(stored)
         else:
             check_event_shape(stored.event)
         assert stored.user_ids, "an outbox event without recipients is never written"
@@ -165,10 +199,23 @@ def verify_action(
             include_subscribers=include_subscribers,
         )
         cache.apply_all(received)
-        assert cache.to_register_shape() == after[user_id], (
-            f"user {user_id}'s state after applying {received} differs from a fresh register"
-        )
+        assert _without_poll_keys(cache.to_register_shape()) == _without_poll_keys(
+            after[user_id]
+        ), f"user {user_id}'s state after applying {received} differs from a fresh register"
     return verified
+
+
+# -- presence ---------------------------------------------------------------------------------
+
+
+def _check_presence_shape(stored: StoredEvent) -> None:
+    """A `presence` event: Zulip's shape, sent only within a realm small enough for it."""
+    event = stored.event
+    assert "id" not in event, "the per-queue id is added at delivery, never stored"
+    validate_event({**event, "id": 0})  # eventq's document, then Zulip's shape
+    assert len(stored.user_ids) <= USER_LIMIT_FOR_SENDING_PRESENCE_UPDATE_EVENTS, (
+        f"a presence event went to {len(stored.user_ids)} users"
+    )
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -185,15 +232,33 @@ def delivered(stored: StoredEvent, apply_markdown: bool = True) -> dict[str, Any
 
 
 def _received_count(session: Session, realm_id: int) -> int:
+    """The realm's received (user, message) pairs; a `historical` row, created when a
+    user changes a flag of a message they did not receive, is not one."""
     return int(
         session.scalar(
             select(func.count())
             .select_from(UserMessage)
             .join(UserProfile, UserProfile.id == UserMessage.user_profile_id)
-            .where(UserProfile.realm_id == realm_id)
+            .where(
+                UserProfile.realm_id == realm_id,
+                UserMessage.flags.op("&")(HISTORICAL_FLAG) == 0,
+            )
         )
         or 0
     )
+
+
+def _check_flags_shape(stored: StoredEvent) -> None:
+    """An `update_message_flags` event: eventq's document and Zulip's shape, sent to its
+    user alone, naming each changed message once, in order."""
+    event = stored.event
+    assert "id" not in event, "the per-queue id is added at delivery, never stored"
+    validate_event({**event, "id": 0})
+    assert len(stored.user_ids) == 1, f"flag events go to their user alone: {stored.user_ids}"
+    assert event["messages"] and event["messages"] == sorted(set(event["messages"])), event
+    assert event["op"] == event["operation"], event
+    if event["flag"] == "read" and event["op"] == "remove":
+        assert set(event["message_details"]) == {str(m) for m in event["messages"]}, event
 
 
 def _check_message_shape(stored: StoredEvent) -> None:

@@ -323,6 +323,167 @@ PERSON_UPDATE: Schema = {
     ]
 }
 STREAM_DELETE_ENTRY = closed({"stream_id": INTEGER}, ["stream_id"])
+# typing start/stop: `sender` and each of `recipients` is `{user_id, email}`; a direct
+# message's event lists the recipients (the sender among them), a channel's names the
+# channel and topic instead.
+TYPING_USER = closed({"user_id": INTEGER, "email": STRING}, ["user_id", "email"])
+
+
+def _typing(op: str) -> Schema:
+    return {
+        "oneOf": [
+            event(
+                "typing",
+                op,
+                {
+                    "message_type": {"const": "direct"},
+                    "sender": TYPING_USER,
+                    "recipients": array(TYPING_USER),
+                },
+            ),
+            event(
+                "typing",
+                op,
+                {
+                    "message_type": {"const": "stream"},
+                    "sender": TYPING_USER,
+                    "stream_id": INTEGER,
+                    "topic": STRING,
+                },
+            ),
+        ]
+    }
+
+
+# -- message flags: update_message_flags, unread_msgs, starred_messages --
+# `message_details` of a `remove` of `read`: each message's conversation; `mentioned`
+# only when it mentions the user; `unmuted_stream_msg` is deprecated but allowed.
+MESSAGE_DETAILS_ENTRY: Schema = {
+    **closed(
+        {
+            "type": {"type": "string", "enum": ["private", "stream"]},
+            "mentioned": BOOLEAN,
+            "user_ids": INTEGERS,
+            "stream_id": INTEGER,
+            "topic": STRING,
+            "unmuted_stream_msg": BOOLEAN,
+        },
+        ["type"],
+    ),
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"const": "stream"}}},
+            "then": {"required": ["stream_id", "topic"], "not": {"required": ["user_ids"]}},
+            "else": {"required": ["user_ids"], "not": {"required": ["stream_id"]}},
+        }
+    ],
+}
+
+
+def _flags_event(op: str) -> Schema:
+    payload: dict[str, Schema] = {
+        "operation": {"const": op},
+        "flag": STRING,
+        "messages": INTEGERS,
+        "all": BOOLEAN,
+    }
+    schema = event("update_message_flags", op, payload)
+    if op == "remove":
+        schema["properties"]["message_details"] = {
+            "type": "object",
+            "additionalProperties": MESSAGE_DETAILS_ENTRY,
+        }
+        # Zulip: present only if the flag is `read`.
+        schema["allOf"] = [
+            {
+                "if": {"properties": {"flag": {"const": "read"}}},
+                "then": {"required": ["message_details"]},
+                "else": {"not": {"required": ["message_details"]}},
+            }
+        ]
+    return schema
+
+
+UNREAD_IDS = INTEGERS
+UNREAD_MSGS = closed(
+    {
+        "count": INTEGER,
+        "pms": array(
+            closed(
+                {"other_user_id": INTEGER, "sender_id": INTEGER, "unread_message_ids": UNREAD_IDS},
+                ["other_user_id", "unread_message_ids"],
+            )
+        ),
+        "streams": array(
+            closed(
+                {"topic": STRING, "stream_id": INTEGER, "unread_message_ids": UNREAD_IDS},
+                ["topic", "stream_id", "unread_message_ids"],
+            )
+        ),
+        "huddles": array(
+            closed(
+                {"user_ids_string": STRING, "unread_message_ids": UNREAD_IDS},
+                ["user_ids_string", "unread_message_ids"],
+            )
+        ),
+        "mentions": INTEGERS,
+        "old_unreads_missing": BOOLEAN,
+    },
+    ["count", "pms", "streams", "huddles", "mentions", "old_unreads_missing"],
+)
+# The per-user message state of a register, by the fetch types that select it: Zulip's
+# `unread_msgs` needs both `message` and `update_message_flags`.
+MESSAGE_STATE: dict[frozenset[str], dict[str, Schema]] = {
+    frozenset({"message", "update_message_flags"}): {"unread_msgs": UNREAD_MSGS},
+    frozenset({"starred_messages"}): {"starred_messages": INTEGERS},
+}
+
+# -- presence -------------------------------------------------------------------------------
+
+NUMBER: Schema = {"type": "number"}
+PRESENCE_STATUS: Schema = {"type": "string", "enum": ["idle", "active"]}
+# Zulip's `ModernPresenceFormat` (keyed by user id); eventq always sends both times.
+MODERN_PRESENCE = closed(
+    {"active_timestamp": INTEGER, "idle_timestamp": INTEGER},
+    ["active_timestamp", "idle_timestamp"],
+)
+# Zulip's `LegacyPresenceFormat`: the one client's entry (`website` since level 178), and
+# the same without `pushable` as `aggregated`.
+LEGACY_CLIENT_PRESENCE = closed(
+    {"client": STRING, "status": PRESENCE_STATUS, "timestamp": INTEGER, "pushable": BOOLEAN},
+    ["client", "status", "timestamp", "pushable"],
+)
+LEGACY_AGGREGATED_PRESENCE = closed(
+    {"client": STRING, "status": PRESENCE_STATUS, "timestamp": INTEGER, "pushable": BOOLEAN},
+    ["client", "status", "timestamp"],
+)
+# Keyed by email: since level 178 exactly these two keys.
+LEGACY_USER_PRESENCE = closed(
+    {"aggregated": LEGACY_AGGREGATED_PRESENCE, "website": LEGACY_CLIENT_PRESENCE},
+    ["aggregated", "website"],
+)
+PRESENCES: Schema = {
+    "type": "object",
+    "additionalProperties": {"oneOf": [MODERN_PRESENCE, LEGACY_USER_PRESENCE]},
+}
+PRESENCE_STATE: dict[str, Schema] = {
+    "presences": PRESENCES,
+    "presence_last_update_id": INTEGER,
+    "server_timestamp": NUMBER,
+}
+PRESENCE_EVENT = event(
+    "presence",
+    None,
+    {
+        "user_id": INTEGER,
+        "email": STRING,
+        "server_timestamp": NUMBER,
+        "presence": closed({"website": LEGACY_CLIENT_PRESENCE}, ["website"]),
+    },
+)
+# `GET /users/{user_id_or_email}/presence`: each entry's status and time only, the
+# aggregated status `offline` when it is old.
+USER_PRESENCE_ENTRY = closed({"status": STRING, "timestamp": INTEGER}, ["status", "timestamp"])
 
 EVENTS: dict[tuple[str, str | None], Schema] = {
     ("heartbeat", None): event("heartbeat", None, {}),
@@ -351,6 +512,11 @@ EVENTS: dict[tuple[str, str | None], Schema] = {
     ("subscription", "peer_remove"): event(
         "subscription", "peer_remove", {"stream_ids": INTEGERS, "user_ids": INTEGERS}
     ),
+    ("update_message_flags", "add"): _flags_event("add"),
+    ("update_message_flags", "remove"): _flags_event("remove"),
+    ("typing", "start"): _typing("start"),
+    ("typing", "stop"): _typing("stop"),
+    ("presence", None): PRESENCE_EVENT,
 }
 
 # -- answers ----------------------------------------------------------------------------------
@@ -445,7 +611,11 @@ def _register(fetched: frozenset[str] | None, include_subscribers: bool | None) 
     properties: dict[str, Schema] = {"queue_id": nullable(STRING), "last_event_id": INTEGER}
     properties.update(VERSION_KEYS)
     required = list(properties)
-    kinds = {"realm_user", "subscription", "stream"} if fetched is None else set(fetched)
+    kinds = (
+        {"realm_user", "subscription", "stream", "realm", "presence"}
+        if fetched is None
+        else set(fetched)
+    )
     groups: dict[str, dict[str, Schema]] = {
         "realm_user": {
             "realm_users": array(USER),
@@ -458,6 +628,13 @@ def _register(fetched: frozenset[str] | None, include_subscribers: bool | None) 
             "never_subscribed": array(never_subscribed(include_subscribers)),
         },
         "stream": {"streams": array(BASIC_CHANNEL)},
+        # Of Zulip's `realm` state, the typing protocol's periods (eventq serves no other).
+        "realm": {
+            "server_typing_started_expiry_period_milliseconds": INTEGER,
+            "server_typing_stopped_wait_period_milliseconds": INTEGER,
+            "server_typing_started_wait_period_milliseconds": INTEGER,
+        },
+        "presence": PRESENCE_STATE,
     }
     dependent: dict[str, list[str]] = {}
     for kind in sorted(kinds & set(groups)):
@@ -468,6 +645,12 @@ def _register(fetched: frozenset[str] | None, include_subscribers: bool | None) 
         else:
             for key in keys:
                 dependent[key] = [other for other in keys if other != key]
+    for selecting, keys in MESSAGE_STATE.items():
+        # Any register may hold it when `fetched` is None; else exactly when selected.
+        if fetched is None or selecting <= fetched:
+            properties.update(keys)
+            if fetched is not None:
+                required += list(keys)
     schema = success(properties, required)
     if dependent:
         schema["dependentRequired"] = dependent
@@ -479,6 +662,9 @@ OWN_PROFILE = success(OWN_PROFILE_PROPERTIES, OWN_PROFILE_REQUIRED)
 # The 200 answer of every Zulip endpoint eventq serves, by (method, templated path).
 ANSWERS: dict[tuple[str, str], Schema] = {
     ("GET", "/server_settings"): SERVER_SETTINGS,
+    ("POST", "/messages/flags"): success(
+        {"messages": INTEGERS, "ignored_because_not_subscribed_channels": INTEGERS}, ["messages"]
+    ),
     ("POST", "/register"): register(),
     # Each event is checked against the schema of its kind (`check_event`), which names
     # the failing field where a oneOf over every kind could not.
@@ -508,6 +694,30 @@ ANSWERS: dict[tuple[str, str], Schema] = {
     ),
     ("DELETE", "/users/me/subscriptions"): success(
         {"removed": array(STRING), "not_removed": array(STRING)}, ["removed", "not_removed"]
+    ),
+    ("POST", "/typing"): success({}),
+    # With `ping_only` none of the three; else all three.
+    ("POST", "/users/me/presence"): {
+        **success({**PRESENCE_STATE, "zephyr_mirror_active": BOOLEAN}),
+        "dependentRequired": {
+            key: [other for other in PRESENCE_STATE if other != key] for key in PRESENCE_STATE
+        },
+    },
+    ("GET", "/realm/presence"): success(
+        {
+            "server_timestamp": NUMBER,
+            "presences": {"type": "object", "additionalProperties": LEGACY_USER_PRESENCE},
+        },
+        ["server_timestamp", "presences"],
+    ),
+    ("GET", "/users/{user_id_or_email}/presence"): success(
+        {
+            "presence": closed(
+                {"aggregated": USER_PRESENCE_ENTRY, "website": USER_PRESENCE_ENTRY},
+                ["aggregated", "website"],
+            )
+        },
+        ["presence"],
     ),
 }
 

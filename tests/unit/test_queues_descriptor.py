@@ -250,7 +250,7 @@ def test_to_summary() -> None:
         "realm_id": 2,
         "client_name": "ZulipMobile",
         "client_version": "27.0",
-        "capabilities": {"deactivation_peer_events": False},
+        "capabilities": {"deactivation_peer_events": False, "stream_typing_notifications": False},
         "event_types": ["realm_user", "subscription"],
         "pending": 1,
         "last_active": 100.0,

@@ -11,7 +11,11 @@ from queues.types import Capabilities, SharedEvent
 
 def test_capabilities_default_is_false() -> None:
     assert Capabilities().deactivation_peer_events is False
-    assert Capabilities().to_dict() == {"deactivation_peer_events": False}
+    assert Capabilities().stream_typing_notifications is False
+    assert Capabilities().to_dict() == {
+        "deactivation_peer_events": False,
+        "stream_typing_notifications": False,
+    }
 
 
 def test_capabilities_reads_known_bool_keys_and_ignores_unknown() -> None:
@@ -19,7 +23,12 @@ def test_capabilities_reads_known_bool_keys_and_ignores_unknown() -> None:
         {"deactivation_peer_events": True, "notification_settings_null": "whatever"}
     )
     assert caps == Capabilities(deactivation_peer_events=True)
-    assert caps.to_dict() == {"deactivation_peer_events": True}
+    assert caps.to_dict() == {
+        "deactivation_peer_events": True,
+        "stream_typing_notifications": False,
+    }
+    typing = Capabilities.from_client_capabilities({"stream_typing_notifications": True})
+    assert typing == Capabilities(stream_typing_notifications=True)
     assert Capabilities.from_client_capabilities({}) == Capabilities()
 
 

@@ -203,9 +203,11 @@ def test_only_wasted_polls_count() -> None:
     clock = Clock()
     limits = limiter(clock, polls=(Rule(60, 3),))
 
-    def poll(queue: str, last: int | None, newest: int | None, held: bool = False) -> None:
+    def poll(
+        queue: str, last: int | None, newest: int | None, held: bool = False, typing: bool = False
+    ) -> None:
         ticket = limits.begin_poll(7, queue, last)
-        limits.end_poll(ticket, answered=True, newest_event=newest, held=held)
+        limits.end_poll(ticket, answered=True, newest_event=newest, held=held, ephemeral=typing)
 
     # A busy queue: each poll acknowledges the last batch and gets new events.
     poll("q", None, 3)
@@ -214,6 +216,10 @@ def test_only_wasted_polls_count() -> None:
     # An idle one: each poll is held until its heartbeat.
     for _ in range(100):
         poll("q", 103, None, held=True)
+    # A busy conversation: each answer carries only typing events, whose ids do not
+    # advance (ephemeral events carry the newest durable id), but are never repeated.
+    for _ in range(100):
+        poll("q", 103, 103, typing=True)
     # Wasted: dont_block on an empty queue, or re-fetching without acknowledging.
     poll("q", 103, None)
     poll("q", 103, None)

@@ -81,8 +81,8 @@ class RegisterHandler(ApiHandler):
         narrow = parse_narrow(self.param_json("narrow", check_list, []))
         apply_markdown = self.param_json("apply_markdown", check_bool, True)
         # Accepted for compatibility: avatars are always computed by the client, and
-        # eventq has no presence and no all-public-channels queues.
-        for ignored in ("client_gravatar", "slim_presence", "all_public_streams"):
+        # eventq has no all-public-channels queues.
+        for ignored in ("client_gravatar", "all_public_streams"):
             self.param_json(ignored, check_bool, False)
         request = RegisterRequest(
             event_types=frozenset(event_types) if event_types is not None else None,
@@ -95,6 +95,10 @@ class RegisterHandler(ApiHandler):
             user_agent=self.request.headers.get("User-Agent"),
             narrow=narrow,
             apply_markdown=apply_markdown,
+            slim_presence=self.param_json("slim_presence", check_bool, False),
+            presence_history_limit_days=self.param_json(
+                "presence_history_limit_days", check_int, None
+            ),
         )
         answer = await self.service.register(user, request)
         self.send_success({**VERSION_FIELDS, **answer})
@@ -136,7 +140,9 @@ class EventsHandler(ApiHandler):
         # Held until its heartbeat was due, not cut short by a newer poll of the queue.
         held = answer.heartbeat and time.monotonic() - started >= self.service.heartbeat_secs[0]
         newest = None if answer.heartbeat else _newest_event_id(answer.events)
-        limiter.end_poll(ticket, answered=True, newest_event=newest, held=held)
+        limiter.end_poll(
+            ticket, answered=True, newest_event=newest, held=held, ephemeral=answer.ephemeral
+        )
         self.quiet = answer.heartbeat
         self.routine = True
         if self.request.connection is None or self._finished:

@@ -1,4 +1,5 @@
-"""`POST /api/v1/messages` (send) and `GET /api/v1/messages` (history), Zulip's way.
+"""`POST /api/v1/messages` (send), `GET /api/v1/messages` (history) and
+`POST /api/v1/messages/flags` (the caller's own flags), Zulip's way.
 
 The handler decodes Zulip's parameters into plain values, makes one call
 (`actions.messages.check_send_message` in a write transaction, or
@@ -11,6 +12,10 @@ Both answers are bounded in `models.messages`: a send whose content would render
 `rendering.MAX_RENDERED_LENGTH` is refused with Zulip's "Unable to render message", and a
 history answer holds at most `history.MAX_FETCH_ANSWER_BYTES` of messages, its `found_oldest` /
 `found_newest` false on the side it cut, so the client pages on.
+
+`POST /messages/flags` decodes `messages` (a JSON list of ids), `op` and `flag` and runs
+`actions.message_flags.check_update_message_flags`, which checks the flag and the
+operation; its list of ids is bounded by the route's body limit.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from actions.message_flags import check_update_message_flags
 from actions.messages import ChannelTarget, DirectTarget, StreamDoesNotExist, check_send_message
 from models.messages.history import fetch_messages, parse_anchor
 from models.messages.narrows import parse_narrow
@@ -140,6 +146,26 @@ class MessagesHandler(ApiHandler):
         self.send_success(answer)
 
 
+def message_ids(name: str, value: Any) -> list[int]:
+    """`messages` of a flag change: a list of message ids."""
+    return [check_id(f"{name}[{i}]", item) for i, item in enumerate(check_list(name, value))]
+
+
+class MessageFlagsHandler(ApiHandler):
+    """`POST /messages/flags`: add or remove one of the caller's flags on messages."""
+
+    async def post(self) -> None:
+        user = await self.authenticate()
+        messages = self.param_json("messages", message_ids)
+        operation = self.param_str("op")
+        flag = self.param_str("flag")
+        change = await self.act(
+            check_update_message_flags, user.realm_id, user.id, operation, flag, messages
+        )
+        self.send_success(change.to_api())
+
+
 MESSAGE_ROUTES: list[tuple[str, type[ApiHandler]]] = [
     (r"/api/v1/messages", MessagesHandler),
+    (r"/api/v1/messages/flags", MessageFlagsHandler),
 ]

@@ -1,0 +1,199 @@
+"""One user's message state in `register`: `unread_msgs` and `starred_messages`.
+
+This module owns the per-user part of the `register` answer (`user_state`), in Zulip's
+shapes: `unread_msgs` when `message` and `update_message_flags` are both fetched,
+`starred_messages` when `starred_messages` is; and `message_details`, the description of
+messages marked unread that Zulip's `update_message_flags` `remove` event carries so a
+client can file them in its `unread_msgs`. Both describe a message's conversation the
+same way (`Conversation`), so a client filing the event's details ends with what a fresh
+`register` reads.
+
+This state is the user's own, unlike the realm state `server.engine.registration` reads
+once and shares between registers: it changes with every `message` event, which does not
+move the realm's state position, so it is always read for the one user, never kept.
+
+Bounds: `unread_msgs` holds the newest `MAX_UNREAD_MESSAGES` unread messages, Zulip's
+bound, with `old_unreads_missing` true when there are more; it is one query, walking the
+user's `user_message` rows newest first through their primary key. eventq has no
+mentions and no muting: `mentions` is always empty and `count` counts every message held.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.messages.flags import READ_FLAG, STARRED_FLAG
+from models.messages.recipients import RECIPIENT_STREAM
+from models.tables import Message, Recipient, UserMessage
+
+# Zulip's bound on the unread messages `register` describes (its MAX_UNREAD_MESSAGES):
+# the newest ones; `old_unreads_missing` says that older ones were left out.
+MAX_UNREAD_MESSAGES = 50_000
+# The fetch types that select per-user message state, read by `user_state`.
+UNREAD_EVENT_TYPES = frozenset({"message", "update_message_flags"})
+STARRED_EVENT_TYPE = "starred_messages"
+USER_STATE_EVENT_TYPES = UNREAD_EVENT_TYPES | {STARRED_EVENT_TYPE}
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """Where a message belongs in `unread_msgs`: a channel and topic, or the sorted ids of
+    a direct-message conversation's participants (the viewer included)."""
+
+    stream_id: int | None
+    topic: str
+    participants: tuple[int, ...]
+
+    @classmethod
+    def of(
+        cls, recipient_type: int, stream_id: int | None, subject: str, dm_user_ids: str | None
+    ) -> Conversation:
+        """The conversation of a message from its recipient's columns."""
+        if recipient_type == RECIPIENT_STREAM and stream_id is not None:
+            return cls(int(stream_id), subject, ())
+        return cls(None, "", tuple(sorted(int(u) for u in json.loads(dm_user_ids or "[]"))))
+
+
+def wants_user_state(fetch_event_types: Collection[str]) -> bool:
+    """Whether a register fetching these types needs any per-user message state."""
+    return UNREAD_EVENT_TYPES <= set(fetch_event_types) or STARRED_EVENT_TYPE in set(
+        fetch_event_types
+    )
+
+
+def user_state(
+    session: Session, user_id: int, fetch_event_types: Collection[str]
+) -> dict[str, Any]:
+    """The per-user keys of a `register` answer for these fetch types (see the module),
+    read in the caller's snapshot; empty when none is asked for."""
+    fetched = set(fetch_event_types)
+    state: dict[str, Any] = {}
+    if UNREAD_EVENT_TYPES <= fetched:
+        state["unread_msgs"] = unread_msgs(session, user_id)
+    if STARRED_EVENT_TYPE in fetched:
+        state["starred_messages"] = starred_message_ids(session, user_id)
+    return state
+
+
+def unread_msgs(session: Session, user_id: int) -> dict[str, Any]:
+    """Zulip's `unread_msgs` for the user: their newest `MAX_UNREAD_MESSAGES` unread
+    messages by conversation, in one query."""
+    rows = session.execute(
+        select(
+            UserMessage.message_id,
+            Recipient.type,
+            Recipient.stream_id,
+            Message.subject,
+            Recipient.dm_user_ids,
+        )
+        .join(Message, Message.id == UserMessage.message_id)
+        .join(Recipient, Recipient.id == Message.recipient_id)
+        .where(
+            UserMessage.user_profile_id == user_id,
+            UserMessage.flags.op("&")(READ_FLAG) == 0,
+        )
+        .order_by(UserMessage.message_id.desc())
+        .limit(MAX_UNREAD_MESSAGES + 1)
+    ).all()
+    kept = rows[:MAX_UNREAD_MESSAGES]
+    return group_unreads(
+        user_id,
+        (
+            (int(message_id), Conversation.of(int(kind), stream_id, subject, dm_user_ids))
+            for message_id, kind, stream_id, subject, dm_user_ids in kept
+        ),
+        old_unreads_missing=len(rows) > MAX_UNREAD_MESSAGES,
+    )
+
+
+def group_unreads(
+    user_id: int, unread: Iterable[tuple[int, Conversation]], *, old_unreads_missing: bool
+) -> dict[str, Any]:
+    """`unread_msgs` from (message id, conversation) pairs: one entry per channel and
+    topic, per one-on-one conversation (`pms`, keyed by the other participant, or the
+    user for a conversation with themselves) and per group conversation (`huddles`);
+    entries sorted by key, ids ascending."""
+    by_conversation: dict[Conversation, list[int]] = {}
+    count = 0
+    for message_id, conversation in unread:
+        by_conversation.setdefault(conversation, []).append(message_id)
+        count += 1
+    streams: list[dict[str, Any]] = []
+    pms: list[dict[str, Any]] = []
+    huddles: list[dict[str, Any]] = []
+    for conversation in sorted(
+        by_conversation, key=lambda c: (c.stream_id or 0, c.topic, c.participants)
+    ):
+        ids = sorted(by_conversation[conversation])
+        if conversation.stream_id is not None:
+            streams.append(
+                {
+                    "stream_id": conversation.stream_id,
+                    "topic": conversation.topic,
+                    "unread_message_ids": ids,
+                }
+            )
+            continue
+        others = [u for u in conversation.participants if u != user_id]
+        if len(others) <= 1:
+            other = others[0] if others else user_id
+            # `sender_id` is the deprecated name Zulip still sends beside `other_user_id`.
+            pms.append({"other_user_id": other, "sender_id": other, "unread_message_ids": ids})
+        else:
+            huddles.append(
+                {
+                    "user_ids_string": ",".join(str(u) for u in conversation.participants),
+                    "unread_message_ids": ids,
+                }
+            )
+    return {
+        "count": count,
+        "pms": sorted(pms, key=lambda entry: entry["other_user_id"]),
+        "streams": streams,
+        "huddles": huddles,
+        "mentions": [],
+        "old_unreads_missing": old_unreads_missing,
+    }
+
+
+def message_details(user_id: int, messages: dict[int, Conversation]) -> dict[str, Any]:
+    """Zulip's `message_details` of an `update_message_flags` `remove` event of `read`:
+    for each message, keyed by its id as a string, `type` and its channel and topic, or
+    the other participants of its direct-message conversation (`user_ids`, empty for one
+    with oneself). No `mentioned`: eventq has no mentions."""
+    details: dict[str, Any] = {}
+    for message_id in sorted(messages):
+        conversation = messages[message_id]
+        if conversation.stream_id is not None:
+            details[str(message_id)] = {
+                "type": "stream",
+                "stream_id": conversation.stream_id,
+                "topic": conversation.topic,
+            }
+        else:
+            details[str(message_id)] = {
+                "type": "private",
+                "user_ids": [u for u in conversation.participants if u != user_id],
+            }
+    return details
+
+
+def starred_message_ids(session: Session, user_id: int) -> list[int]:
+    """Zulip's `starred_messages`: the ids of every message the user starred, ascending."""
+    return [
+        int(message_id)
+        for message_id in session.scalars(
+            select(UserMessage.message_id)
+            .where(
+                UserMessage.user_profile_id == user_id,
+                UserMessage.flags.op("&")(STARRED_FLAG) != 0,
+            )
+            .order_by(UserMessage.message_id)
+        )
+    ]
