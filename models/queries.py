@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import ARRAY, Integer, String, bindparam, func, or_, select
+from sqlalchemy import ARRAY, ColumnElement, Integer, String, bindparam, cast, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import TableValuedAlias
 
@@ -54,6 +55,16 @@ def get_stream_by_name(session: Session, realm_id: int, name: str) -> Stream | N
     ).first()
 
 
+def array_literal(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal of integers (`{1,2,3}`), for `CAST(... AS integer[])`:
+    one string parameter, which the driver sends as it is, where a list parameter is
+    encoded element by element (measured: half the CPU for 100 ids)."""
+    items = list(values)
+    if not all(isinstance(value, int) for value in items):
+        raise TypeError("an integer array literal holds integers only")
+    return "{" + ",".join(map(str, items)) + "}"
+
+
 def values_as_table(
     session: Session, name: str, values: Sequence[object], element: type[Integer] | type[String]
 ) -> TableValuedAlias:
@@ -65,7 +76,14 @@ def values_as_table(
     PostgreSQL, 32,766 in a default SQLite build) on a request with a huge list.
     """
     if session.get_bind().dialect.name == "postgresql":
-        array = bindparam(name, list(values), type_=ARRAY(element()))
+        array: ColumnElement[Any]
+        if element is Integer:
+            # An array literal in one string: the driver's list encoding costs more than
+            # the statement (`array_literal`).
+            literal_array = bindparam(name, array_literal(values), type_=String())
+            array = cast(literal_array, ARRAY(Integer()))
+        else:
+            array = bindparam(name, list(values), type_=ARRAY(element()))
         return func.unnest(array).table_valued("value").render_derived()
     return func.json_each(bindparam(name, json.dumps(list(values)))).table_valued("value")
 

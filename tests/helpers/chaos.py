@@ -40,9 +40,9 @@ from models.tables import Role
 from tests.helpers.api import ApiClient
 from tests.helpers.realms import SampleRealm
 
-# Between two actions each writer thread pauses this long: about 30 transactions a second
+# Between two actions each writer thread pauses this long: about 20 transactions a second
 # in all keeps the outbox growing while the server is down without burying the clients.
-WRITER_PACE_SECS = 0.1
+WRITER_PACE_SECS = 0.15
 WRITER_THREADS = 3
 NEW_USER_ROLES = (Role.ADMINISTRATOR, Role.MODERATOR, Role.MEMBER, Role.MEMBER, Role.GUEST)
 
@@ -280,7 +280,7 @@ class WriterProcess:
             self._changed.notify_all()
 
     def wait_for_actions(self, count: int, timeout: float) -> None:
-        """Wait until the writer has done `count` actions in all (it acts ~30 times a second)."""
+        """Wait until the writer has done `count` actions in all (it acts ~20 times a second)."""
         with self._changed:
             done = self._changed.wait_for(lambda: self.actions >= count or self._eof, timeout)
             assert done and not self._eof, f"the writer stopped:\n{self.log.read_text()}"
