@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from queues.types import JsonDict, SharedEvent
+from queues.types import JsonDict, SharedEvent, splice_id
 
 # Bounds memory per client: a client that never acknowledges gets its queue
 # dropped (it re-registers on BAD_EVENT_QUEUE_ID) instead of growing without
@@ -132,11 +132,7 @@ class EphemeralEvent:
         onto one encoding shared by every queue (as `SharedEvent.encode_with_id`)."""
         if self._encoded is None:
             self._encoded = json.dumps(self.data, separators=(",", ":"), allow_nan=False).encode()
-        body = self._encoded
-        id_bytes = str(event_id).encode("ascii")
-        if body == b"{}":
-            return b'{"id":' + id_bytes + b"}"
-        return body[:-1] + b',"id":' + id_bytes + b"}"
+        return splice_id(self._encoded, event_id)
 
     def __repr__(self) -> str:
         return (

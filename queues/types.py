@@ -81,6 +81,17 @@ class Capabilities:
         return {field.name: bool(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
 
+def splice_id(body: bytes, event_id: int) -> bytes:
+    """The JSON object `body` with ``"id": event_id`` appended as its last key, without
+    decoding it: what every queue hands out, built from one shared encoding."""
+    id_bytes = str(event_id).encode("ascii")
+    if body == b"{}":
+        # No existing key, so no separating comma.
+        return b'{"id":' + id_bytes + b"}"
+    # body is a JSON object, so it ends with "}": drop it and append.
+    return body[:-1] + b',"id":' + id_bytes + b"}"
+
+
 class SharedEvent:
     """One committed outbox event, shared by every queue that receives it.
 
@@ -189,13 +200,7 @@ class SharedEvent:
         event to N queues encodes it once, not N times. Equal, once decoded,
         to ``json.dumps({**data, "id": event_id})``.
         """
-        body = self.encoded
-        id_bytes = str(event_id).encode("ascii")
-        if body == b"{}":
-            # No existing key, so no separating comma.
-            return b'{"id":' + id_bytes + b"}"
-        # body is a JSON object, so it ends with "}": drop it and append.
-        return body[:-1] + b',"id":' + id_bytes + b"}"
+        return splice_id(self.encoded, event_id)
 
     def __repr__(self) -> str:
         return (

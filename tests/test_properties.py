@@ -48,6 +48,15 @@ step = st.one_of(
     st.tuples(st.just("send_channel"), st.integers(0, 50), st.integers(0, 50)),
     st.tuples(st.just("send_dm"), st.integers(0, 50), st.integers(0, 50)),
 )
+# The random realm of both tests: roles of the users besides the owner, kinds of channels,
+# and (user, channel) memberships by index (`_random_realm`).
+REALM_SHAPES = {
+    "roles": st.lists(st.sampled_from(ROLES), min_size=1, max_size=5),
+    "kinds": st.lists(st.sampled_from(CHANNEL_KINDS), min_size=1, max_size=3),
+    "memberships": st.sets(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=10),
+}
+# Each example builds a realm in a database fixture: slow, and shared by its examples.
+SLOW_FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 # Enough for any history of one example (at most 8 steps).
 HISTORY_PAGE = 100
 
@@ -81,17 +90,8 @@ def _action(
     return calls[name]
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    roles=st.lists(st.sampled_from(ROLES), min_size=1, max_size=5),
-    kinds=st.lists(st.sampled_from(CHANNEL_KINDS), min_size=1, max_size=3),
-    memberships=st.sets(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=10),
-    steps=st.lists(step, min_size=1, max_size=8),
-)
+@settings(max_examples=20, deadline=None, suppress_health_check=SLOW_FIXTURES)
+@given(**REALM_SHAPES, steps=st.lists(step, min_size=1, max_size=8))
 def test_random_actions_converge_for_every_observer(
     db: Database,
     roles: list[Role],
@@ -183,17 +183,8 @@ change_step = st.tuples(
 batch = st.tuples(st.lists(message_step, min_size=1, max_size=4), st.none() | change_step)
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    roles=st.lists(st.sampled_from(ROLES), min_size=1, max_size=5),
-    kinds=st.lists(st.sampled_from(CHANNEL_KINDS), min_size=1, max_size=3),
-    memberships=st.sets(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=10),
-    batches=st.lists(batch, min_size=1, max_size=4),
-)
+@settings(max_examples=15, deadline=None, suppress_health_check=SLOW_FIXTURES)
+@given(**REALM_SHAPES, batches=st.lists(batch, min_size=1, max_size=4))
 def test_concurrent_actions_converge_and_never_leak(
     db: Database,
     roles: list[Role],
