@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -376,30 +376,40 @@ async def poll(
     queue_id: str,
     last_event_id: int,
     dont_block: bool = False,
+    waiter: asyncio.Future[Any] | None = None,
 ) -> list[dict[str, Any]]:
     async with asyncio.timeout(WAIT_SECS):
-        answer: PollAnswer = await service.get_events(user, queue_id, last_event_id, dont_block)
+        answer: PollAnswer = await service.get_events(
+            user, queue_id, last_event_id, dont_block, waiter
+        )
     events = [json.loads(raw) for raw in answer.events]
     for event in events:
         validate_event(event)
     return events
 
 
-def parked(
+class ParkingWaiter(asyncio.Future[Any]):
+    """The future a poll parks on, which tells the test the moment the service awaits it
+    (`parked`): the poll is then waiting, and anything sent next must wake it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked = asyncio.Event()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        self.parked.set()
+        return (yield from super().__await__())
+
+
+async def parked(
     service: EventService, user: AuthenticatedUser, queue_id: str, last_event_id: int
 ) -> asyncio.Task[list[dict[str, Any]]]:
-    """A poll of the queue, to be left waiting (`until_parked`) before anything is sent."""
-    return asyncio.ensure_future(poll(service, user, queue_id, last_event_id))
-
-
-async def until_parked(service: EventService, queue_id: str) -> None:
-    """Let the poll task run to its wait: a warm queue's poll awaits nothing before it
-    parks, so a turn or two of the loop (yields, not sleeps) suffice."""
-    client = service.registry.get(queue_id)
-    assert client is not None
+    """A poll of the queue, started and left waiting before anything is sent."""
+    waiter = ParkingWaiter()
+    task = asyncio.ensure_future(poll(service, user, queue_id, last_event_id, False, waiter))
     async with asyncio.timeout(WAIT_SECS):
-        while client.waiter is None:
-            await asyncio.sleep(0)
+        await waiter.parked.wait()
+    return task
 
 
 def kinds(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -420,8 +430,7 @@ async def test_typing_events_carry_the_newest_durable_id_and_come_once(
         await service.drain_outbox()
 
         # A poll with nothing pending waits; a typing event answers it at once, alone.
-        waiting = parked(service, loner, watcher, -1)
-        await until_parked(service, watcher)
+        waiting = await parked(service, loner, watcher, -1)
         assert await service.send_ephemeral(
             typing_notification, member.id, direct("start", loner.id)
         )
@@ -462,8 +471,7 @@ async def test_typing_events_expire_and_follow_the_client_capability(
         guests = (await service.register(guest, register_request({"typing"})))["queue_id"]
         lonely = (await service.register(loner, register_request()))["queue_id"]
 
-        waiting = parked(service, guest, guests, -1)
-        await until_parked(service, guests)
+        waiting = await parked(service, guest, guests, -1)
         assert await service.send_ephemeral(
             typing_notification, member.id, channel("start", public, "lunch")
         )
@@ -480,8 +488,7 @@ async def test_typing_events_expire_and_follow_the_client_capability(
         assert await poll(service, loner, lonely, -1, dont_block=True) == []
 
         # A typing event nobody polls for expires with Zulip's started-expiry period.
-        waiting = parked(service, guest, guests, -1)
-        await until_parked(service, guests)
+        waiting = await parked(service, guest, guests, -1)
         assert await service.send_ephemeral(
             typing_notification, member.id, channel("stop", public, "lunch")
         )
