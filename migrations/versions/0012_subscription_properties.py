@@ -1,4 +1,4 @@
-"""subscription properties: colour, muting, pinning, notifications (filled in by the subscription work)
+"""subscription properties: colour, muting, pinning, notifications (subscription work)
 
 Revision ID: 0012
 Revises: 0011
