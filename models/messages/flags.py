@@ -19,6 +19,11 @@ from __future__ import annotations
 READ_FLAG = 1
 STARRED_FLAG = 2
 COLLAPSED_FLAG = 4
+# Set when a message is sent or edited (`@**Name**`; `@**all**`, `@**everyone**`,
+# `@**channel**`; `@**topic**`), never on request.
+MENTIONED_FLAG = 8
+STREAM_WILDCARD_MENTIONED_FLAG = 16
+TOPIC_WILDCARD_MENTIONED_FLAG = 32
 HISTORICAL_FLAG = 1024
 # What a message without a row reads as (Zulip's default for "historical" messages): a
 # row created for such a message starts from these flags.
