@@ -25,6 +25,13 @@ What happens to each message named, as in Zulip:
   lists those channels in `ignored_because_not_subscribed_channels` (only channels the
   user knows of: one they can see or once subscribed to).
 
+`check_update_message_flags_for_narrow` (`POST /messages/flags/narrow`) does the same
+to the messages a narrow and an anchor name, as `GET /messages` would find them
+(`models.messages.history.fetch_message_ids`, two indexed queries of ids alone), at most
+`MAX_MESSAGES_PER_UPDATE` of them, clamped as Zulip clamps `num_before` and `num_after`;
+the client pages on with the answer's `last_processed_id` / `first_processed_id` until
+`found_newest` / `found_oldest`.
+
 The change is one `UPDATE` however many messages (plus, when needed, one statement that
 classifies them and one `INSERT` of the historical rows), and `append_events` runs last.
 A request that changes nothing writes no event.
@@ -53,7 +60,14 @@ from sqlalchemy.orm import Session
 
 from actions.actors import lock_realm_for_actor
 from actions.errors import InvalidInput
-from models.messages.flags import EDITABLE_FLAGS, HISTORICAL_DEFAULT_FLAGS, NON_EDITABLE_FLAGS
+from models.messages.flags import (
+    EDITABLE_FLAGS,
+    HISTORICAL_DEFAULT_FLAGS,
+    MENTION_FLAGS,
+    NON_EDITABLE_FLAGS,
+)
+from models.messages.history import fetch_message_ids
+from models.messages.narrows import NarrowTerm
 from models.messages.recipients import RECIPIENT_STREAM
 from models.messages.unreads import Conversation, message_details
 from models.outbox import PendingEvent, append_events
@@ -62,6 +76,8 @@ from models.tables import Message, Recipient, Stream, Subscription, UserMessage,
 from models.visibility import can_see_stream
 
 OPERATIONS = ("add", "remove")
+# Zulip's bound of one `POST /messages/flags/narrow`: `num_before + num_after`.
+MAX_MESSAGES_PER_UPDATE = 5000
 
 
 class InvalidFlag(InvalidInput):
@@ -108,6 +124,30 @@ class FlagsChange:
         return answer
 
 
+@dataclass(frozen=True, slots=True)
+class NarrowFlagsChange:
+    """What a flag change over a narrow did: the ids it processed (ascending), how many
+    changed, and whether the range reached the narrow's oldest and newest messages."""
+
+    processed: list[int]
+    updated_count: int
+    found_oldest: bool
+    found_newest: bool
+    ignored_channels: list[int]
+
+    def to_api(self) -> dict[str, Any]:
+        """The answer of `POST /messages/flags/narrow`."""
+        return {
+            "processed_count": len(self.processed),
+            "updated_count": self.updated_count,
+            "first_processed_id": self.processed[0] if self.processed else None,
+            "last_processed_id": self.processed[-1] if self.processed else None,
+            "found_oldest": self.found_oldest,
+            "found_newest": self.found_newest,
+            "ignored_because_not_subscribed_channels": self.ignored_channels,
+        }
+
+
 def check_flag(operation: str, flag: str) -> int:
     """The bit of an editable `flag`, after Zulip's checks in Zulip's order."""
     bit = EDITABLE_FLAGS.get(flag)
@@ -132,6 +172,8 @@ class _Classified:
     ignored_channels: list[int]
     # The conversation of every message found, for `message_details`.
     conversations: dict[int, Conversation]
+    # The ids whose row has a mention flag (`message_details`' `mentioned`).
+    mentioned: set[int] = field(default_factory=set)
 
 
 def check_update_message_flags(
@@ -181,7 +223,7 @@ def check_update_message_flags(
     if marking_unread:
         assert classified is not None  # marking unread always classifies
         event["message_details"] = message_details(
-            user.id, {m: classified.conversations[m] for m in changed}
+            user.id, {m: classified.conversations[m] for m in changed}, classified.mentioned
         )
     append_events(session, realm_id, [PendingEvent(event, [user.id])])
     return result
@@ -197,6 +239,7 @@ def _classify(
         select(
             ids.c.value,
             UserMessage.message_id,
+            UserMessage.flags,
             Message.id,
             Recipient.type,
             Recipient.stream_id,
@@ -222,9 +265,14 @@ def _classify(
     historical: list[int] = []
     ignored: set[int] = set()
     conversations: dict[int, Conversation] = {}
+    mentioned: set[int] = set()
     refused = False
-    for asked_id, row_id, found_id, kind, stream_id, subject, dm_user_ids, stream, active in rows:
+    for row in rows:
+        asked_id, row_id, row_flags, found_id, kind, stream_id, subject, dm_user_ids = row[:8]
+        stream, active = row[8], row[9]
         message_id = int(asked_id)
+        if row_flags is not None and int(row_flags) & MENTION_FLAGS:
+            mentioned.add(message_id)
         if found_id is not None:
             conversations[message_id] = Conversation.of(int(kind), stream_id, subject, dm_user_ids)
         is_channel_message = found_id is not None and int(kind) == RECIPIENT_STREAM
@@ -250,7 +298,9 @@ def _classify(
         historical.append(message_id)
     if refused:
         raise InvalidMessages()
-    return _Classified(sorted(targets), sorted(historical), sorted(ignored), conversations)
+    return _Classified(
+        sorted(targets), sorted(historical), sorted(ignored), conversations, mentioned
+    )
 
 
 def _insert_historical(
@@ -306,3 +356,51 @@ def _update_rows(
         .execution_options(synchronize_session=False)
     )
     return [int(message_id) for message_id in session.scalars(statement)]
+
+
+def check_update_message_flags_for_narrow(
+    session: Session,
+    realm_id: int,
+    user_id: int,
+    operation: str,
+    flag: str,
+    *,
+    anchor: int | str,
+    include_anchor: bool,
+    num_before: int,
+    num_after: int,
+    narrow: Sequence[NarrowTerm],
+) -> NarrowFlagsChange:
+    """Add or remove `flag` on the user's messages that `narrow` and the anchor name, as
+    Zulip's `POST /messages/flags/narrow`: one `update_message_flags` event, as for a
+    list of ids (`check_update_message_flags`)."""
+    check_flag(operation, flag)
+    if num_before < 0 or num_after < 0:
+        raise InvalidInput("num_before and num_after must not be negative")
+    if num_before > 0 and num_after > 0 and not include_anchor:
+        raise InvalidInput("The anchor can only be excluded at an end of the range")
+    # Zulip's clamp: num_before + num_after <= MAX_MESSAGES_PER_UPDATE, half of it at
+    # least for the side before when both ask for more.
+    num_before = min(
+        num_before, max(MAX_MESSAGES_PER_UPDATE - num_after, MAX_MESSAGES_PER_UPDATE // 2)
+    )
+    num_after = min(num_after, MAX_MESSAGES_PER_UPDATE - num_before)
+    found = fetch_message_ids(
+        session,
+        user_id,
+        anchor=anchor,
+        num_before=num_before,
+        num_after=num_after,
+        narrow=narrow,
+        include_anchor=include_anchor,
+    )
+    change = check_update_message_flags(
+        session, realm_id, user_id, operation, flag, found.message_ids
+    )
+    return NarrowFlagsChange(
+        found.message_ids,
+        len(change.messages),
+        found.found_oldest,
+        found.found_newest,
+        change.ignored_channels or [],
+    )

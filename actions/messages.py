@@ -40,18 +40,36 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Integer, Select, Table, case, insert, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    Table,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    union,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from actions.actors import lock_realm_for_actor
 from actions.errors import ActionError, InvalidInput
-from models.messages.flags import READ_FLAG
+from models.messages.flags import (
+    MENTIONED_FLAG,
+    READ_FLAG,
+    STREAM_WILDCARD_MENTIONED_FLAG,
+    TOPIC_WILDCARD_MENTIONED_FLAG,
+    flag_names,
+)
+from models.messages.mentions import RenderedMessage, render_message_content
 from models.messages.recipients import RECIPIENT_DIRECT, RECIPIENT_STREAM, dm_key
-from models.messages.rendering import render_markdown
+from models.messages.search import html_has_link
 from models.messages.wire import MessageView, Participant, message_event, timestamp_of
 from models.outbox import PendingEvent, append_events
 from models.queries import get_stream_by_name, get_users_by_ids_and_emails, values_as_table
@@ -60,6 +78,7 @@ from models.tables import (
     MAX_MESSAGE_LENGTH,
     MAX_TOPIC_NAME_LENGTH,
     Message,
+    Reaction,
     Recipient,
     Role,
     Stream,
@@ -75,6 +94,9 @@ _USER_MESSAGE_TABLE = cast(Table, UserMessage.__table__)
 # Zulip's truncation markers: what a too-long content or topic ends with once cut.
 CONTENT_TRUNCATED = "\n[message truncated]"
 TOPIC_TRUNCATED = "..."
+# Zulip's Realm.WILDCARD_MENTION_THRESHOLD: a channel with more active subscribers, or a
+# topic with more participants, is "large" for wildcard mentions.
+WILDCARD_MENTION_THRESHOLD = 15
 # Unicode categories Zulip refuses in a topic: control, surrogate and unassigned code
 # points, which no client can show.
 _UNPRINTABLE = frozenset({"Cc", "Cs", "Cn"})
@@ -106,6 +128,26 @@ class StreamDoesNotExist(ActionError):
             super().__init__(f"Channel with ID '{channel}' does not exist")
         else:
             super().__init__(f"Channel '{channel}' does not exist")
+
+
+class StreamWildcardMentionNotAllowed(ActionError):
+    """A channel wildcard in a large channel by a sender who may not use one."""
+
+    code = "STREAM_WILDCARD_MENTION_NOT_ALLOWED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "You do not have permission to use channel wildcard mentions in this channel."
+        )
+
+
+class TopicWildcardMentionNotAllowed(ActionError):
+    """`@**topic**` in a topic of many participants by a sender who may not use it."""
+
+    code = "TOPIC_WILDCARD_MENTION_NOT_ALLOWED"
+
+    def __init__(self) -> None:
+        super().__init__("You do not have permission to use topic wildcard mentions in this topic.")
 
 
 class NotAuthorizedToSend(InvalidInput):
@@ -156,6 +198,8 @@ class _Draft:
     content: str
     rendered: str
     client: str
+    # Who the content mentions (`models.messages.mentions`), for the recipients' flags.
+    mentions: RenderedMessage
 
 
 def check_send_message(
@@ -174,11 +218,18 @@ def check_send_message(
     """
     body = normalize_content(content)
     subject = normalize_topic(topic) if isinstance(target, ChannelTarget) else ""
-    rendered = render_markdown(body)
+    # Content without mention syntax runs no statement here.
+    rendering = render_message_content(session, realm_id, body)
     # Authenticated before this transaction: the sender is read again under the lock.
     locked = lock_realm_for_actor(session, realm_id, sender_id, shared=True)
     draft = _Draft(
-        locked.user, locked.realm_str, subject, body, rendered, client[:MAX_CLIENT_NAME_LENGTH]
+        locked.user,
+        locked.realm_str,
+        subject,
+        body,
+        rendering.html,
+        client[:MAX_CLIENT_NAME_LENGTH],
+        rendering,
     )
     if isinstance(target, ChannelTarget):
         return _send_to_channel(session, draft, target.channel)
@@ -205,9 +256,60 @@ def _send_to_channel(session: Session, draft: _Draft, channel: int | str) -> int
         select(Recipient.id).where(Recipient.stream_id == stream.id),
         {"realm_id": sender.realm_id, "type": RECIPIENT_STREAM, "stream_id": stream.id},
     )
+    topic_participants = _check_wildcard_mentions(
+        session, draft, int(recipient_id), len(subscribers)
+    )
     # The sender receives their own message even when not subscribed (a member posting to
     # a public channel), so their clients show what they sent.
-    return _write(session, draft, int(recipient_id), (stream.id, stream.name), (), subscribers)
+    return _write(
+        session,
+        draft,
+        int(recipient_id),
+        (stream.id, stream.name),
+        (),
+        subscribers,
+        topic_participants,
+    )
+
+
+def _check_wildcard_mentions(
+    session: Session, draft: _Draft, recipient_id: int, subscriber_count: int
+) -> frozenset[int]:
+    """Zulip's rule for wildcards in a channel message: in a channel of more than
+    `WILDCARD_MENTION_THRESHOLD` active subscribers (or a topic of more participants) only
+    the realm's `can_mention_many_users_group`, administrators at Zulip's default, may use
+    them. Returns the topic's participants when the content has `@**topic**` (they get
+    the topic wildcard flag), else nothing; content without wildcards reads nothing."""
+    mentions = draft.mentions
+    may_mention_many = draft.sender.role <= Role.ADMINISTRATOR
+    if (
+        mentions.stream_wildcard
+        and subscriber_count > WILDCARD_MENTION_THRESHOLD
+        and not may_mention_many
+    ):
+        raise StreamWildcardMentionNotAllowed()
+    if not mentions.topic_wildcard:
+        return frozenset()
+    participants = _topic_participants(session, recipient_id, draft.subject) | {draft.sender.id}
+    if len(participants) > WILDCARD_MENTION_THRESHOLD and not may_mention_many:
+        raise TopicWildcardMentionNotAllowed()
+    return frozenset(participants)
+
+
+def _topic_participants(session: Session, recipient_id: int, topic: str) -> set[int]:
+    """Zulip's topic participants: whoever sent a message to the topic or reacted to one
+    (topics compare case-insensitively), in one statement through the channel's history
+    index."""
+    in_topic = (Message.recipient_id == recipient_id) & (
+        func.lower(Message.subject) == topic.lower()
+    )
+    senders = select(Message.sender_id.label("user_id")).where(in_topic)
+    reactors = (
+        select(Reaction.user_profile_id.label("user_id"))
+        .join(Message, Message.id == Reaction.message_id)
+        .where(in_topic)
+    )
+    return {int(user_id) for user_id in session.scalars(union(senders, reactors))}
 
 
 def _send_direct(session: Session, draft: _Draft, target: DirectTarget) -> int:
@@ -276,8 +378,13 @@ def _write(
     stream: tuple[int, str] | None,
     participants: tuple[Participant, ...],
     receivers: set[int],
+    topic_participants: frozenset[int] = frozenset(),
 ) -> int:
-    """Insert the message, its `user_message` rows and its events (the lock is shared)."""
+    """Insert the message, its `user_message` rows and its events (the lock is shared).
+
+    Each recipient's flags: `read` for the sender; the mention flags of what the content
+    mentions (`_recipient_flags`). The events go out grouped by flag set, each recipient
+    in exactly one."""
     sender = draft.sender
     sent_at: datetime = utcnow()
     message_id = int(
@@ -294,6 +401,7 @@ def _write(
                 rendered_content=draft.rendered,
                 date_sent=sent_at,
                 sending_client=draft.client,
+                has_link=html_has_link(draft.rendered),
             )
             .returning(_MESSAGE_TABLE.c.id)
         ).scalar_one()
@@ -307,7 +415,9 @@ def _write(
             select(
                 users.c.value,
                 literal(message_id, Integer),
-                case((users.c.value == sender.id, READ_FLAG), else_=0),
+                _flags_column(
+                    session, users.c.value, sender.id, draft.mentions, topic_participants
+                ),
             ),
         )
     )
@@ -324,13 +434,62 @@ def _write(
         timestamp=timestamp_of(sent_at),
         client=draft.client,
     )
-    others = [user_id for user_id in everyone if user_id != sender.id]
+    by_flags: dict[int, list[int]] = {READ_FLAG: [sender.id]}
+    if draft.mentions.mentions_anyone:
+        by_flags = {}
+        for user_id in everyone:
+            flags = _recipient_flags(user_id, sender.id, draft.mentions, topic_participants)
+            by_flags.setdefault(flags, []).append(user_id)
+    else:
+        # No per-recipient work for a message without mentions (the common case).
+        by_flags[0] = [user_id for user_id in everyone if user_id != sender.id]
+    # The other recipients' events first, then the sender's (flagged `read`); a message
+    # without mentions is the two events it always was.
+    groups = sorted(by_flags.items(), key=lambda group: (bool(group[0] & READ_FLAG), group[0]))
     append_events(
         session,
         sender.realm_id,
-        [
-            PendingEvent(message_event(view, []), others),
-            PendingEvent(message_event(view, ["read"]), [sender.id]),
-        ],
+        [PendingEvent(message_event(view, flag_names(flags)), users) for flags, users in groups],
     )
     return message_id
+
+
+def _recipient_flags(
+    user_id: int, sender_id: int, mentions: RenderedMessage, topic_participants: frozenset[int]
+) -> int:
+    """One recipient's flags, Zulip's rules (zerver/actions/message_send.py): `read` for
+    the sender; `mentioned` when named (not silently); `stream_wildcard_mentioned` for
+    every recipient of a message with a channel wildcard, direct messages included;
+    `topic_wildcard_mentioned` for the topic's participants (none in a direct message)."""
+    flags = READ_FLAG if user_id == sender_id else 0
+    if mentions.stream_wildcard:
+        flags |= STREAM_WILDCARD_MENTIONED_FLAG
+    if user_id in mentions.mentioned_user_ids:
+        flags |= MENTIONED_FLAG
+    if mentions.topic_wildcard and user_id in topic_participants:
+        flags |= TOPIC_WILDCARD_MENTIONED_FLAG
+    return flags
+
+
+def _flags_column(
+    session: Session,
+    user_id: ColumnElement[Any],
+    sender_id: int,
+    mentions: RenderedMessage,
+    topic_participants: frozenset[int],
+) -> ColumnElement[Any]:
+    """`_recipient_flags` as SQL over the recipients' ids, for the one bulk insert: the
+    sender's `read` alone for a message without mentions (the statement it always was);
+    each set of users as one bound array, whatever its size."""
+    flags: ColumnElement[Any] = case((user_id == sender_id, READ_FLAG), else_=0)
+    if mentions.stream_wildcard:
+        flags = flags + STREAM_WILDCARD_MENTIONED_FLAG
+    if mentions.mentioned_user_ids:
+        named = values_as_table(session, "mentioned", sorted(mentions.mentioned_user_ids), Integer)
+        flags = flags + case((user_id.in_(select(named.c.value)), MENTIONED_FLAG), else_=0)
+    if mentions.topic_wildcard and topic_participants:
+        topic = values_as_table(session, "topic_participants", sorted(topic_participants), Integer)
+        flags = flags + case(
+            (user_id.in_(select(topic.c.value)), TOPIC_WILDCARD_MENTIONED_FLAG), else_=0
+        )
+    return flags

@@ -48,17 +48,23 @@ from actions.actors import (
 from actions.errors import InvalidInput, NotFound
 from actions.peer_events import PeerEventGrouper
 from actions.streams import check_new_stream, insert_streams
+from actions.subscription_properties import pick_colors
 from models.outbox import PendingEvent, append_events, lock_realm
 from models.queries import get_streams_by_names
 from models.tables import Stream, Subscription, UserProfile
 from models.visibility import AudienceIndex, active_subscribers, active_user_roles, can_see_stream
 from models.wire import (
+    SUBSCRIPTION_SETTING_COLUMNS,
+    SubscriptionSettings,
     stream_create_event,
     stream_delete_event,
     subscription_add_event,
     subscription_remove_event,
     subscription_to_api,
 )
+
+# One user's new subscriptions: (channel id, the user's settings of it), by channel id.
+_AddedEntries = tuple[tuple[int, SubscriptionSettings], ...]
 
 
 @dataclass
@@ -116,20 +122,48 @@ def _load_targets(
 
 def _existing_rows(
     session: Session, user_ids: Collection[int], stream_ids: Collection[int]
-) -> dict[tuple[int, int], tuple[int, bool]]:
-    """`{(user_id, stream_id): (row id, active)}` for the pairs that have a row."""
+) -> dict[tuple[int, int], tuple[int, bool, SubscriptionSettings]]:
+    """`{(user_id, stream_id): (row id, active, the user's settings)}` for the pairs
+    that have a row."""
     rows = session.execute(
         select(
             Subscription.user_profile_id,
             Subscription.stream_id,
             Subscription.id,
             Subscription.active,
+            *(getattr(Subscription, name) for name in SUBSCRIPTION_SETTING_COLUMNS),
         ).where(
             Subscription.user_profile_id.in_(list(user_ids)),
             Subscription.stream_id.in_(list(stream_ids)),
         )
     )
-    return {(int(u), int(s)): (int(row_id), bool(active)) for u, s, row_id, active in rows}
+    return {
+        (int(u), int(s)): (int(row_id), bool(active), SubscriptionSettings(*settings))
+        for u, s, row_id, active, *settings in rows
+    }
+
+
+def _new_colors(
+    session: Session, new_pairs: Collection[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    """The colour of each new (user, channel) subscription, Zulip's way
+    (`actions.subscription_properties.pick_colors`), from the colours each user's
+    subscriptions already have, read in one statement."""
+    new_by_user: dict[int, list[int]] = defaultdict(list)
+    for user_id, stream_id in new_pairs:
+        new_by_user[user_id].append(stream_id)
+    used: dict[int, set[str]] = defaultdict(set)
+    for user_id, color in session.execute(
+        select(Subscription.user_profile_id, Subscription.color)
+        .where(Subscription.user_profile_id.in_(list(new_by_user)))
+        .distinct()
+    ):
+        used[int(user_id)].add(str(color))
+    return {
+        (user_id, stream_id): color
+        for user_id, stream_ids in new_by_user.items()
+        for stream_id, color in pick_colors(used[user_id], stream_ids).items()
+    }
 
 
 def bulk_add_subscriptions(
@@ -159,6 +193,8 @@ def _add_subscriptions(
     change = SubscriptionChange()
     to_insert: list[dict[str, Any]] = []
     to_reactivate: list[int] = []
+    # A renewed subscription keeps the settings it had; a new one gets a colour.
+    settings: dict[tuple[int, int], SubscriptionSettings] = {}
     for user_id in sorted(users):
         for stream_id in sorted(streams):
             row = existing.get((user_id, stream_id))
@@ -177,9 +213,17 @@ def _add_subscriptions(
                 )
             else:
                 to_reactivate.append(row[0])
+                settings[(user_id, stream_id)] = row[2]
     if not change.changed:
         return change, []
     if to_insert:
+        colors = _new_colors(
+            session, [(new["user_profile_id"], new["stream_id"]) for new in to_insert]
+        )
+        for new in to_insert:
+            pair = (new["user_profile_id"], new["stream_id"])
+            new["color"] = colors[pair]
+            settings[pair] = SubscriptionSettings(colors[pair])
         session.execute(insert(Subscription), to_insert)
     if to_reactivate:
         session.execute(
@@ -203,15 +247,18 @@ def _add_subscriptions(
     events: list[PendingEvent] = []
     for group_streams, recipients in _group_by_stream_set(newly_visible):
         events.append(PendingEvent(stream_create_event(group_streams), recipients))
-    for group_streams, recipients in _group_by_stream_set(added_by_user):
-        events.append(
-            PendingEvent(
-                subscription_add_event(
-                    [subscription_to_api(s, subscribers.get(s.id, set())) for s in group_streams]
-                ),
-                recipients,
-            )
-        )
+    # Users whose new subscriptions are the same channels with the same settings share
+    # one event.
+    added_with_settings: dict[_AddedEntries, set[int]] = defaultdict(set)
+    for user_id, user_streams in added_by_user.items():
+        key = tuple(sorted((s.id, settings[(user_id, s.id)]) for s in user_streams))
+        added_with_settings[key].add(user_id)
+    for key, recipients in sorted(added_with_settings.items(), key=lambda item: min(item[1])):
+        entries = [
+            subscription_to_api(streams[stream_id], subscribers.get(stream_id, set()), own)
+            for stream_id, own in key
+        ]
+        events.append(PendingEvent(subscription_add_event(entries), recipients))
     peers = PeerEventGrouper("peer_add", audience, tell_changed_users=False)
     for stream_id in sorted(changed_streams):
         peers.add(streams[stream_id], subscribers.get(stream_id, set()), added_by_stream[stream_id])

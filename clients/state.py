@@ -93,6 +93,10 @@ REGISTER_STATE_KEYS = (
     *MESSAGE_STATE_KEYS,
     *PRESENCE_STATE_KEYS,
 )
+# The flags that put an unread message among `unread_msgs`' mentions.
+_MENTION_FLAGS = frozenset(
+    {"mentioned", "stream_wildcard_mentioned", "topic_wildcard_mentioned", "wildcard_mentioned"}
+)
 # Role numbers, for the current user's role flags after a role change.
 _OWNER, _ADMINISTRATOR, _MODERATOR, _GUEST = 100, 200, 300, 600
 
@@ -198,6 +202,10 @@ class StateCache:
             self._apply_message(event)
         elif kind == "update_message_flags":
             self._apply_message_flags(event)
+        elif kind == "update_message":
+            self._apply_update_message(event)
+        elif kind == "delete_message":
+            self._apply_delete_message(event)
         elif kind == "presence":
             self._apply_presence(event)
 
@@ -340,6 +348,17 @@ class StateCache:
                     self.unsubscribed[stream_id] = self.subscribed.pop(stream_id)
                 if stream_id in self.subscribers:
                     self.subscribers[stream_id].discard(self.user_id)
+        elif op == "update":
+            # One of the user's own settings of a channel they are subscribed to.
+            own = self.subscribed.get(event["stream_id"])
+            if own is not None:
+                own[event["property"]] = event["value"]
+                # The legacy `in_home_view` is the inverse of `is_muted`; Zulip sends
+                # both events, and a client keeps both fields true after either.
+                if event["property"] == "is_muted":
+                    own["in_home_view"] = not event["value"]
+                elif event["property"] == "in_home_view":
+                    own["is_muted"] = not event["value"]
         elif op in ("peer_add", "peer_remove"):
             user_ids = set(event["user_ids"])
             for stream_id in event["stream_ids"]:
@@ -375,7 +394,7 @@ class StateCache:
             else:
                 key = ("dm", tuple(sorted(p["id"] for p in message["display_recipient"])))
             self.unread[message["id"]] = key
-            if "mentioned" in flags:
+            if _MENTION_FLAGS & set(flags):
                 self.unread_mentions.add(message["id"])
         if "starred" in flags:
             self.starred.add(message["id"])
@@ -411,6 +430,40 @@ class StateCache:
             self.unread[message_id] = key
             if detail.get("mentioned"):
                 self.unread_mentions.add(message_id)
+
+    def _apply_update_message(self, event: Mapping[str, Any]) -> None:
+        """An edit or a move: moved unread messages change conversation, and the edited
+        message's mention bits follow its new `flags` (Zulip's `update_message`)."""
+        if "unread_msgs" not in self.present:
+            return
+        new_stream = event.get("new_stream_id")
+        new_topic = event.get("subject")
+        if new_stream is not None or new_topic is not None:
+            for message_id in event["message_ids"]:
+                key = self.unread.get(message_id)
+                if key is None or key[0] != "stream":
+                    continue
+                stream_id = new_stream if new_stream is not None else key[1]
+                self.unread[message_id] = (
+                    "stream",
+                    stream_id,
+                    new_topic if new_topic is not None else key[2],
+                )
+        message_id = event["message_id"]
+        if message_id in self.unread and "orig_content" in event:
+            flags = set(event.get("flags", []))
+            if flags & _MENTION_FLAGS:
+                self.unread_mentions.add(message_id)
+            else:
+                self.unread_mentions.discard(message_id)
+
+    def _apply_delete_message(self, event: Mapping[str, Any]) -> None:
+        """Deleted messages (or ones the user lost access to) leave every state."""
+        ids = event.get("message_ids", [event.get("message_id")])
+        for message_id in ids:
+            self.unread.pop(message_id, None)
+            self.unread_mentions.discard(message_id)
+            self.starred.discard(message_id)
 
     def _unread_msgs_shape(self) -> JsonDict:
         """`unread_msgs` grouped and sorted as the server groups them."""

@@ -29,10 +29,19 @@ from models.tables import OutboxEvent, OutboxRecipient, Realm, utcnow
 # The PostgreSQL channel the outbox consumer LISTENs on; the payload is the realm id.
 NOTIFY_CHANNEL = "eventq_outbox"
 # Event types that never change the realm state `register` shares between users (a
-# user's own messages, flags and unreads, and presence, are read per register); every
-# other type advances `realm.state_seq` (an unknown type does too: a stale shared read
-# is the risk).
-STATELESS_EVENT_TYPES = frozenset({"message", "update_message_flags", "presence"})
+# user's own messages, flags and unreads, and presence, are read per register; so are
+# edits, deletions and reactions, which change messages only); every other type
+# advances `realm.state_seq` (an unknown type does too: a stale shared read is the risk).
+STATELESS_EVENT_TYPES = frozenset(
+    {
+        "message",
+        "update_message_flags",
+        "presence",
+        "update_message",
+        "delete_message",
+        "reaction",
+    }
+)
 # The first key of the PostgreSQL advisory lock that orders a realm's writers is a hash
 # of this and the schema's name (the second is the realm id): advisory locks belong to
 # the whole database, and two deployments (or two test runs) in schemas of their own

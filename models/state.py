@@ -22,10 +22,24 @@ from actions.errors import ActionError
 from models.messages.unreads import user_state
 from models.presence import PRESENCE_EVENT_TYPE, realm_presence
 from models.queries import get_stream_by_name
+from models.register_keys import (
+    USER_GROUPS_TYPE,
+    own_message_keys,
+    read_realm_facts,
+    realm_wide_state,
+    system_user_groups,
+)
 from models.tables import Stream, Subscription, UserProfile
 from models.typing import TYPING_PROTOCOL_KEYS
 from models.visibility import active_subscribers, can_see_stream
-from models.wire import never_subscribed_to_api, own_profile, own_user_keys
+from models.wire import (
+    DEFAULT_SUBSCRIPTION_SETTINGS,
+    SUBSCRIPTION_SETTING_COLUMNS,
+    SubscriptionSettings,
+    never_subscribed_to_api,
+    own_profile,
+    own_user_keys,
+)
 from models.wire import stream_to_api as stream_to_api
 from models.wire import subscription_to_api as subscription_to_api
 from models.wire import user_to_api as user_to_api
@@ -69,15 +83,19 @@ class RealmState:
         self,
         users: Sequence[UserProfile],
         streams: Sequence[Stream],
-        subscription_rows: Iterable[tuple[int, int, bool, bool]],
+        subscription_rows: Iterable[tuple[int, int, bool, bool, SubscriptionSettings]],
     ) -> None:
         self._users = {user.id: user for user in users}
         self._streams = list(streams)
         # user -> {stream -> active}; and each channel's active subscribers.
         self._own: dict[int, dict[int, bool]] = {}
         self._subscribers: dict[int, set[int]] = {stream.id: set() for stream in streams}
-        for user_id, stream_id, active, user_active in subscription_rows:
+        # (user, stream) -> the user's own settings of it, where not Zulip's defaults.
+        self._settings: dict[tuple[int, int], SubscriptionSettings] = {}
+        for user_id, stream_id, active, user_active, settings in subscription_rows:
             self._own.setdefault(int(user_id), {})[int(stream_id)] = bool(active)
+            if settings != DEFAULT_SUBSCRIPTION_SETTINGS:
+                self._settings[(int(user_id), int(stream_id))] = settings
             if active and user_active and int(stream_id) in self._subscribers:
                 self._subscribers[int(stream_id)].add(int(user_id))
         self._realm_users: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
@@ -86,6 +104,8 @@ class RealmState:
         # (stream id, with subscribers): the `subscriptions`/`unsubscribed` entry and the
         # `never_subscribed` entry.
         self._sub_entries: dict[tuple[int, bool], tuple[dict[str, Any], dict[str, Any]]] = {}
+        # `realm_user_groups` (`models.register_keys`), built when first asked for.
+        self._user_groups: list[dict[str, Any]] | None = None
 
     @classmethod
     def read(
@@ -112,6 +132,7 @@ class RealmState:
                 Subscription.stream_id,
                 Subscription.active,
                 Subscription.is_user_active,
+                *(getattr(Subscription, name) for name in SUBSCRIPTION_SETTING_COLUMNS),
             )
             .join(Stream, Stream.id == Subscription.stream_id)
             .where(Stream.realm_id == realm_id)
@@ -127,9 +148,17 @@ class RealmState:
         streams = session.scalars(
             select(Stream).where(Stream.realm_id == realm_id).order_by(Stream.id)
         ).all()
+        # Rows with equal settings share one object (a realm's rows hold few distinct ones).
+        shared: dict[tuple[Any, ...], SubscriptionSettings] = {}
         rows = [
-            (int(user_id), int(stream_id), bool(active), bool(user_active))
-            for user_id, stream_id, active, user_active in session.execute(subscriptions)
+            (
+                int(user_id),
+                int(stream_id),
+                bool(active),
+                bool(user_active),
+                shared.setdefault(tuple(settings), SubscriptionSettings(*settings)),
+            )
+            for user_id, stream_id, active, user_active, *settings in session.execute(subscriptions)
         ]
         return cls(found_users, streams, rows)
 
@@ -142,6 +171,13 @@ class RealmState:
             self._stream_entry(stream)
             self._subscription_entries(stream, include_subscribers=False)
         return self
+
+    def user_groups(self, date_created: int) -> list[dict[str, Any]]:
+        """`realm_user_groups`: the system groups of this state's users (all of them:
+        read without `users=False`), built once and shared."""
+        if self._user_groups is None:
+            self._user_groups = system_user_groups(self._users.values(), date_created)
+        return self._user_groups
 
     def is_active(self, user_id: int) -> bool:
         """Whether the user exists in this realm and is active."""
@@ -212,6 +248,10 @@ class RealmState:
             for stream in visible:
                 entry, never_entry = self._subscription_entries(stream, include_subscribers)
                 active = own.get(stream.id)
+                settings = self._settings.get((user_id, stream.id))
+                if settings is not None:
+                    # The shared entry carries the default settings: this user's own.
+                    entry = {**entry, **settings.to_api()}
                 if active is None:
                     never_subscribed.append(never_entry)
                 elif active:
@@ -232,23 +272,48 @@ def fetch_initial_state(
     *,
     slim_presence: bool = False,
     presence_history_limit_days: int | None = None,
+    register_keys: bool = False,
+    server_url: str = "",
+    user_settings_object: bool = False,
 ) -> dict[str, Any]:
     """The part of the `register` answer for `event_types`, read in the caller's snapshot
     (`RealmState`, read for this one user), with the user's own message state
     (`models.messages.unreads`) when `event_types` asks for it, and the realm's presence
     with `presence` (`presences`, `presence_last_update_id`, `server_timestamp`; modern
-    entries with `slim_presence`)."""
+    entries with `slim_presence`).
+
+    With `register_keys`, every other key of the answer too (`models.register_keys`:
+    the realm's settings, the system groups, `max_message_id`, ...), as `register`
+    answers them (the address keys with `server_url` only). Without, the state a client
+    cache (`clients.state`) holds, which the REST endpoints and most tests compare."""
+    wants_groups = register_keys and USER_GROUPS_TYPE in event_types
     state = RealmState.read(
         session,
         user.realm_id,
         user.id,
-        users="realm_user" in event_types,
+        users="realm_user" in event_types or wants_groups,
         subscribers=include_subscribers and "subscription" in event_types,
     )
     answer = state.initial_state(user.id, set(event_types) & STATE_EVENT_TYPES, include_subscribers)
     # Per-user state: never part of a `RealmState`, which registers share (see
     # `models.messages.unreads`).
     answer.update(user_state(session, user.id, event_types))
+    if register_keys:
+        answer.update(own_message_keys(session, user.id, event_types))
+        # The realm's name and creation time: read only for the keys that show them.
+        facts = None
+        if "realm" in event_types or wants_groups:
+            facts = read_realm_facts(session, user.realm_id)
+        created = facts.date_created if facts is not None else 0
+        answer.update(
+            realm_wide_state(
+                event_types,
+                facts,
+                server_url,
+                user_settings_object=user_settings_object,
+                user_groups=lambda: state.user_groups(created),
+            )
+        )
     if PRESENCE_EVENT_TYPE in event_types:
         # Read here, never part of a `RealmState`: presence changes without events.
         answer.update(

@@ -25,6 +25,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,6 +46,11 @@ MAX_MESSAGE_LENGTH = 10_000
 MAX_CLIENT_NAME_LENGTH = 30
 # A direct-message conversation is keyed by the SHA-256 of its sorted participants.
 DM_KEY_LENGTH = 64
+# Reactions: an emoji's name, its code (hex code points joined by "-") and its type
+# ("unicode_emoji", "realm_emoji", "zulip_extra_emoji").
+MAX_EMOJI_NAME_LENGTH = 100
+MAX_EMOJI_CODE_LENGTH = 100
+MAX_REACTION_TYPE_LENGTH = 30
 # 32 characters of a 62-letter alphabet: about 190 bits, as Zulip's generate_api_key.
 API_KEY_LENGTH = 32
 
@@ -155,6 +162,17 @@ class Subscription(Base):
     stream_id: Mapped[int] = mapped_column(ForeignKey("stream.id", ondelete="CASCADE"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     is_user_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The user's own settings for the channel (revision 0012), Zulip's columns: the colour
+    # is picked at subscribe time (`actions.subscription_properties.pick_colors`); a null
+    # notification setting inherits the user's global one.
+    color: Mapped[str] = mapped_column(String(10), default="#c2c2c2", server_default="#c2c2c2")
+    is_muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pin_to_top: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    desktop_notifications: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    audible_notifications: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    push_notifications: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    email_notifications: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    wildcard_mentions_notify: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class OutboxEvent(Base):
@@ -300,12 +318,24 @@ class Message(Base):
     """One message, as sent: the content as the sender wrote it and its rendering.
 
     A channel's history is read newest first through `(recipient_id, id)`; a user's own
-    history through `UserMessage`. Messages are never deleted, not even when their sender
-    is deactivated.
+    history through `UserMessage`. A message is deleted only by `DELETE /messages/{id}`
+    (`actions.message_edits`), never because its sender is deactivated.
     """
 
     __tablename__ = "message"
-    __table_args__ = (Index("ix_message_recipient_id_id", "recipient_id", "id"),)
+    __table_args__ = (
+        Index("ix_message_recipient_id_id", "recipient_id", "id"),
+        # `has:link` in a channel's history (migration 0011). The full-text index is
+        # not declared here: `models.messages.search` owns it, per backend.
+        Index(
+            "ix_message_has_link",
+            "recipient_id",
+            "id",
+            postgresql_where=text("has_link"),
+            # SQLite stores a boolean as 0/1 and compares it so (`history` writes it so).
+            sqlite_where=text("has_link = 1"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     realm_id: Mapped[int] = mapped_column(ForeignKey("realm.id", ondelete="CASCADE"), index=True)
@@ -317,6 +347,89 @@ class Message(Base):
     rendered_content: Mapped[str] = mapped_column(Text)
     date_sent: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sending_client: Mapped[str] = mapped_column(String(MAX_CLIENT_NAME_LENGTH))
+    # When the content was last edited, and when the message was last moved to another
+    # topic or channel (Zulip's `last_edit_timestamp`, `last_moved_timestamp`); NULL
+    # until then. The edits themselves are `MessageEdit` rows (revision 0010).
+    last_edit_time: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, default=None
+    )
+    last_moved_time: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, default=None
+    )
+    # Zulip's `has_link`: the rendering links somewhere (`models.messages.search`).
+    has_link: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+# Zulip's partial indexes of `user_message` for `is:starred`, `is:unread` and
+# `is:mentioned` (the bits of `models.messages.flags`: starred 2, read 1, and mentioned
+# 8 | stream wildcard 16 | topic wildcard 32). A query uses one only when its condition
+# is written with these very constants (`models.messages.history`).
+USER_MESSAGE_STARRED_WHERE = "(flags & 2) <> 0"
+USER_MESSAGE_UNREAD_WHERE = "(flags & 1) = 0"
+USER_MESSAGE_MENTIONED_WHERE = "(flags & 56) <> 0"
+
+
+def _flag_index(name: str, where: str) -> Index:
+    # `flags` rides along so the index covers the read (SQLite then prefers it to the
+    # primary key; the predicate reads `flags` anyway, so updates lose nothing).
+    return Index(
+        name,
+        "user_profile_id",
+        "message_id",
+        "flags",
+        postgresql_where=text(where),
+        sqlite_where=text(where),
+    )
+
+
+class MessageEdit(Base):
+    """One edit or move of one message (an entry of Zulip's `edit_history`), written by
+    `actions.message_edits` (revision 0010).
+
+    Each row holds what changed: the content before (`prev_content` and its rendering,
+    NULL when the content did not change), the topic before and after (NULL when it did
+    not change), the channel before and after (NULL when it did not change). A move of
+    many messages writes one row per message, in one statement. Read per message through
+    the index, newest first.
+    """
+
+    __tablename__ = "message_edit"
+    __table_args__ = (Index("ix_message_edit_message_id_id", "message_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_profile.id", ondelete="CASCADE"))
+    edit_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    prev_content: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    prev_rendered_content: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
+    prev_subject: Mapped[str | None] = mapped_column(
+        String(MAX_TOPIC_NAME_LENGTH), nullable=True, default=None
+    )
+    subject: Mapped[str | None] = mapped_column(
+        String(MAX_TOPIC_NAME_LENGTH), nullable=True, default=None
+    )
+    prev_stream_id: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    stream_id: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+
+
+class Reaction(Base):
+    """One user's emoji reaction to one message (Zulip's `Reaction`, revision 0009).
+
+    Zulip's uniqueness: one reaction per (message, user, reaction type, emoji code); its
+    leading `message_id` also serves reading a message's reactions.
+    """
+
+    __tablename__ = "reaction"
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_profile_id", "reaction_type", "emoji_code"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
+    user_profile_id: Mapped[int] = mapped_column(ForeignKey("user_profile.id", ondelete="CASCADE"))
+    emoji_name: Mapped[str] = mapped_column(String(MAX_EMOJI_NAME_LENGTH))
+    emoji_code: Mapped[str] = mapped_column(String(MAX_EMOJI_CODE_LENGTH))
+    reaction_type: Mapped[str] = mapped_column(String(MAX_REACTION_TYPE_LENGTH))
 
 
 class UserMessage(Base):
@@ -329,12 +442,22 @@ class UserMessage(Base):
 
     No foreign keys: a message to a channel of 1,000 subscribers writes 1,000 rows, and
     PostgreSQL checks each foreign key of each row with a trigger, which made that insert
-    four to five times slower (15 ms instead of 3.4 ms). The rows are written by one
-    action only (`actions.messages`), under the realm lock, for users it has just read
-    and a message it has just inserted; eventq deletes neither users nor messages.
+    four to five times slower (15 ms instead of 3.4 ms). The rows are written under the
+    realm lock, for users and messages just read or inserted: by `actions.messages`, and
+    by `actions.message_edits` when a move to another channel gives its readers the
+    messages; eventq deletes no user, and deletes a message's rows with it
+    (`actions.message_edits`, under the exclusive realm lock).
     """
 
     __tablename__ = "user_message"
+    __table_args__ = (
+        _flag_index("ix_user_message_starred", USER_MESSAGE_STARRED_WHERE),
+        _flag_index("ix_user_message_unread", USER_MESSAGE_UNREAD_WHERE),
+        _flag_index("ix_user_message_mentioned", USER_MESSAGE_MENTIONED_WHERE),
+        # Who has a message: the recipients of its edit, deletion and reaction events,
+        # read by `message_id` without a scan (revision 0010).
+        Index("ix_user_message_message_id", "message_id"),
+    )
 
     user_profile_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int] = mapped_column(Integer, primary_key=True)

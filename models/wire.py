@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import html
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -232,24 +233,50 @@ def never_subscribed_to_api(stream: Stream, subscribers: Collection[int] | None)
     return entry
 
 
-def subscription_to_api(stream: Stream, subscribers: Collection[int] | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """One user's own settings of one subscription, as stored (`Subscription`'s columns
+    of the same names, revision 0012); null notification settings inherit the user's
+    global ones. `in_home_view`, the legacy inverse of `is_muted`, is derived."""
+
+    color: str = DEFAULT_STREAM_COLOR
+    is_muted: bool = False
+    pin_to_top: bool = False
+    desktop_notifications: bool | None = None
+    audible_notifications: bool | None = None
+    push_notifications: bool | None = None
+    email_notifications: bool | None = None
+    wildcard_mentions_notify: bool | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        """The settings' fields of a `Subscription` object."""
+        return {
+            "color": self.color,
+            "is_muted": self.is_muted,
+            "in_home_view": not self.is_muted,
+            "pin_to_top": self.pin_to_top,
+            "desktop_notifications": self.desktop_notifications,
+            "audible_notifications": self.audible_notifications,
+            "push_notifications": self.push_notifications,
+            "email_notifications": self.email_notifications,
+            "wildcard_mentions_notify": self.wildcard_mentions_notify,
+        }
+
+
+# The `Subscription` columns behind `SubscriptionSettings`, in its fields' order.
+SUBSCRIPTION_SETTING_COLUMNS = tuple(field.name for field in fields(SubscriptionSettings))
+DEFAULT_SUBSCRIPTION_SETTINGS = SubscriptionSettings()
+
+
+def subscription_to_api(
+    stream: Stream,
+    subscribers: Collection[int] | None,
+    settings: SubscriptionSettings = DEFAULT_SUBSCRIPTION_SETTINGS,
+) -> dict[str, Any]:
     """A `Subscription`: the channel plus the user's own settings for it, and its
     subscribers if given (`subscriptions`, `unsubscribed`, `subscription` `add`)."""
     entry = stream_to_api(stream)
-    entry.update(
-        {
-            "color": DEFAULT_STREAM_COLOR,
-            "is_muted": False,
-            "in_home_view": True,
-            "pin_to_top": False,
-            # null: inherit the user's global notification settings.
-            "desktop_notifications": None,
-            "audible_notifications": None,
-            "push_notifications": None,
-            "email_notifications": None,
-            "wildcard_mentions_notify": None,
-        }
-    )
+    entry.update(settings.to_api())
     if subscribers is not None:
         entry["subscribers"] = sorted(subscribers)
     return entry
@@ -304,6 +331,17 @@ def subscription_remove_event(streams: Iterable[Stream]) -> dict[str, Any]:
         "type": "subscription",
         "op": "remove",
         "subscriptions": [{"name": s.name, "stream_id": s.id} for s in streams],
+    }
+
+
+def subscription_update_event(stream_id: int, prop: str, value: str | bool) -> dict[str, Any]:
+    """`subscription` `update`: one of the recipient's own settings of a channel changed."""
+    return {
+        "type": "subscription",
+        "op": "update",
+        "stream_id": stream_id,
+        "property": prop,
+        "value": value,
     }
 
 

@@ -324,12 +324,12 @@ def test_direct_message_narrows(db: Database, realm: SampleRealm) -> None:
     ) == [alone]
     assert ids(history(db, realm, "owner", narrow=[["dm", [realm.users["member"]]]])) == []
     for bad, message in [
-        ([["near", 1]], "unknown operator near"),
+        ([["bogus", 1]], "unknown operator bogus"),
         ([["channel", "private"]], "unknown channel private"),
         ([["channel", "nowhere"]], "unknown channel"),
         ([["dm", [99999]]], "unknown user"),
         ([["sender", "x@y.example"]], "unknown user"),
-        ([["is", "starred"]], "unknown 'is' operand"),
+        ([["is", "bogus"]], "unknown 'is' operand"),
         ([["channel", 2**40]], "invalid channel operand"),
     ]:
         with pytest.raises(BadNarrow, match=message):

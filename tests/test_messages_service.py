@@ -203,6 +203,6 @@ async def test_send_message_takes_zulips_forms_of_to_and_refuses_zulips_way(
             {"num_before": 10, "narrow": [{"operator": "dm", "operand": [member, loner]}]}
         )
         assert [m["id"] for m in by_dm.body["messages"]] == [sent[6]]
-        assert (await get({"narrow": [["has", "link"]]})).body["code"] == "BAD_NARROW"
+        assert (await get({"narrow": [["has", "video"]]})).body["code"] == "BAD_NARROW"
         assert (await get({"anchor": "middle"})).body["msg"] == "Invalid anchor"
         assert (await get({"num_before": -1})).status == 400

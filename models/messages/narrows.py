@@ -1,12 +1,17 @@
 """The narrow: which messages a client asks for, parsed, bounded, stored and matched.
 
-This module owns the narrow (`parse_narrow`): Zulip's operators `channel`/`stream`,
-`topic`/`subject`, `dm`/`pm-with`, `sender` and `is:dm`/`is:private`, each possibly
-negated, as terms (`NarrowTerm`), in their stored JSON form (`narrow_to_json`,
-`narrow_from_json`), and as a queue's event filter (`EventNarrow`, which reads nothing
-but the event, so a rebuilt queue filters identically, and which prepares its terms once
-(`PreparedTerm`) so that filtering one message costs the same whatever the size of its
-operands). Its size is bounded (`MAX_NARROW_TERMS`, `MAX_NARROW_USERS`,
+This module owns the narrow (`parse_narrow`): every operator Zulip accepts at feature
+level 377, under each of its spellings (`_OPERATORS`: `channel`/`stream`,
+`channels`/`streams`, `topic`/`subject`, `dm`/`pm-with`/`pm_with`,
+`dm-including`/`dm_including`, `group-pm-with`/`group_pm_with`, `sender`, `id`, `near`,
+`with`, `is`, `has`, `in`, `search`; Zulip finds an operator's method by its name with
+`-` read as `_`, so both spellings work there too), each possibly negated, as terms
+(`NarrowTerm`), in their stored JSON form (`narrow_to_json`, `narrow_from_json`), and as
+a queue's event filter (`EventNarrow`, which reads nothing but the event, so a rebuilt
+queue filters identically, and which prepares its terms once (`PreparedTerm`) so that
+filtering one message costs the same whatever the size of its operands). A queue's
+narrow takes the operators Zulip's event filter takes (`check_event_narrow`), plus
+eventq's `dm`. Its size is bounded (`MAX_NARROW_TERMS`, `MAX_NARROW_USERS`,
 `MAX_NARROW_OPERAND_CHARS`). The same terms are the conditions of a history query;
 `models.messages.history` turns them into SQL.
 """
@@ -55,15 +60,53 @@ class BadNarrow(ActionError):
 _OPERATORS = {
     "channel": "channel",
     "stream": "channel",
+    "channels": "channels",
+    "streams": "channels",
     "topic": "topic",
     "subject": "topic",
     "dm": "dm",
     "pm-with": "dm",
+    "pm_with": "dm",
+    "dm-including": "dm-including",
+    "dm_including": "dm-including",
+    "group-pm-with": "group-pm-with",
+    "group_pm_with": "group-pm-with",
     "sender": "sender",
+    "id": "id",
+    "near": "near",
+    "with": "with",
     "is": "is",
+    "has": "has",
+    "in": "in",
+    "search": "search",
 }
-# `is:` operands eventq supports: both name direct messages.
-_IS_DM = frozenset({"dm", "private"})
+# `is:` operands Zulip accepts, to the one stored: `private` is the old name of `dm`.
+# eventq has no alert words, topic following or muting, so `alerted`, `followed` and
+# `muted` match nothing (`models.messages.history`), as for a user who set none.
+_IS_OPERANDS = {
+    "dm": "dm",
+    "private": "dm",
+    "starred": "starred",
+    "unread": "unread",
+    "mentioned": "mentioned",
+    "alerted": "alerted",
+    "resolved": "resolved",
+    "followed": "followed",
+    "muted": "muted",
+}
+# `has:` operands Zulip accepts. eventq stores no uploads: no message has an attachment
+# or an image, so those match nothing.
+HAS_OPERANDS = frozenset({"link", "attachment", "image", "reaction"})
+# `in:` operands: `home` leaves out muted channels and topics, which eventq does not
+# have, so both read everything.
+IN_OPERANDS = frozenset({"home", "all"})
+# `channels:` operands: every public channel, or every web-public one.
+CHANNELS_OPERANDS = frozenset({"public", "web-public"})
+# The operators Zulip's queue filter (a `register` narrow) takes; others are refused
+# there with Zulip's "Operator x not supported." eventq's filter takes `dm` too.
+EVENT_OPERATORS = frozenset({"channel", "topic", "sender", "is", "dm"})
+# Zulip's topic prefix of a resolved topic, for `is:resolved`.
+RESOLVED_TOPIC_PREFIX = "\u2714 "
 
 Operand = str | int | tuple[int | str, ...]
 
@@ -72,8 +115,10 @@ Operand = str | int | tuple[int | str, ...]
 class NarrowTerm:
     """One narrow term: a canonical operator, its normalized operand, and negation.
 
-    `channel` and `sender` operands are ids (int) or a name or email (str); `dm` is a
-    tuple of ids and lower-case emails; `topic` a string; `is` always "dm".
+    `channel`, `sender`, `dm-including` and `group-pm-with` operands are ids (int) or a
+    name or email (str); `dm` is a tuple of ids and lower-case emails; `id` and `with` a
+    message id; `topic`, `search` and `near` strings; `is`, `has`, `in` and `channels`
+    one of their canonical operands.
     """
 
     operator: str
@@ -107,29 +152,71 @@ def _dm_operand(value: Any) -> tuple[int | str, ...]:
     return tuple(sorted({_id_operand(item, "dm") for item in items}))
 
 
+def _message_id_operand(value: Any, what: str) -> int:
+    """A message id, as a number or a string of digits (Zulip takes both)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise BadNarrow(what)
+    return value
+
+
+def _word_operand(operator: str, operand: Any, allowed: Any) -> str:
+    text = operand.strip().lower() if isinstance(operand, str) else None
+    if text is None or text not in allowed:
+        raise BadNarrow(f"unknown '{operator}' operand {operand}")
+    return str(allowed[text]) if isinstance(allowed, dict) else text
+
+
 def _term(operator: Any, operand: Any, negated: Any, index: int) -> NarrowTerm:
     if not isinstance(operator, str) or not isinstance(negated, bool):
         raise InvalidInput(f"Invalid narrow[{index}]")
     canonical = _OPERATORS.get(operator.strip().lower())
     if canonical is None:
         raise BadNarrow(f"unknown operator {operator}")
-    if canonical in ("channel", "sender"):
+    value: Operand
+    if canonical == "is":
+        value = _word_operand("is", operand, _IS_OPERANDS)
+    elif canonical == "has":
+        value = _word_operand("has", operand, HAS_OPERANDS)
+    elif canonical == "in":
+        value = _word_operand("in", operand, IN_OPERANDS)
+    elif canonical == "channels":
+        if not isinstance(operand, str) or operand.strip().lower() not in CHANNELS_OPERANDS:
+            raise BadNarrow(f"unknown channels operand {operand}")
+        value = operand.strip().lower()
+    elif canonical == "id":
+        value = _message_id_operand(operand, "Invalid message ID")
+    elif canonical == "with":
+        value = _message_id_operand(operand, "Invalid 'with' operator")
+    elif canonical == "near":
+        # Zulip reads nothing from it: the client's anchor says where to look.
+        value = str(operand) if isinstance(operand, str | int) else ""
+    elif canonical == "search":
+        if not isinstance(operand, str) or not operand.strip():
+            raise InvalidInput(f"narrow[{index}]['operand'] cannot be blank.")
+        value = operand.strip()
+    elif canonical in ("channel", "sender", "dm-including", "group-pm-with"):
         if isinstance(operand, str):
             text = operand.strip()
-            value: Operand = text.lower() if canonical == "sender" else text
+            value = text if canonical == "channel" else text.lower()
         else:
             value = _id_operand(operand, canonical)
     elif canonical == "topic":
         if not isinstance(operand, str):
             raise BadNarrow("invalid topic operand")
         value = operand.strip()
-    elif canonical == "dm":
-        value = _dm_operand(operand)
     else:
-        if not isinstance(operand, str) or operand.strip().lower() not in _IS_DM:
-            raise BadNarrow(f"unknown 'is' operand {operand}")
-        value = "dm"
+        value = _dm_operand(operand)
     return NarrowTerm(canonical, value, negated)
+
+
+def check_event_narrow(terms: Iterable[NarrowTerm]) -> None:
+    """Refuse, as Zulip's `register` does, a queue narrow with an operator its event
+    filter does not take ("Operator search not supported.")."""
+    for term in terms:
+        if term.operator not in EVENT_OPERATORS:
+            raise InvalidInput(f"Operator {term.operator} not supported.")
 
 
 def parse_narrow(raw: Any) -> tuple[NarrowTerm, ...]:
@@ -278,13 +365,40 @@ def _dm_matches(term: PreparedTerm, conversation: _Conversation, owner_id: int) 
     )
 
 
+# The flags of an event's message that `is:mentioned` reads (Zulip's: a mention of the
+# user, or a wildcard mention).
+_MENTION_FLAG_NAMES = frozenset(
+    {"mentioned", "wildcard_mentioned", "stream_wildcard_mentioned", "topic_wildcard_mentioned"}
+)
+
+
+def _is_matches(operand: str | None, message: dict[str, Any], flags: frozenset[str]) -> bool:
+    """`is:` on a message event, from the event alone: its type, topic and flags."""
+    is_stream = message.get("type") == "stream"
+    if operand == "dm":
+        return not is_stream
+    if operand == "starred":
+        return "starred" in flags
+    if operand == "unread":
+        return "read" not in flags
+    if operand == "mentioned":
+        return bool(flags & _MENTION_FLAG_NAMES)
+    if operand == "resolved":
+        return is_stream and str(message.get("subject", "")).startswith(RESOLVED_TOPIC_PREFIX)
+    # `alerted`, `followed`, `muted`: eventq has no alert words, following or muting.
+    return False
+
+
 def _event_term_matches(
     term: PreparedTerm,
     message: dict[str, Any],
     owner_id: int,
     conversation: _Conversation | None,
+    flags: frozenset[str],
 ) -> bool:
     is_stream = message.get("type") == "stream"
+    if term.operator == "is":
+        return _is_matches(term.text_operand, message, flags)
     if term.operator == "channel":
         if term.id_operand is not None:
             return is_stream and message.get("stream_id") == term.id_operand
@@ -295,11 +409,8 @@ def _event_term_matches(
         if term.id_operand is not None:
             return bool(message.get("sender_id") == term.id_operand)
         return _lower(message.get("sender_email")) == term.text_operand
-    if is_stream:
-        return False
-    if term.operator == "is":
-        return True
-    if conversation is None:
+    if is_stream or term.operator != "dm" or conversation is None:
+        # Operators a queue's narrow never holds (`check_event_narrow`) match nothing.
         return False
     return _dm_matches(term, conversation, owner_id)
 
@@ -332,7 +443,13 @@ class EventNarrow:
             return False
         participants = message.get("display_recipient")
         conversation = _Conversation(participants) if isinstance(participants, list) else None
+        raw_flags = event.get("flags")
+        flags = (
+            frozenset(f for f in raw_flags if isinstance(f, str))
+            if isinstance(raw_flags, list)
+            else frozenset()
+        )
         return all(
-            _event_term_matches(term, message, self.owner_id, conversation) != term.negated
+            _event_term_matches(term, message, self.owner_id, conversation, flags) != term.negated
             for term in self.prepared
         )

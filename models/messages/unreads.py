@@ -14,8 +14,10 @@ move the realm's state position, so it is always read for the one user, never ke
 
 Bounds: `unread_msgs` holds the newest `MAX_UNREAD_MESSAGES` unread messages, Zulip's
 bound, with `old_unreads_missing` true when there are more; it is one query, walking the
-user's `user_message` rows newest first through their primary key. eventq has no
-mentions and no muting: `mentions` is always empty and `count` counts every message held.
+user's `user_message` rows newest first through their primary key. `mentions` holds the
+unread messages with a mention flag (mentioned by name, or by a channel or topic
+wildcard), as Zulip's does; eventq has no muting, so a wildcard mention always counts and
+`count` counts every message held.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.messages.flags import READ_FLAG, STARRED_FLAG
+from models.messages.flags import MENTION_FLAGS, READ_FLAG, STARRED_FLAG
 from models.messages.recipients import RECIPIENT_STREAM
 from models.tables import Message, Recipient, UserMessage
 
@@ -91,6 +93,7 @@ def unread_msgs(session: Session, user_id: int) -> dict[str, Any]:
             Recipient.stream_id,
             Message.subject,
             Recipient.dm_user_ids,
+            UserMessage.flags,
         )
         .join(Message, Message.id == UserMessage.message_id)
         .join(Recipient, Recipient.id == Message.recipient_id)
@@ -106,19 +109,25 @@ def unread_msgs(session: Session, user_id: int) -> dict[str, Any]:
         user_id,
         (
             (int(message_id), Conversation.of(int(kind), stream_id, subject, dm_user_ids))
-            for message_id, kind, stream_id, subject, dm_user_ids in kept
+            for message_id, kind, stream_id, subject, dm_user_ids, _ in kept
         ),
         old_unreads_missing=len(rows) > MAX_UNREAD_MESSAGES,
+        mentions=[int(row[0]) for row in kept if int(row[5]) & MENTION_FLAGS],
     )
 
 
 def group_unreads(
-    user_id: int, unread: Iterable[tuple[int, Conversation]], *, old_unreads_missing: bool
+    user_id: int,
+    unread: Iterable[tuple[int, Conversation]],
+    *,
+    old_unreads_missing: bool,
+    mentions: Iterable[int] = (),
 ) -> dict[str, Any]:
     """`unread_msgs` from (message id, conversation) pairs: one entry per channel and
     topic, per one-on-one conversation (`pms`, keyed by the other participant, or the
     user for a conversation with themselves) and per group conversation (`huddles`);
-    entries sorted by key, ids ascending."""
+    entries sorted by key, ids ascending; `mentions` the ids of those with a mention
+    flag, ascending."""
     by_conversation: dict[Conversation, list[int]] = {}
     count = 0
     for message_id, conversation in unread:
@@ -157,30 +166,38 @@ def group_unreads(
         "pms": sorted(pms, key=lambda entry: entry["other_user_id"]),
         "streams": streams,
         "huddles": huddles,
-        "mentions": [],
+        "mentions": sorted(set(mentions)),
         "old_unreads_missing": old_unreads_missing,
     }
 
 
-def message_details(user_id: int, messages: dict[int, Conversation]) -> dict[str, Any]:
+def message_details(
+    user_id: int, messages: dict[int, Conversation], mentioned: Collection[int] = ()
+) -> dict[str, Any]:
     """Zulip's `message_details` of an `update_message_flags` `remove` event of `read`:
     for each message, keyed by its id as a string, `type` and its channel and topic, or
     the other participants of its direct-message conversation (`user_ids`, empty for one
-    with oneself). No `mentioned`: eventq has no mentions."""
+    with oneself); and `mentioned: true` for the messages in `mentioned` (those whose row
+    has a mention flag, `MENTION_FLAGS`), which a client files in `mentions`, as Zulip
+    sends it (absent, never false, otherwise)."""
     details: dict[str, Any] = {}
     for message_id in sorted(messages):
         conversation = messages[message_id]
+        detail: dict[str, Any]
         if conversation.stream_id is not None:
-            details[str(message_id)] = {
+            detail = {
                 "type": "stream",
                 "stream_id": conversation.stream_id,
                 "topic": conversation.topic,
             }
         else:
-            details[str(message_id)] = {
+            detail = {
                 "type": "private",
                 "user_ids": [u for u in conversation.participants if u != user_id],
             }
+        if message_id in mentioned:
+            detail["mentioned"] = True
+        details[str(message_id)] = detail
     return details
 
 

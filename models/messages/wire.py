@@ -11,8 +11,17 @@ This module owns
 
 Fields Zulip sends that eventq has no concept of have the value that says so:
 `avatar_url` null (every avatar is the Gravatar of the sender's email, computed by the
-client as with `client_gravatar`), `reactions`, `submessages` and `topic_links` empty
-(no reactions, widgets or linkifiers), `is_mirror_dummy` false.
+client as with `client_gravatar`), `submessages` and `topic_links` empty (no widgets or
+linkifiers), `is_mirror_dummy` false.
+
+Edits and reactions (`actions.message_edits`, `actions.reactions`) show as Zulip shows
+them at feature level 377: `reactions` (each `emoji_name`, `emoji_code`,
+`reaction_type`, `user_id`, oldest first; `[]` at send), `last_edit_timestamp` once the
+content was edited, `last_moved_timestamp` once the message was moved to another topic
+or channel (not for resolving or unresolving a topic), and `edit_history` (newest edit
+first) once either happened, filtered by `MESSAGE_EDIT_HISTORY_VISIBILITY_POLICY`.
+`load_message_views` reads them with the messages, one statement each for reactions and
+edits.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.tables import Message, Realm, Recipient, Stream, UserProfile
+from models.realm_settings import MESSAGE_EDIT_HISTORY_VISIBILITY_POLICY
+from models.tables import Message, MessageEdit, Reaction, Realm, Recipient, Stream, UserProfile
 
 CONTENT_TYPE_HTML = "text/html"
 CONTENT_TYPE_MARKDOWN = "text/x-markdown"
@@ -42,6 +52,70 @@ class Participant:
     id: int
     email: str
     full_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionView:
+    """One reaction as a message object lists it."""
+
+    emoji_name: str
+    emoji_code: str
+    reaction_type: str
+    user_id: int
+
+    def to_api(self) -> dict[str, Any]:
+        """Zulip's `EmojiReaction` (the deprecated `user` object is gone since FL 328)."""
+        return {
+            "emoji_name": self.emoji_name,
+            "emoji_code": self.emoji_code,
+            "reaction_type": self.reaction_type,
+            "user_id": self.user_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EditView:
+    """One entry of a message's edit history: who, when, and what each side was."""
+
+    user_id: int
+    timestamp: int
+    prev_content: str | None = None
+    prev_rendered_content: str | None = None
+    prev_topic: str | None = None
+    topic: str | None = None
+    prev_stream: int | None = None
+    stream: int | None = None
+
+    @property
+    def is_move(self) -> bool:
+        """Whether the topic or the channel changed in this edit."""
+        return self.prev_topic is not None or self.prev_stream is not None
+
+    def to_api(self, include_content: bool = True) -> dict[str, Any]:
+        """Zulip's `edit_history` entry: only the fields this edit changed."""
+        entry: dict[str, Any] = {"user_id": self.user_id, "timestamp": self.timestamp}
+        if include_content and self.prev_content is not None:
+            entry["prev_content"] = self.prev_content
+            entry["prev_rendered_content"] = self.prev_rendered_content or ""
+        if self.prev_topic is not None:
+            entry["prev_topic"] = self.prev_topic
+            entry["topic"] = self.topic or ""
+        if self.prev_stream is not None:
+            entry["prev_stream"] = self.prev_stream
+            entry["stream"] = self.stream
+        return entry
+
+
+def visible_edit_history(edits: Sequence[EditView], policy: str) -> list[dict[str, Any]] | None:
+    """`edit_history` under Zulip's `message_edit_history_visibility_policy`: every edit
+    ("all"), only moves without their content ("moves"), or none (None: the key is left
+    out, as it is for a message never edited)."""
+    if not edits or policy == "none":
+        return None
+    if policy == "moves":
+        moves = [edit.to_api(include_content=False) for edit in edits if edit.is_move]
+        return moves or None
+    return [edit.to_api() for edit in edits]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +135,13 @@ class MessageView:
     rendered_content: str
     timestamp: int
     client: str
+    # Oldest first, as Zulip lists them.
+    reactions: tuple[ReactionView, ...] = ()
+    # Unix seconds of the last content edit and the last move; None: never.
+    last_edit_timestamp: int | None = None
+    last_moved_timestamp: int | None = None
+    # Newest edit first, as Zulip's `edit_history`.
+    edits: tuple[EditView, ...] = ()
 
 
 def is_me_message(content: str) -> bool:
@@ -84,9 +165,16 @@ def message_to_api(view: MessageView, apply_markdown: bool) -> dict[str, Any]:
         "client": view.client,
         "avatar_url": None,
         "is_me_message": is_me_message(view.content),
-        "reactions": [],
+        "reactions": [reaction.to_api() for reaction in view.reactions],
         "submessages": [],
     }
+    if view.last_edit_timestamp is not None:
+        data["last_edit_timestamp"] = view.last_edit_timestamp
+    if view.last_moved_timestamp is not None:
+        data["last_moved_timestamp"] = view.last_moved_timestamp
+    edit_history = visible_edit_history(view.edits, MESSAGE_EDIT_HISTORY_VISIBILITY_POLICY)
+    if edit_history is not None:
+        data["edit_history"] = edit_history
     if view.stream is not None:
         data["type"] = "stream"
         data["stream_id"] = view.stream[0]
@@ -124,9 +212,61 @@ def timestamp_of(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
+def load_reactions(
+    session: Session, message_ids: Collection[int]
+) -> dict[int, tuple[ReactionView, ...]]:
+    """The reactions of these messages, oldest first, in one statement."""
+    found: dict[int, list[ReactionView]] = {}
+    if not message_ids:
+        return {}
+    for row in session.execute(
+        select(
+            Reaction.message_id,
+            Reaction.emoji_name,
+            Reaction.emoji_code,
+            Reaction.reaction_type,
+            Reaction.user_profile_id,
+        )
+        .where(Reaction.message_id.in_(sorted(set(message_ids))))
+        .order_by(Reaction.message_id, Reaction.id)
+    ):
+        found.setdefault(int(row.message_id), []).append(
+            ReactionView(
+                row.emoji_name, row.emoji_code, row.reaction_type, int(row.user_profile_id)
+            )
+        )
+    return {message_id: tuple(reactions) for message_id, reactions in found.items()}
+
+
+def load_edits(session: Session, message_ids: Collection[int]) -> dict[int, tuple[EditView, ...]]:
+    """The edit history of these messages, newest first, in one statement."""
+    found: dict[int, list[EditView]] = {}
+    if not message_ids:
+        return {}
+    for edit in session.scalars(
+        select(MessageEdit)
+        .where(MessageEdit.message_id.in_(sorted(set(message_ids))))
+        .order_by(MessageEdit.message_id, MessageEdit.id.desc())
+    ):
+        found.setdefault(edit.message_id, []).append(
+            EditView(
+                user_id=edit.user_id,
+                timestamp=timestamp_of(edit.edit_time),
+                prev_content=edit.prev_content,
+                prev_rendered_content=edit.prev_rendered_content,
+                prev_topic=edit.prev_subject,
+                topic=edit.subject,
+                prev_stream=edit.prev_stream_id,
+                stream=edit.stream_id,
+            )
+        )
+    return {message_id: tuple(edits) for message_id, edits in found.items()}
+
+
 def load_message_views(session: Session, message_ids: Collection[int]) -> dict[int, MessageView]:
-    """The messages with these ids, in two statements however many: the messages with
-    their senders, realms and channels, then every direct-message participant."""
+    """The messages with these ids, in at most four statements however many: the messages
+    with their senders, realms and channels, every direct-message participant, their
+    reactions and their edits."""
     if not message_ids:
         return {}
     rows = session.execute(
@@ -157,6 +297,9 @@ def load_message_views(session: Session, message_ids: Collection[int]) -> dict[i
             )
         ):
             people[int(user_id)] = Participant(int(user_id), email, full_name)
+    reactions = load_reactions(session, message_ids)
+    # Every message's edits: a resolved topic is an edit that sets neither timestamp.
+    edits = load_edits(session, message_ids)
     views = {}
     for row in rows:
         message: Message = row.Message
@@ -178,5 +321,13 @@ def load_message_views(session: Session, message_ids: Collection[int]) -> dict[i
             rendered_content=message.rendered_content,
             timestamp=timestamp_of(message.date_sent),
             client=message.sending_client,
+            reactions=reactions.get(message.id, ()),
+            last_edit_timestamp=_optional_timestamp(message.last_edit_time),
+            last_moved_timestamp=_optional_timestamp(message.last_moved_time),
+            edits=edits.get(message.id, ()),
         )
     return views
+
+
+def _optional_timestamp(moment: datetime | None) -> int | None:
+    return None if moment is None else timestamp_of(moment)

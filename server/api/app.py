@@ -36,10 +36,13 @@ def make_app(
     `serve_metrics` False: `/metrics` is left to a listener of its own (`make_ops_app`).
     `body_budget` None: a budget of its own at the default size (`server.api.body_limits`).
     """
+    from server.api.handlers.message_edits import MESSAGE_EDIT_ROUTES
+    from server.api.handlers.message_queries import MESSAGE_QUERY_ROUTES
     from server.api.handlers.messages import MESSAGE_ROUTES
     from server.api.handlers.page import PAGE_ROUTES
     from server.api.handlers.presence import PRESENCE_ROUTES
     from server.api.handlers.rest import REST_ROUTES
+    from server.api.handlers.subscription_properties import SUBSCRIPTION_PROPERTY_ROUTES
     from server.api.handlers.typing import TYPING_ROUTES
 
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
@@ -48,7 +51,10 @@ def make_app(
         (r"/api/v1/register", RegisterHandler),
         (r"/api/v1/events", EventsHandler),
         *REST_ROUTES,
+        *SUBSCRIPTION_PROPERTY_ROUTES,
         *MESSAGE_ROUTES,
+        *MESSAGE_QUERY_ROUTES,
+        *MESSAGE_EDIT_ROUTES,
         *PRESENCE_ROUTES,
         *TYPING_ROUTES,
         *ADMIN_ROUTES,

@@ -38,6 +38,7 @@ Runs on the event loop; not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Awaitable
 from typing import Any
@@ -105,9 +106,16 @@ ROUTE_BODY_LIMITS: dict[tuple[str, str], int] = {
 LARGEST_BODY_LIMIT = max(DEFAULT_BODY_LIMIT, *ROUTE_BODY_LIMITS.values())
 
 
+# `PATCH /messages/{id}`: a new `content`, as large as a sent one.
+_MESSAGE_EDIT_PATH = re.compile(r"/api/v1/messages/[0-9]+")
+
+
 def body_limit(method: str, path: str) -> int:
     """The most a body of `method path` may hold (`path` may carry a query string)."""
-    return ROUTE_BODY_LIMITS.get((method, path.partition("?")[0]), DEFAULT_BODY_LIMIT)
+    route = path.partition("?")[0]
+    if method == "PATCH" and _MESSAGE_EDIT_PATH.fullmatch(route):
+        return LARGE_BODY_LIMIT
+    return ROUTE_BODY_LIMITS.get((method, route), DEFAULT_BODY_LIMIT)
 
 
 # -- for all connections ------------------------------------------------------------------

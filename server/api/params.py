@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from models.register_keys import KNOWN_EVENT_TYPES
 from server.engine.errors import BadRequest
+
+T = TypeVar("T")
 
 # Larger values are not ids or counts any client sends; refusing them keeps integer
 # columns (64-bit on PostgreSQL) and arithmetic safe.
@@ -64,14 +68,32 @@ def check_event_types(name: str, value: Any) -> list[str]:
     """`event_types` or `fetch_event_types` of a register: a list of short names. Zulip
     has about sixty event types, each a word or two; a queue keeps its list for its whole
     life (in memory and in its descriptor), so a longer list, or a longer name, names
-    nothing real and is refused rather than kept."""
+    nothing real and is refused rather than kept.
+
+    A name that is no event type Zulip documents (`models.register_keys.KNOWN_EVENT_TYPES`)
+    is refused too: a typo would otherwise leave the client without the state or events
+    it meant to ask for, with nothing saying why. Zulip itself ignores such a name;
+    eventq knows every documented name, newer ones included, so no client a Zulip server
+    serves is refused."""
     names = check_str_list(name, value)
     if len(names) > MAX_EVENT_TYPES:
         raise BadRequest(f"{name} has more than {MAX_EVENT_TYPES} event types")
     for index, item in enumerate(names):
         if len(item) > MAX_EVENT_TYPE_LENGTH:
             raise BadRequest(f"{name}[{index}] is longer than {MAX_EVENT_TYPE_LENGTH} characters")
+        if item not in KNOWN_EVENT_TYPES:
+            raise BadRequest(f"Invalid event type {item!r} in {name}")
     return names
+
+
+def or_null(check: Callable[[str, Any], T]) -> Callable[[str, Any], T | None]:
+    """`check`, with JSON `null` read as the parameter's absence (None), as Zulip reads
+    it for its optional parameters (`Json[X] | None`): zulip-js sends `event_types=null`."""
+
+    def checked(name: str, value: Any) -> T | None:
+        return None if value is None else check(name, value)
+
+    return checked
 
 
 def check_list(name: str, value: Any) -> list[Any]:

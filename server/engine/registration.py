@@ -26,6 +26,10 @@ position of the outbox: every event after the snapshot in the queue, none before
   kept state, since `message` events change it without moving `realm.state_seq`; the
   queue starts where that read was taken, once the kept realm state is shown to hold
   there too (`_read_with_user_state`).
+* The other keys (`models.register_keys`) are the realm's constants, its name (read
+  once per process: eventq never renames a realm), the system groups (built from the
+  kept state's users, once per kept state) and the user's own `max_message_id` and
+  `recent_private_conversations`, read with `unread_msgs` in the user's snapshot.
 * Presence (`presences`) is not versioned by the outbox at all: pings change it without
   any event (always in realms over 100 active users, and on every ping's refreshed
   times in the others), so no kept read can be checked against `realm.state_seq`. It
@@ -55,12 +59,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from models.database import Database
 from models.descriptors import DescriptorRecord, HeldQueue
 from models.messages.narrows import NarrowTerm
 from models.messages.unreads import user_state, wants_user_state
 from models.outbox import state_position
 from models.presence import PRESENCE_EVENT_TYPE, RealmPresence
+from models.register_keys import (
+    KNOWN_EVENT_TYPES,
+    USER_GROUPS_TYPE,
+    RealmFacts,
+    own_message_keys,
+    read_realm_facts,
+    realm_wide_state,
+    wants_own_message_keys,
+)
 from models.state import STATE_EVENT_TYPES, RealmState
 from queues.descriptor import (
     LegacyClientRule,
@@ -101,12 +116,23 @@ class RegisterRequest:
     include_subscribers: bool
     queue_lifespan_secs: int | None
     user_agent: str | None
-    # The `narrow` (for `message` events only) and `apply_markdown` parameters.
+    # The `narrow` (for `message` events only) and `apply_markdown` parameters (the
+    # handler applies Zulip's default, false; this default serves in-process callers).
     narrow: tuple[NarrowTerm, ...] = ()
     apply_markdown: bool = True
     # The presence state's shape (modern entries when true) and how far back it looks.
     slim_presence: bool = False
     presence_history_limit_days: int | None = None
+    # The server's address as the client reached it (`realm_url`), and whether the client
+    # declared `user_settings_object` (then no legacy per-setting keys).
+    server_url: str = ""
+    user_settings_object: bool = False
+
+
+def wants_users(fetch: frozenset[str]) -> bool:
+    """Whether a register fetching these types needs every user of the realm: their
+    list, or the system groups' members."""
+    return "realm_user" in fetch or USER_GROUPS_TYPE in fetch
 
 
 class Registrar:
@@ -151,6 +177,8 @@ class Registrar:
         self._state_read_locks = KeyedLock()
         self._state_read_tasks: set[asyncio.Task[None]] = set()
         self._presence_reads = SharedPresenceReads(db, threads)
+        # realm id -> its name and creation time, which eventq never changes: read once.
+        self._realm_facts: dict[int, RealmFacts] = {}
 
     async def register(self, user: AuthenticatedUser, request: RegisterRequest) -> dict[str, Any]:
         """Create a queue and return it with the state snapshot it starts from.
@@ -185,11 +213,8 @@ class Registrar:
         )
         fetch = request.fetch_event_types
         if fetch is None:
-            fetch = (
-                request.event_types
-                if request.event_types is not None
-                else STATE_EVENT_TYPES | {PRESENCE_EVENT_TYPE}
-            )
+            # Neither list: everything Zulip documents, as Zulip answers.
+            fetch = request.event_types if request.event_types is not None else KNOWN_EVENT_TYPES
         now = self.clock()
         # The shard's name first, so a proxy can send the queue's polls here.
         queue_id = f"{self.shard}.{secrets.token_hex(16)}"
@@ -239,7 +264,7 @@ class Registrar:
             record: DescriptorRecord | None = None
             held: list[HeldQueue] = []
             own: dict[str, Any] = {}
-            if wants_user_state(fetch):
+            if wants_user_state(fetch) or wants_own_message_keys(fetch):
                 # The user's own message state and the realm state, at one position.
                 seq, realm_state, own = await self._read_with_user_state(
                     user.realm_id, user.id, fetch, request.include_subscribers
@@ -263,6 +288,7 @@ class Registrar:
                 user.id, fetch & STATE_EVENT_TYPES, request.include_subscribers
             )
             state.update(own)
+            state.update(await self._realm_wide_state(user.realm_id, fetch, realm_state, request))
             if PRESENCE_EVENT_TYPE in fetch:
                 # Read now that the queue's start is fixed (see the module).
                 presence = await self._presence_reads.read(user.realm_id)
@@ -294,6 +320,35 @@ class Registrar:
         if self.max_queues_per_user is not None:
             await self._drop_past_queue_cap(user, held, self.max_queues_per_user)
         return {"queue_id": queue_id, "last_event_id": -1, **state}
+
+    async def _realm_wide_state(
+        self,
+        realm_id: int,
+        fetch: frozenset[str],
+        realm_state: RealmState,
+        request: RegisterRequest,
+    ) -> dict[str, Any]:
+        """The keys of `models.register_keys` that every user of the realm shares: built
+        from constants, the realm's name (read once per process) and the shared realm
+        state's users (the system groups, built once per shared state)."""
+        facts = self._realm_facts.get(realm_id)
+        if facts is None:
+            found = await self.threads.run(self._read_facts, realm_id)
+            if found is None:
+                raise UserDeactivated()  # the realm is gone
+            facts = self._realm_facts[realm_id] = found
+        known = facts
+        return realm_wide_state(
+            fetch,
+            facts,
+            request.server_url,
+            user_settings_object=request.user_settings_object,
+            user_groups=lambda: realm_state.user_groups(known.date_created),
+        )
+
+    def _read_facts(self, realm_id: int) -> RealmFacts | None:
+        with self.db.snapshot() as session:
+            return read_realm_facts(session, realm_id)
 
     async def _drop_past_queue_cap(
         self, user: AuthenticatedUser, held: list[HeldQueue], cap: int
@@ -381,7 +436,7 @@ class Registrar:
             position = state_position(session, realm_id)
             if position is None:
                 raise UserDeactivated()  # the realm is gone
-            return position[0], position[1], user_state(session, user_id, fetch)
+            return position[0], position[1], _own_state(session, user_id, fetch)
 
     def _read_both_snapshot(
         self, realm_id: int, user_id: int, fetch: frozenset[str], include_subscribers: bool
@@ -394,10 +449,10 @@ class Registrar:
                 session,
                 realm_id,
                 user_id,
-                users="realm_user" in fetch,
+                users=wants_users(fetch),
                 subscribers=include_subscribers and "subscription" in fetch,
             )
-            return position[0], realm_state, user_state(session, user_id, fetch)
+            return position[0], realm_state, _own_state(session, user_id, fetch)
 
     async def _read_realm_state(self, realm_id: int) -> tuple[int, RealmState]:
         """The realm's register state and the outbox position it holds at, read in one
@@ -456,6 +511,12 @@ class Registrar:
             # Built here, on the database thread: a large realm's user lists would
             # otherwise be built on the event loop by the first register that uses them.
             return position[0], RealmState.read(session, realm_id).build_shared()
+
+
+def _own_state(session: Session, user_id: int, fetch: frozenset[str]) -> dict[str, Any]:
+    """The user's own message keys (`unread_msgs`, `starred_messages`, `max_message_id`,
+    `recent_private_conversations`), read in the caller's snapshot."""
+    return {**user_state(session, user_id, fetch), **own_message_keys(session, user_id, fetch)}
 
 
 class SharedPresenceReads:

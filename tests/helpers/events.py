@@ -16,6 +16,7 @@ _REQUIRED: dict[tuple[str, str], dict[str, type]] = {
     ("subscription", "remove"): {"subscriptions": list},
     ("subscription", "peer_add"): {"stream_ids": list, "user_ids": list},
     ("subscription", "peer_remove"): {"stream_ids": list, "user_ids": list},
+    ("subscription", "update"): {"stream_id": int, "property": str},
 }
 
 

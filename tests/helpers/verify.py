@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from clients.state import StateCache
+from clients.state import REGISTER_STATE_KEYS, StateCache
 from models.database import Database
 from models.messages.flags import HISTORICAL_FLAG
 from models.messages.history import fetch_messages
@@ -40,10 +40,11 @@ from models.messages.unreads import USER_STATE_EVENT_TYPES
 from models.messages.wire import RAW_MARKDOWN_KEY
 from models.outbox import StoredEvent, read_events
 from models.presence import PRESENCE_EVENT_TYPE, USER_LIMIT_FOR_SENDING_PRESENCE_UPDATE_EVENTS
+from models.register_keys import AS_OF_REGISTER_KEYS, USER_GROUPS_TYPE
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import Realm, UserMessage, UserProfile
 from queues.types import SharedEvent
-from tests.helpers import zulip_messages, zulip_schema
+from tests.helpers import message_histories, zulip_messages, zulip_schema
 from tests.helpers.events import check_event_shape
 from tests.helpers.openapi import validate_event
 from tests.helpers.statements import count_statements
@@ -53,11 +54,17 @@ zulip_messages.install()
 # Every state a register can return: the realm's, and the user's own message state
 # (`unread_msgs`, `starred_messages`), which `message` and `update_message_flags` events
 # change.
-FETCHED_TYPES = STATE_EVENT_TYPES | USER_STATE_EVENT_TYPES
+FETCHED_TYPES = STATE_EVENT_TYPES | USER_STATE_EVENT_TYPES | {USER_GROUPS_TYPE}
 # With `verify_action(..., with_presence=True)`, the realm's presence too (legacy shape).
 WITH_PRESENCE = FETCHED_TYPES | {PRESENCE_EVENT_TYPE}
 # What a client polls for rather than learns from events: not part of the comparison.
 PRESENCE_POLL_KEYS = ("presence_last_update_id", "server_timestamp")
+# The keys of `models.register_keys` that the client cache (`clients.state`) does not
+# hold: constants, which must be equal before and after every action, and the keys Zulip
+# documents as of the register (`AS_OF_REGISTER_KEYS`: `max_message_id`,
+# `recent_private_conversations`, and the system groups' members, for which eventq sends
+# no `user_group` events), which are excluded from the comparison.
+CACHED_KEYS = frozenset(REGISTER_STATE_KEYS)
 
 T = TypeVar("T")
 
@@ -89,12 +96,26 @@ def _states(
     ).all()
     fetched = WITH_PRESENCE if with_presence else FETCHED_TYPES
     return {
-        u.id: _json(fetch_initial_state(session, u, fetched, include_subscribers)) for u in users
+        u.id: _json(
+            fetch_initial_state(session, u, fetched, include_subscribers, register_keys=True)
+        )
+        for u in users
     }
 
 
 def _without_poll_keys(state: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in state.items() if key not in PRESENCE_POLL_KEYS}
+
+
+def _cached_part(state: dict[str, Any]) -> dict[str, Any]:
+    """The keys the client cache holds (never the presence poll's bookkeeping)."""
+    return {key: value for key, value in state.items() if key in CACHED_KEYS}
+
+
+def _check_uncached_keys(user_id: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """No action changes a constant of the register answer (see `CACHED_KEYS`)."""
+    for key in set(before) - CACHED_KEYS - AS_OF_REGISTER_KEYS - set(PRESENCE_POLL_KEYS):
+        assert before[key] == after.get(key), f"user {user_id}'s {key} changed without an event"
 
 
 def _visible_stream_ids(state: dict[str, Any]) -> set[int]:
@@ -110,6 +131,8 @@ def _named_stream_ids(event: dict[str, Any]) -> set[int]:
     if event["type"] == "subscription":
         if "stream_ids" in event:
             return set(event["stream_ids"])
+        if "stream_id" in event:  # `update`: one of the user's own settings
+            return {event["stream_id"]}
         return {s["stream_id"] for s in event["subscriptions"]}
     return set()
 
@@ -137,6 +160,7 @@ def verify_action(
             select(Realm.last_event_seq).where(Realm.id == realm_id)
         ).scalar_one()
         before = _states(session, realm_id, include_subscribers, with_presence)
+        histories_before = message_histories.capture(session, realm_id, before)
         received_before = _received_count(session, realm_id)
 
     with count_statements(db.engine) as statements, db.write() as session:
@@ -160,7 +184,7 @@ def verify_action(
     envelope = {"result": "success", "msg": "", "queue_id": "q", "last_event_id": -1}
     envelope |= {"zulip_version": "", "zulip_feature_level": 0, "zulip_merge_base": ""}
     register_schema = zulip_schema.register(
-        WITH_PRESENCE if with_presence else FETCHED_TYPES, include_subscribers
+        WITH_PRESENCE if with_presence else FETCHED_TYPES, include_subscribers, complete=True
     )
     # Every user's state is built by the same builders (`models.wire`), so one state
     # shows the shapes; checking all of them would cost O(users^2) for nothing more.
@@ -174,6 +198,8 @@ def verify_action(
             _check_flags_shape(stored)
         elif stored.event.get("type") == PRESENCE_EVENT_TYPE:
             _check_presence_shape(stored)
+        elif stored.event.get("type") in message_histories.MESSAGE_CHANGE_TYPES:
+            validate_event({**stored.event, "id": 0})  # eventq's document, then Zulip's
         else:
             check_event_shape(stored.event)
         assert stored.user_ids, "an outbox event without recipients is never written"
@@ -184,6 +210,8 @@ def verify_action(
 
     verified = VerifiedAction(result, events, statements.count)
     _check_messages(db, realm_id, verified, after, received_before)
+    # Edits, moves, deletions and reactions: each user's history converges (new module).
+    message_histories.check(db, realm_id, events, histories_before)
     for user_id, state in before.items():
         received = verified.received_by(user_id, legacy=user_id in legacy_users)
         visible = _visible_stream_ids(state) | _visible_stream_ids(after.get(user_id, {}))
@@ -199,9 +227,10 @@ def verify_action(
             include_subscribers=include_subscribers,
         )
         cache.apply_all(received)
-        assert _without_poll_keys(cache.to_register_shape()) == _without_poll_keys(
-            after[user_id]
-        ), f"user {user_id}'s state after applying {received} differs from a fresh register"
+        assert _without_poll_keys(cache.to_register_shape()) == _cached_part(after[user_id]), (
+            f"user {user_id}'s state after applying {received} differs from a fresh register"
+        )
+        _check_uncached_keys(user_id, state, after[user_id])
     return verified
 
 
@@ -261,6 +290,18 @@ def _check_flags_shape(stored: StoredEvent) -> None:
         assert set(event["message_details"]) == {str(m) for m in event["messages"]}, event
 
 
+# The flags a message can carry when sent: the sender's `read` and the mention flags.
+_SEND_FLAGS = frozenset(
+    {
+        "read",
+        "mentioned",
+        "stream_wildcard_mentioned",
+        "topic_wildcard_mentioned",
+        "wildcard_mentioned",
+    }
+)
+
+
 def _check_message_shape(stored: StoredEvent) -> None:
     event = stored.event
     assert "id" not in event, "the per-queue id is added at delivery, never stored"
@@ -276,11 +317,18 @@ def _check_message_shape(stored: StoredEvent) -> None:
         else:
             assert message["content"] == raw["content"], message
             assert message["content_type"] == "text/x-markdown", message
+    # Each recipient's flags are their row's (history, read from the rows, is compared
+    # with the events in `_check_messages`): the sender's own copy alone is `read`, and
+    # only mentions add flags, the legacy `wildcard_mentioned` with either wildcard.
     sender = event["message"]["sender_id"]
-    if set(stored.user_ids) == {sender}:
-        assert event["flags"] == ["read"], event
+    flags = event["flags"]
+    if sender in stored.user_ids:
+        assert set(stored.user_ids) == {sender} and flags[:1] == ["read"], event
     else:
-        assert sender not in stored.user_ids and event["flags"] == [], event
+        assert "read" not in flags, event
+    assert set(flags) <= _SEND_FLAGS and len(flags) == len(set(flags)), event
+    wildcard = {"stream_wildcard_mentioned", "topic_wildcard_mentioned"} & set(flags)
+    assert ("wildcard_mentioned" in flags) == bool(wildcard), event
 
 
 def _check_messages(
@@ -320,7 +368,10 @@ def _check_messages(
                 per_user.setdefault(user_id, []).append(stored)
     with db.snapshot() as session:
         grown = _received_count(session, realm_id) - received_before
-        assert grown == pairs, f"{grown} messages received in history, {pairs} by events"
+        # Deletions and channel moves remove and give rows without `message` events: their
+        # histories are checked by `message_histories` instead.
+        if not message_histories.changes_rows(verified.events):
+            assert grown == pairs, f"{grown} messages received in history, {pairs} by events"
         for user_id, stored_events in per_user.items():
             for apply_markdown in (True, False):
                 history = fetch_messages(

@@ -512,6 +512,17 @@ EVENTS: dict[tuple[str, str | None], Schema] = {
     ("subscription", "peer_remove"): event(
         "subscription", "peer_remove", {"stream_ids": INTEGERS, "user_ids": INTEGERS}
     ),
+    # One of the user's own settings of a channel; `value` is Zulip's integer, boolean or
+    # string.
+    ("subscription", "update"): event(
+        "subscription",
+        "update",
+        {
+            "stream_id": INTEGER,
+            "property": STRING,
+            "value": {"oneOf": [INTEGER, BOOLEAN, STRING]},
+        },
+    ),
     ("update_message_flags", "add"): _flags_event("add"),
     ("update_message_flags", "remove"): _flags_event("remove"),
     ("typing", "start"): _typing("start"),
@@ -594,20 +605,30 @@ SERVER_SETTINGS = success(
 
 
 def register(
-    fetched: Iterable[str] | None = None, include_subscribers: bool | None = None
+    fetched: Iterable[str] | None = None,
+    include_subscribers: bool | None = None,
+    *,
+    complete: bool = False,
 ) -> Schema:
     """A `register` answer holding the state of `fetched` event types.
 
     `fetched` None accepts any of eventq's state types, with what belongs together
     required together (the current user's keys with `realm_users`, say); a set requires
-    exactly those types' keys and refuses the others. `include_subscribers` as in
-    `subscription`. The same arguments give the same (shared, not to be changed) schema.
+    exactly those types' keys and refuses the others. The keys of
+    `tests.helpers.zulip_register_schema` (the realm's settings, `max_message_id`, ...)
+    are allowed with their types, and required too with `complete`: a state read without
+    them (`models.state.fetch_initial_state` without `register_keys`) is checked without.
+    `include_subscribers` as in `subscription`. The same arguments give the same
+    (shared, not to be changed) schema.
     """
-    return _register(None if fetched is None else frozenset(fetched), include_subscribers)
+    frozen = None if fetched is None else frozenset(fetched)
+    return _register(frozen, include_subscribers, complete)
 
 
 @cache
-def _register(fetched: frozenset[str] | None, include_subscribers: bool | None) -> Schema:
+def _register(
+    fetched: frozenset[str] | None, include_subscribers: bool | None, complete: bool = False
+) -> Schema:
     properties: dict[str, Schema] = {"queue_id": nullable(STRING), "last_event_id": INTEGER}
     properties.update(VERSION_KEYS)
     required = list(properties)
@@ -651,6 +672,26 @@ def _register(fetched: frozenset[str] | None, include_subscribers: bool | None) 
             properties.update(keys)
             if fetched is not None:
                 required += list(keys)
+    # Every other fetch type's keys (`models.register_keys`); imported here, as that
+    # module builds on this one's building blocks.
+    from tests.helpers import zulip_register_schema
+
+    if fetched is None:
+        properties.update(zulip_register_schema.every_key())
+    else:
+        # The legacy settings are allowed, not required: they depend on a capability.
+        properties.update(zulip_register_schema.selected(fetched))
+        if "realm" in fetched:
+            properties.update(
+                {
+                    key: zulip_register_schema.REALM_KEYS[key]
+                    for key in zulip_register_schema.ADDRESS_KEYS
+                }
+            )
+        selected = zulip_register_schema.selected(fetched, user_settings_object=True)
+        properties.update(selected)
+        if complete:
+            required += [key for key in selected if key not in required]
     schema = success(properties, required)
     if dependent:
         schema["dependentRequired"] = dependent
@@ -664,6 +705,29 @@ ANSWERS: dict[tuple[str, str], Schema] = {
     ("GET", "/server_settings"): SERVER_SETTINGS,
     ("POST", "/messages/flags"): success(
         {"messages": INTEGERS, "ignored_because_not_subscribed_channels": INTEGERS}, ["messages"]
+    ),
+    ("POST", "/messages/flags/narrow"): success(
+        {
+            "processed_count": INTEGER,
+            "updated_count": INTEGER,
+            "first_processed_id": nullable(INTEGER),
+            "last_processed_id": nullable(INTEGER),
+            "found_oldest": BOOLEAN,
+            "found_newest": BOOLEAN,
+            "ignored_because_not_subscribed_channels": INTEGERS,
+        },
+        [
+            "processed_count",
+            "updated_count",
+            "first_processed_id",
+            "last_processed_id",
+            "found_oldest",
+            "found_newest",
+        ],
+    ),
+    ("GET", "/users/me/{stream_id}/topics"): success(
+        {"topics": array(closed({"name": STRING, "max_id": INTEGER}, ["name", "max_id"]))},
+        ["topics"],
     ),
     ("POST", "/register"): register(),
     # Each event is checked against the schema of its kind (`check_event`), which names
@@ -692,6 +756,7 @@ ANSWERS: dict[tuple[str, str], Schema] = {
         },
         ["subscribed", "already_subscribed"],
     ),
+    ("POST", "/users/me/subscriptions/properties"): success({}),
     ("DELETE", "/users/me/subscriptions"): success(
         {"removed": array(STRING), "not_removed": array(STRING)}, ["removed", "not_removed"]
     ),

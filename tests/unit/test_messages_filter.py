@@ -99,8 +99,8 @@ def test_parse_narrow_normalizes_and_refuses() -> None:
     assert narrow_from_json(narrow_to_json(terms)) == terms
     assert narrow_to_json(()) is None and narrow_from_json(None) == ()
     for bad, error in [
-        ([["search", "x"]], BadNarrow),
-        ([["is", "starred"]], BadNarrow),
+        ([["has", "video"]], BadNarrow),
+        ([["is", "bogus"]], BadNarrow),
         ([["channel", True]], BadNarrow),
         ([["dm", [1, "a@b.c"]]], BadNarrow),
         ([["dm", []]], BadNarrow),

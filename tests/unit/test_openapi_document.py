@@ -27,6 +27,7 @@ from models.wire import (
     subscription_peer_event,
     subscription_remove_event,
     subscription_to_api,
+    subscription_update_event,
     user_to_api,
 )
 from server.api.handlers.events import VERSION_FIELDS
@@ -56,6 +57,14 @@ EXPECTED_OPERATIONS = {
     ("GET", "/messages"),
     ("POST", "/messages"),
     ("POST", "/messages/flags"),
+    ("POST", "/messages/flags/narrow"),
+    ("GET", "/users/me/{stream_id}/topics"),
+    ("GET", "/messages/{message_id}"),
+    ("PATCH", "/messages/{message_id}"),
+    ("DELETE", "/messages/{message_id}"),
+    ("GET", "/messages/{message_id}/history"),
+    ("POST", "/messages/{message_id}/reactions"),
+    ("DELETE", "/messages/{message_id}/reactions"),
     ("POST", "/typing"),
     ("POST", "/users/{user_id}/reactivate"),
     ("POST", "/users/me/presence"),
@@ -67,6 +76,7 @@ EXPECTED_OPERATIONS = {
     ("GET", "/users/me/subscriptions"),
     ("POST", "/users/me/subscriptions"),
     ("DELETE", "/users/me/subscriptions"),
+    ("POST", "/users/me/subscriptions/properties"),
     ("GET", "/eventq/queues"),
     ("GET", "/eventq/clients"),
     ("GET", "/eventq/metrics"),
@@ -182,6 +192,8 @@ def one_event_of_each_kind() -> list[dict[str, Any]]:
         subscription_remove_event([stream_row(8)]),
         subscription_peer_event("peer_add", [3, 4], [12]),
         subscription_peer_event("peer_remove", [3], [12, 13]),
+        subscription_update_event(8, "color", "#76ce90"),
+        subscription_update_event(8, "in_home_view", False),
     ]
     delivered = [{"type": "heartbeat", "id": 0}]
     delivered += [{**_json(event), "id": number} for number, event in enumerate(events, 1)]

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import orjson
 
-from models.messages.narrows import parse_narrow
+from models.messages.narrows import check_event_narrow, parse_narrow
 from queues.descriptor import MAX_QUEUE_LIFESPAN_SECS
 from queues.types import Capabilities
-from server.api.params import check_bool, check_dict, check_event_types, check_int, check_list
+from server.api.params import (
+    check_bool,
+    check_dict,
+    check_event_types,
+    check_int,
+    check_list,
+    or_null,
+)
 from server.api.poll_ledger import PollTicket
 from server.api.request import ApiHandler
 from server.engine.errors import ApiError, BadRequest, RateLimited
@@ -66,9 +73,10 @@ class RegisterHandler(ApiHandler):
 
     async def post(self) -> None:
         user = await self.authenticate()
-        # Bounded: a queue keeps its event types in memory and in its descriptor.
-        event_types = self.param_json("event_types", check_event_types, None)
-        fetch_event_types = self.param_json("fetch_event_types", check_event_types, None)
+        # Bounded: a queue keeps its event types in memory and in its descriptor. JSON
+        # `null` is the parameter's absence, as in Zulip, for these and `narrow`.
+        event_types = self.param_json("event_types", or_null(check_event_types), None)
+        fetch_event_types = self.param_json("fetch_event_types", or_null(check_event_types), None)
         raw_capabilities = self.param_json("client_capabilities", check_dict, {})
         try:
             capabilities = Capabilities.from_client_capabilities(raw_capabilities)
@@ -78,12 +86,17 @@ class RegisterHandler(ApiHandler):
         if lifespan is not None and not 0 <= lifespan <= MAX_QUEUE_LIFESPAN_SECS:
             raise BadRequest(f"queue_lifespan_secs must be between 0 and {MAX_QUEUE_LIFESPAN_SECS}")
         # Filters `message` events only (models.messages.narrows); fixed for the queue's life.
-        narrow = parse_narrow(self.param_json("narrow", check_list, []))
-        apply_markdown = self.param_json("apply_markdown", check_bool, True)
+        narrow = parse_narrow(self.param_json("narrow", or_null(check_list), None) or [])
+        # A queue filters by what an event carries: Zulip refuses the other operators.
+        check_event_narrow(narrow)
+        # Zulip's default for a register (GET /messages defaults to true).
+        apply_markdown = self.param_json("apply_markdown", check_bool, False)
         # Accepted for compatibility: avatars are always computed by the client, and
-        # eventq has no all-public-channels queues.
+        # eventq has no all-public-channels queues. Both may be null in Zulip.
         for ignored in ("client_gravatar", "all_public_streams"):
-            self.param_json(ignored, check_bool, False)
+            self.param_json(ignored, or_null(check_bool), None)
+        # Declared: the client reads `user_settings`, not the legacy per-setting keys.
+        user_settings_object = raw_capabilities.get("user_settings_object", False) is True
         request = RegisterRequest(
             event_types=frozenset(event_types) if event_types is not None else None,
             fetch_event_types=frozenset(fetch_event_types)
@@ -97,8 +110,10 @@ class RegisterHandler(ApiHandler):
             apply_markdown=apply_markdown,
             slim_presence=self.param_json("slim_presence", check_bool, False),
             presence_history_limit_days=self.param_json(
-                "presence_history_limit_days", check_int, None
+                "presence_history_limit_days", or_null(check_int), None
             ),
+            server_url=f"{self.request.protocol}://{self.request.host}",
+            user_settings_object=user_settings_object,
         )
         answer = await self.service.register(user, request)
         self.send_success({**VERSION_FIELDS, **answer})
@@ -120,7 +135,7 @@ class EventsHandler(ApiHandler):
         ticket: PollTicket | None = None
         try:
             queue_id = self.param_str("queue_id")
-            last_event_id = self.param_json("last_event_id", check_int, None)
+            last_event_id = self.param_json("last_event_id", or_null(check_int), None)
             dont_block = self.param_json("dont_block", check_bool, False)
             ticket = limiter.begin_poll(user.id, queue_id, last_event_id)
             self._queue_id = queue_id

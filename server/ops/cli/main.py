@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_commands(commands)  # prune-outbox
     probe.add_commands(commands)  # probe
     messages.add_commands(commands)  # send
-    realms.add_listings(commands)  # users, streams
+    realms.add_listings(commands)  # users, api-key, streams
     cluster.add_commands(commands)  # nginx-config, cluster
     return parser
 

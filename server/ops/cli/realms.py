@@ -2,7 +2,8 @@
 deactivate and reactivate users, list users and channels.
 
 Commands: create-realm, create-user, create-stream, subscribe, unsubscribe,
-deactivate-user, reactivate-user (`add_commands`); users, streams (`add_listings`).
+deactivate-user, reactivate-user (`add_commands`); users, api-key, streams
+(`add_listings`).
 Each change runs the action of the `actions` package in one transaction, so the
 servers see it as the same events an API request would have made.
 """
@@ -151,6 +152,30 @@ def cmd_users(args: argparse.Namespace, db: Database) -> None:
     emit(args, users, table(["ID", "EMAIL", "FULL NAME", "ROLE", "STATE", "BOT"], rows))
 
 
+def cmd_api_key(args: argparse.Namespace, db: Database) -> None:
+    """Whoever can run the CLI against the database administers the machine, and reads
+    every key anyway: this shows one without SQL. Nothing is changed."""
+    with db.snapshot() as session:
+        realm = find_realm(session, args.realm)
+        user = find_user(session, realm, args.email)
+        data = {
+            "user_id": user.id,
+            "email": user.email,
+            "api_key": user.api_key,
+            "is_active": user.is_active,
+        }
+    state = (
+        "active"
+        if data["is_active"]
+        else "deactivated: the key works again only once they are reactivated"
+    )
+    emit(
+        args,
+        data,
+        f"{data['email']} (id {data['user_id']}, {state})\nAPI key: {data['api_key']}",
+    )
+
+
 def cmd_streams(args: argparse.Namespace, db: Database) -> None:
     with db.snapshot() as session:
         realm = find_realm(session, args.realm)
@@ -235,6 +260,14 @@ def add_listings(commands: Commands) -> None:
     """Add `users` and `streams`, which list a realm's state."""
     p = commands.on_database("users", cmd_users, "List the realm's users.")
     p.add_argument("realm", help="realm subdomain")
+    p = commands.on_database(
+        "api-key",
+        cmd_api_key,
+        "Print a user's API key (any user, deactivated ones too), for a client's "
+        "credentials or a zuliprc.",
+    )
+    p.add_argument("realm", help="realm subdomain")
+    p.add_argument("email", help="the user's email")
     p = commands.on_database(
         "streams", cmd_streams, "List the realm's channels with their subscribers."
     )
