@@ -15,8 +15,8 @@ from typing import Any
 
 from actions.message_flags import check_update_message_flags_for_narrow
 from models.messages.history import InvalidChannelId, fetch_stream_topics, parse_anchor
-from models.messages.narrows import MAX_ID, parse_narrow
-from server.api.params import check_bool, check_int, check_list
+from models.messages.narrows import MAX_ID, MIN_ID, parse_narrow
+from server.api.params import check_bool, check_int, check_list, parse_int_text
 from server.api.request import ApiHandler
 from server.engine.errors import BadRequest
 
@@ -39,9 +39,9 @@ class StreamTopicsHandler(ApiHandler):
 
     async def get(self, stream_id: str) -> None:
         user = await self.authenticate()
-        channel_id = int(stream_id)
-        if channel_id > MAX_ID:
-            raise InvalidChannelId()
+        channel_id = parse_int_text("stream_id", stream_id)
+        if not MIN_ID <= channel_id <= MAX_ID:
+            raise InvalidChannelId()  # no channel has it (Zulip's answer for any unknown id)
         topics = await self.query(fetch_stream_topics, user.id, channel_id)
         self.send_success({"topics": topics})
 
@@ -75,6 +75,7 @@ class MessageFlagsNarrowHandler(ApiHandler):
 
 MESSAGE_QUERY_ROUTES: list[tuple[str, type[ApiHandler]]] = [
     # A channel id is a 32-bit id: longer digit strings name no channel (404).
-    (r"/api/v1/users/me/([0-9]{1,10})/topics", StreamTopicsHandler),
+    # Any segment, so that a malformed id is a JSON 400 like any malformed parameter.
+    (r"/api/v1/users/me/([^/]+)/topics", StreamTopicsHandler),
     (r"/api/v1/messages/flags/narrow", MessageFlagsNarrowHandler),
 ]
