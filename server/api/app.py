@@ -36,6 +36,7 @@ def make_app(
     `serve_metrics` False: `/metrics` is left to a listener of its own (`make_ops_app`).
     `body_budget` None: a budget of its own at the default size (`server.api.body_limits`).
     """
+    from server.api.handlers.client_extras import CLIENT_EXTRA_ROUTES
     from server.api.handlers.message_edits import MESSAGE_EDIT_ROUTES
     from server.api.handlers.message_queries import MESSAGE_QUERY_ROUTES
     from server.api.handlers.messages import MESSAGE_ROUTES
@@ -52,6 +53,7 @@ def make_app(
         (r"/api/v1/events", EventsHandler),
         *REST_ROUTES,
         *SUBSCRIPTION_PROPERTY_ROUTES,
+        *CLIENT_EXTRA_ROUTES,
         *MESSAGE_ROUTES,
         *MESSAGE_QUERY_ROUTES,
         *MESSAGE_EDIT_ROUTES,

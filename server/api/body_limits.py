@@ -97,6 +97,8 @@ LARGE_BODY_LIMIT = MAX_BODY_BYTES
 # (method, path) -> the most its body may hold; the path as routed, without the query.
 ROUTE_BODY_LIMITS: dict[tuple[str, str], int] = {
     ("POST", "/api/v1/messages"): LARGE_BODY_LIMIT,
+    # A preview of a message as large as a sent one.
+    ("POST", "/api/v1/messages/render"): LARGE_BODY_LIMIT,
     ("POST", "/api/v1/users/me/subscriptions"): LARGE_BODY_LIMIT,
     ("DELETE", "/api/v1/users/me/subscriptions"): LARGE_BODY_LIMIT,
     ("POST", "/api/v1/register"): REGISTER_BODY_LIMIT,

@@ -59,6 +59,9 @@ EXPECTED_OPERATIONS = {
     ("POST", "/messages/flags"),
     ("POST", "/messages/flags/narrow"),
     ("GET", "/users/me/{stream_id}/topics"),
+    ("POST", "/messages/render"),
+    ("GET", "/realm/emoji"),
+    ("GET", "/users/me/alert_words"),
     ("GET", "/messages/{message_id}"),
     ("PATCH", "/messages/{message_id}"),
     ("DELETE", "/messages/{message_id}"),
@@ -355,7 +358,8 @@ def test_error_codes_cover_the_server_errors() -> None:
         ("/api/v1/users/me", "/users/me"),
         ("/api/v1/users/abc/reactivate", None),
         ("/api/v1/streams//members", None),
-        ("/api/v1/realm/emoji", None),
+        ("/api/v1/realm/emoji", "/realm/emoji"),
+        ("/api/v1/realm/linkifiers", None),
         ("/api/v1/users/12/reactivate/now", None),
     ],
 )
@@ -717,7 +721,7 @@ def test_rejects_a_server_setting_eventq_does_not_serve() -> None:
 
 def test_rejects_undocumented_paths_methods_and_statuses() -> None:
     ok = {"result": "success", "msg": ""}
-    assert "not in the OpenAPI document" in rejected("GET", "/api/v1/realm/emoji", 200, ok)
+    assert "not in the OpenAPI document" in rejected("GET", "/api/v1/realm/linkifiers", 200, ok)
     assert "documents no PATCH" in rejected("PATCH", "/api/v1/users/1", 200, ok)
     assert "status 500 is not documented" in rejected("GET", "/api/v1/users", 500, ok)
     assert "status 401 is not documented" in rejected(
