@@ -4,27 +4,14 @@ exactly as the sent message is, and nothing written."""
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
-import zulip
 from sqlalchemy import func, select
 
 from models.database import Database
 from models.tables import Message
-from tests.helpers.api import ApiClient
+from tests.helpers.api import ApiClient, zulip_client
 from tests.helpers.openapi import validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer
-
-
-def client_for(server: LiveServer, realm: SampleRealm, name: str) -> Any:
-    return zulip.Client(
-        email=realm.emails[name],
-        api_key=realm.api_keys[name],
-        site=server.url,
-        config_file=os.devnull,
-    )
 
 
 def message_count(db: Database) -> int:
@@ -35,7 +22,7 @@ def message_count(db: Database) -> int:
 def test_a_preview_renders_as_the_message_will(
     db: Database, server: LiveServer, realm: SampleRealm
 ) -> None:
-    member = client_for(server, realm, "member")
+    member = zulip_client(server, realm, "member")
     content = "**hi** @**Admin** and `@**Owner**`"
     before = message_count(db)
     preview = member.render_message({"content": content})
@@ -58,7 +45,7 @@ def test_a_preview_renders_as_the_message_will(
 
 
 def test_no_custom_emoji_and_no_alert_words(server: LiveServer, realm: SampleRealm) -> None:
-    guest = client_for(server, realm, "guest")
+    guest = zulip_client(server, realm, "guest")
     emoji = guest.get_realm_emoji()
     validate_response("GET", "/api/v1/realm/emoji", 200, emoji)
     assert emoji["emoji"] == {}

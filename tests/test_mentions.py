@@ -21,13 +21,11 @@ only). Marking a mentioned message read takes it out of `mentions`. The unmodifi
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
-import zulip
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -65,6 +63,7 @@ from models.outbox import outbox_count
 from models.tables import Message, UserMessage
 from models.visibility import active_subscribers
 from tests.helpers import zulip_messages
+from tests.helpers.api import zulip_client
 from tests.helpers.openapi import validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer
@@ -671,19 +670,10 @@ def test_refusals_are_action_errors_with_zulips_status() -> None:
 # -- the official client ------------------------------------------------------------------------
 
 
-def _client(server: LiveServer, realm: SampleRealm, name: str) -> Any:
-    return zulip.Client(
-        email=realm.emails[name],
-        api_key=realm.api_keys[name],
-        site=server.url,
-        config_file=os.devnull,
-    )
-
-
 def test_the_zulip_client_sees_mentioned_and_raw_content(
     server: LiveServer, realm: SampleRealm
 ) -> None:
-    member, guest = _client(server, realm, "member"), _client(server, realm, "guest")
+    member, guest = zulip_client(server, realm, "member"), zulip_client(server, realm, "guest")
     html_queue = guest.register(event_types=["message"], apply_markdown=True)
     raw_queue = guest.register(event_types=["message"], apply_markdown=False)
     assert html_queue["result"] == raw_queue["result"] == "success"

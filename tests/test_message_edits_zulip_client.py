@@ -9,13 +9,11 @@ it by id. Waits are long-polls with a deadline, never sleeps.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-import zulip
-
 from tests.helpers import zulip_messages
+from tests.helpers.api import zulip_client
 from tests.helpers.openapi import validate_event, validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer
@@ -25,16 +23,6 @@ zulip_messages.install()
 # How long a committed event may take to reach a waiting poll (it takes milliseconds).
 EVENT_TIMEOUT = 30.0
 EVENT_TYPES = ["update_message", "reaction", "delete_message"]
-
-
-def client_for(server: LiveServer, realm: SampleRealm, name: str) -> Any:
-    # An empty config file, so nothing from the developer's ~/.zuliprc is read.
-    return zulip.Client(
-        email=realm.emails[name],
-        api_key=realm.api_keys[name],
-        site=server.url,
-        config_file=os.devnull,
-    )
 
 
 def succeeded(answer: dict[str, Any], method: str, path: str) -> dict[str, Any]:
@@ -61,9 +49,9 @@ def events_until(client: Any, queue_id: str, count: int) -> list[dict[str, Any]]
 
 
 def test_the_zulip_client_edits_reacts_and_deletes(server: LiveServer, realm: SampleRealm) -> None:
-    member = client_for(server, realm, "member")
-    guest = client_for(server, realm, "guest")
-    loner = client_for(server, realm, "loner")
+    member = zulip_client(server, realm, "member")
+    guest = zulip_client(server, realm, "guest")
+    loner = zulip_client(server, realm, "loner")
     queued = guest.register(event_types=EVENT_TYPES)
     assert queued["result"] == "success", queued
     outsider = loner.register(event_types=EVENT_TYPES)

@@ -15,14 +15,12 @@ queue receives the event.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import zulip
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
@@ -51,6 +49,7 @@ from queues.types import Capabilities
 from server.engine.authentication import AuthenticatedUser
 from server.engine.registration import RegisterRequest
 from server.engine.service import EventService
+from tests.helpers.api import zulip_client
 from tests.helpers.databases import database_url_for
 from tests.helpers.openapi import validate_event, validate_response
 from tests.helpers.realms import SampleRealm, make_sample_realm
@@ -643,19 +642,9 @@ def test_unread_msgs_is_bounded_as_zulips(
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def client_for(server: LiveServer, realm: SampleRealm, name: str) -> Any:
-    # An empty config file, so nothing from the developer's ~/.zuliprc is read.
-    return zulip.Client(
-        email=realm.emails[name],
-        api_key=realm.api_keys[name],
-        site=server.url,
-        config_file=os.devnull,
-    )
-
-
 def test_the_zulip_client_changes_flags(server: LiveServer, realm: SampleRealm) -> None:
-    member = client_for(server, realm, "member")
-    guest = client_for(server, realm, "guest")
+    member = zulip_client(server, realm, "member")
+    guest = zulip_client(server, realm, "guest")
     sent = [
         member.send_message({"type": "stream", "to": "public", "topic": "t", "content": str(i)})[
             "id"
@@ -728,7 +717,7 @@ def test_a_thousand_messages_in_one_request(server: LiveServer, realm: SampleRea
         ids = bulk_channel_messages(db, realm, 1000)
     finally:
         db.dispose()
-    guest = client_for(server, realm, "guest")
+    guest = zulip_client(server, realm, "guest")
     answer = guest.update_message_flags({"messages": ids, "op": "add", "flag": "read"})
     validate_response("POST", "/api/v1/messages/flags", 200, answer)
     assert answer["messages"] == ids

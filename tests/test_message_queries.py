@@ -13,12 +13,10 @@ method of its own for it); every answer validated against Zulip's shape.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-import zulip
 from sqlalchemy.orm import Session
 
 from actions.errors import InvalidInput
@@ -34,7 +32,7 @@ from models.messages.history import InvalidChannelId, fetch_stream_topics
 from models.messages.narrows import parse_narrow
 from models.tables import UserMessage
 from tests.helpers import zulip_messages
-from tests.helpers.api import ApiClient
+from tests.helpers.api import ApiClient, zulip_client
 from tests.helpers.openapi import validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer
@@ -260,20 +258,11 @@ def test_one_update_however_many_and_zulips_bounds(db: Database, realm: SampleRe
 # -- over HTTP, with the unmodified `zulip` client --------------------------------------
 
 
-def client_for(server: LiveServer, realm: SampleRealm, name: str) -> Any:
-    return zulip.Client(
-        email=realm.emails[name],
-        api_key=realm.api_keys[name],
-        site=server.url,
-        config_file=os.devnull,
-    )
-
-
 def test_the_zulip_client_reads_topics_searches_and_marks_a_narrow(
     server: LiveServer, realm: SampleRealm, database_url: str
 ) -> None:
-    guest = client_for(server, realm, "guest")
-    member = client_for(server, realm, "member")
+    guest = zulip_client(server, realm, "guest")
+    member = zulip_client(server, realm, "member")
     public = realm.streams["public"]
     sent = []
     for topic, content in (
@@ -293,7 +282,7 @@ def test_the_zulip_client_reads_topics_searches_and_marks_a_narrow(
         {"name": "work", "max_id": sent[2]},
         {"name": "lunch", "max_id": sent[1]},
     ]
-    refused = client_for(server, realm, "outsider_guest").get_stream_topics(
+    refused = zulip_client(server, realm, "outsider_guest").get_stream_topics(
         realm.streams["private"]
     )
     validate_response("GET", f"/api/v1/users/me/{public}/topics", 400, refused)

@@ -10,7 +10,9 @@
   `register`'s `apply_markdown` defaults to false), and reacts to what it answers.
 - zulip-js 2.1.0 (node 20): `callOnEachEvent` with its defaults (`event_types` null)
   gets a message event from its first queue; sending, reading, fetching one message,
-  flags, topics, editing, edit history, deleting and reactions through its own methods.
+  flags, topics, editing, edit history, deleting, reactions, and its other calls (server
+  settings, message preview, realm emoji, alert words, users, channels, typing) through
+  its own methods.
 
 The module's tests share one server per backend (starting one takes seconds); each test
 judges only the server's log lines written during it.

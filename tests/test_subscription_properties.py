@@ -15,12 +15,10 @@ shows them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-import zulip
 from alembic import command
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
@@ -41,6 +39,7 @@ from models.database import Database
 from models.outbox import outbox_count
 from models.state import fetch_initial_state
 from models.tables import Subscription, UserProfile
+from tests.helpers.api import zulip_client
 from tests.helpers.openapi import validate_event, validate_response
 from tests.helpers.realms import SampleRealm
 from tests.helpers.server import LiveServer
@@ -384,20 +383,10 @@ def test_shared_lock_first_and_a_fixed_number_of_statements(
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def client_for(server: LiveServer, realm: SampleRealm, name: str) -> Any:
-    # An empty config file, so nothing from the developer's ~/.zuliprc is read.
-    return zulip.Client(
-        email=realm.emails[name],
-        api_key=realm.api_keys[name],
-        site=server.url,
-        config_file=os.devnull,
-    )
-
-
 def test_the_zulip_client_updates_subscription_settings(
     server: LiveServer, realm: SampleRealm
 ) -> None:
-    member = client_for(server, realm, "member")
+    member = zulip_client(server, realm, "member")
     queue = member.register(event_types=["subscription"], fetch_event_types=["subscription"])
     validate_response("POST", "/api/v1/register", 200, queue)
     public, private = realm.streams["public"], realm.streams["private"]
@@ -420,7 +409,7 @@ def test_the_zulip_client_updates_subscription_settings(
     )
     validate_response("POST", "/api/v1/users/me/subscriptions/properties", 400, refused)
     assert (refused["code"], refused["msg"]) == ("BAD_REQUEST", "is_muted is not a boolean")
-    loner = client_for(server, realm, "loner")
+    loner = zulip_client(server, realm, "loner")
     refused = loner.update_subscription_settings(
         [{"stream_id": private, "property": "pin_to_top", "value": True}]
     )

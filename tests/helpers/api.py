@@ -4,12 +4,18 @@ against the OpenAPI document."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
+import zulip
 
 from tests.helpers.openapi import validate_response
+
+if TYPE_CHECKING:
+    from tests.helpers.realms import SampleRealm
+    from tests.helpers.server import LiveServer
 
 # Longer than the server's 55 s heartbeat, as Zulip's clients use 90 s.
 POLL_TIMEOUT_SECS = 90.0
@@ -76,3 +82,14 @@ class ApiClient:
             "/events",
             {"queue_id": queue_id, "last_event_id": last_event_id, "dont_block": dont_block},
         )
+
+
+def zulip_client(server: LiveServer, realm: SampleRealm, name: str) -> Any:
+    """The unmodified `zulip` client as the sample realm's user `name`. Its config file is
+    empty, so nothing from the developer's ~/.zuliprc is read."""
+    return zulip.Client(
+        email=realm.emails[name],
+        api_key=realm.api_keys[name],
+        site=server.url,
+        config_file=os.devnull,
+    )
