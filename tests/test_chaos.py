@@ -131,7 +131,9 @@ def test_kill_9_loses_duplicates_and_renumbers_nothing(
         for name in CLIENT_VIEWPOINTS:
             positions[name] = last_event_seq(db, realm.realm_id)
             api = ApiClient(server.url, realm.emails[name], realm.api_keys[name])
-            queue_id = api.register()["queue_id"]
+            # HTML, as the expected events are rendered (`delivered`); Zulip's default
+            # is the raw Markdown.
+            queue_id = api.register(apply_markdown=True)["queue_id"]
             clients.append(ChaosClient(name, api, queue_id, link, progress, is_marker))
         writer = start_writer(database_url, realm, SEED, tmp_path / "writer.log")
         writer.wait_for_actions(1, DELIVERY_TIMEOUT_SECS)

@@ -163,7 +163,9 @@ def test_sigkill_random_shards_loses_duplicates_and_renumbers_nothing(
             base = nginx.url if shard_index is None else shards[shard_index].url
             position = last_event_seq(db, realm.realm_id)
             api = ApiClient(base, realm.emails[viewpoint], realm.api_keys[viewpoint])
-            queue_id = api.register()["queue_id"]
+            # HTML, as the expected events are rendered (`delivered`); Zulip's default
+            # is the raw Markdown.
+            queue_id = api.register(apply_markdown=True)["queue_id"]
             api.base_url = nginx.url
             label = f"{viewpoint}#{index} ({queue_id})"
             if shard_index is not None:

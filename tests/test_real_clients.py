@@ -395,6 +395,27 @@ def test_zulip_terminal_reads_sends_and_marks_read(
         screen = _narrow(terminal, "Enter", "Search Results", live_text)
         assert reply_text not in screen, screen
 
+        # Muting a channel from its list (`q` finds it, `m` asks, Enter confirms): the
+        # property is saved, and the list marks it muted once the `subscription` update
+        # event comes back (zulip-terminal reads the legacy `in_home_view` one).
+        before_mute = demo_site.mark()
+        terminal.send_keys("q")
+        terminal.send_keys("general", literal=True)
+        terminal.send_keys("Enter")
+        terminal.send_keys("m")
+        terminal.wait_for_text(r"Confirm muting of stream", EVENT_TIMEOUT)
+        terminal.send_keys("Enter")
+        demo_site.assert_request_ok(
+            "iago",
+            "POST",
+            "/api/v1/users/me/subscriptions/properties",
+            EVENT_TIMEOUT,
+            since=before_mute,
+        )
+        terminal.wait_for_text(r"# general\s+M\s", EVENT_TIMEOUT)
+        subscriptions = iago_api.ok("GET", "/users/me/subscriptions")["subscriptions"]
+        assert [s["is_muted"] for s in subscriptions if s["name"] == "general"] == [True]
+
         assert not terminal.dead(), terminal.screen(history=True)
         screen = terminal.screen(history=True)
         assert "has crashed" not in screen, screen
