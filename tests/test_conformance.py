@@ -23,14 +23,22 @@ from typing import Any
 import pytest
 import requests
 
+from actions.message_edits import MessageUpdate, check_update_message
+from actions.messages import ChannelTarget, check_send_message
+from actions.reactions import ReactionRequest, check_add_reaction
 from actions.streams import do_create_stream
+from actions.subscription_properties import (
+    check_property_change,
+    check_update_subscription_properties,
+)
 from actions.subscriptions import bulk_remove_subscriptions
 from models.database import Database
 from models.outbox import read_events
 from models.state import STATE_EVENT_TYPES, fetch_initial_state
 from models.tables import UserProfile
+from queues.types import SharedEvent
 from server.api.handlers.events import VERSION_FIELDS
-from tests.helpers import zulip_schema
+from tests.helpers import zulip_messages, zulip_schema
 from tests.helpers.api import ApiClient
 from tests.helpers.openapi import validate_response
 from tests.helpers.realms import VIEWPOINTS, SampleRealm
@@ -262,8 +270,9 @@ def test_every_answer_and_event_has_zulips_shape(
 def test_the_check_catches_a_missing_extra_or_mistyped_field(
     db: Database, realm: SampleRealm
 ) -> None:
-    """Real eventq output (a register state and a stream delete event) passes; each
-    mutation a conformance bug would make fails, naming the field."""
+    """Real eventq output (a register state, a stream delete event, the events of a
+    message, a reaction, an edit and a subscription setting, and a complete register)
+    passes; each mutation a conformance bug would make fails, naming the field."""
     with db.write() as session:
         bulk_remove_subscriptions(
             session, realm.realm_id, [realm.users["guest"]], [realm.streams["private"]]
@@ -301,6 +310,60 @@ def test_the_check_catches_a_missing_extra_or_mistyped_field(
     del old_form["stream_ids"]
     with pytest.raises(AssertionError, match="stream_ids"):
         zulip_schema.check_event(old_form)
+
+    # The message shapes, the subscription settings and the complete register: real
+    # output of each action (read back from the outbox), valid, then missing one field.
+    zulip_messages.install()
+    owner_id, member_id = realm.users["owner"], realm.users["member"]
+    public = realm.streams["public"]
+    with db.snapshot() as session:
+        after = max(e.seq for e in read_events(session, realm.realm_id, 0))
+    with db.write() as session:
+        message_id = check_send_message(
+            session, realm.realm_id, owner_id, ChannelTarget(public), "shapes", "hello", "tests"
+        )
+    with db.write() as session:
+        check_add_reaction(session, realm.realm_id, member_id, message_id, ReactionRequest("tada"))
+    with db.write() as session:
+        check_update_message(
+            session, realm.realm_id, owner_id, message_id, MessageUpdate(content="edited")
+        )
+    with db.write() as session:
+        change = check_property_change(public, "pin_to_top", True)
+        check_update_subscription_properties(session, realm.realm_id, member_id, [change])
+    with db.snapshot() as session:
+        # As a queue delivers each: without eventq's stored extras, with an id.
+        delivered_forms = [
+            SharedEvent(e.realm_id, e.seq, e.event, e.user_ids).data
+            for e in read_events(session, realm.realm_id, after)
+        ]
+        written = {(d["type"], d.get("op")): {**d, "id": 7} for d in delivered_forms}
+        member_profile = session.get(UserProfile, member_id)
+        assert member_profile is not None
+        complete_state = fetch_initial_state(
+            session, member_profile, {"message"}, False, register_keys=True
+        )
+    kinds = [
+        ("message", None, lambda e: e["message"].pop("reactions"), "reactions"),
+        ("update_message", None, lambda e: e.pop("message_ids"), "message_ids"),
+        ("reaction", "add", lambda e: e.pop("emoji_code"), "emoji_code"),
+        ("subscription", "update", lambda e: e.pop("property"), "property"),
+    ]
+    for kind, op, remove_field, field in kinds:
+        delivered = json.loads(json.dumps(written[(kind, op)]))
+        zulip_schema.check_event(delivered)
+        remove_field(delivered)
+        with pytest.raises(AssertionError, match=f"'{field}' is a required property"):
+            zulip_schema.check_event(delivered)
+    complete: dict[str, Any] = json.loads(
+        json.dumps({**envelope, **VERSION_FIELDS, **complete_state})
+    )
+    assert complete["max_message_id"] == message_id
+    complete_schema = zulip_schema.register(frozenset({"message"}), False, complete=True)
+    zulip_schema.check(complete_schema, complete, "the complete register answer")
+    del complete["max_message_id"]
+    with pytest.raises(AssertionError, match="'max_message_id' is a required property"):
+        zulip_schema.check(complete_schema, complete, "the register without max_message_id")
 
 
 def test_channel_descriptions_are_escaped_html(

@@ -1,10 +1,13 @@
 """Three real Zulip clients, unmodified, against a live eventq server on both backends.
 
 - zulip-terminal 0.7.0 (Python 3.10) in a tmux pane, driven with `send-keys` and read
-  with `capture-pane`: it starts on the demo realm as `make run` creates it, shows a
-  message another user sends while it runs, marks what is read, sends what is typed
-  into it, stars, reacts, edits, and opens its narrows (is:starred, is:mentioned,
-  is:private, pm_with, search), each checked through the API or on its screen.
+  with `capture-pane`: it starts on the demo realm as `make run` creates it, shows
+  another user as present (and one whose last ping is old as offline) in its user
+  list, shows a message another user sends while it runs with its unread counts, opens
+  its topic and so clears them, sends a channel message and a direct message typed into
+  it, stars, reacts, edits, mutes a channel and opens its narrows (is:starred,
+  is:mentioned, is:private, pm_with, search), each checked through the API or on its
+  screen.
 - zulip_bots 0.9.1's `helloworld` (`zulip-run-bot`): it answers a direct message and an
   @-mention in a channel (which needs the `mentioned` flag and plain-text content, as
   `register`'s `apply_markdown` defaults to false), and reacts to what it answers.
@@ -23,12 +26,18 @@ on screen or through the API, every request a client made must have been answere
 without an error status (the server's access log, per user) and the server must log
 no unhandled error: a real client hitting an endpoint eventq lacks is the failure these
 tests exist to catch. Waits are on screen text, log lines and answers, with timeouts.
+
+Each test leaves its client's first and last screen (zulip-terminal) or output lines
+(the bot, zulip-js's driver) in `CLIENT-evidence.txt` under its tmp_path, and appends
+them to `$EVENTQ_CLIENT_EVIDENCE_DIR/CLIENT.txt` when that is set (the evidence an
+issue's closing note quotes).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +47,7 @@ from typing import Any
 
 import pytest
 
+from actions.presence import do_update_user_presence
 from actions.subscriptions import bulk_add_subscriptions
 from actions.users import do_create_user
 from migrations import upgrade
@@ -53,12 +63,14 @@ from tests.helpers.real_clients import (
     access_lines,
     assert_request_ok,
     await_condition,
+    first_and_last_lines,
     python_client_venv,
     refused_requests,
     require_node,
     require_python,
     require_tool,
     server_tracebacks,
+    write_evidence,
     zulip_js_modules,
 )
 from tests.helpers.server import LiveServer, live_server
@@ -70,6 +82,15 @@ EVENT_TIMEOUT = 15.0
 # zulip-terminal's compose box, addressed to the topic the test writes in.
 COMPOSE_BOX = r"# general\s+▶ terminal"
 DIRECT_COMPOSE_BOX = r"To: King Hamlet <hamlet@demo\.example\.com>"
+# zulip-terminal 0.7.0's markers in its user list (config/symbols.py, drawn in the
+# `user_active` / `user_offline` palette entries): a user whose newest presence is at
+# most 140 s old and `active`, and one whose presence is older. A user with no presence
+# at all is `inactive` and left out of the list (its user search shows them, as `•`).
+ACTIVE_MARKER = "●"
+OFFLINE_MARKER = "○"
+# A channel's or a view's unread count, right-aligned at the left panel's edge.
+UNREAD_GENERAL = r"# general +\d+ │"
+UNREAD_ALL_MESSAGES = r"All messages +\[a\] +\d+ │"
 # A first run builds the clients' environments (downloads, a compiled wheel or two).
 pytestmark = pytest.mark.timeout(600)
 
@@ -121,6 +142,18 @@ class DemoSite:
             db.dispose()
         self.people[full_name] = person
         return person
+
+    def record_presence(self, who: str, status: str, at: float) -> None:
+        """A presence ping of `who` as if made at `at` (the API stamps a ping with the
+        server's clock: a ping in the past is only possible through the action)."""
+        db = Database(self.database_url)
+        try:
+            with db.write() as session:
+                realm = get_realm(session, DEMO_REALM)
+                assert realm is not None
+                do_update_user_presence(session, realm.id, self.people[who].user_id, status, now=at)
+        finally:
+            db.dispose()
 
     def stream_id(self, name: str) -> int:
         db = Database(self.database_url)
@@ -243,7 +276,11 @@ def tmux() -> str:
 
 
 def test_zulip_terminal_reads_sends_and_marks_read(
-    demo_site: DemoSite, zulip_terminal: Path, tmux: str, tmp_path: Path
+    demo_site: DemoSite,
+    zulip_terminal: Path,
+    tmux: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     iago = demo_site.people["iago"]
     hamlet_api = demo_site.api("hamlet")
@@ -259,7 +296,19 @@ def test_zulip_terminal_reads_sends_and_marks_read(
         {"messages": [m["id"] for m in seen], "op": "add", "flag": "read"},
     )
     zuliprc = write_zuliprc(tmp_path, demo_site, "iago")
+    # Presence, as zulip-terminal 0.7.0 learns it: the `presences` of register's answer
+    # and of the answer to its own `POST /users/me/presence` (sent as it starts, then
+    # every 60 s); it handles no `presence` event. Hamlet reports presence through the
+    # API now, Othello last did ten minutes ago, Polonius never did.
+    hamlet_api.ok("POST", "/users/me/presence", {"status": "active"})
+    demo_site.record_presence("othello", "active", time.time() - 600)
+    emails = {who: demo_site.people[who].email for who in ("hamlet", "othello", "polonius")}
+    presences = iago_api.ok("GET", "/realm/presence")["presences"]
+    assert {emails["hamlet"], emails["othello"]} <= set(presences), presences
+    assert emails["polonius"] not in presences, presences
 
+    started_at = time.time()
+    first_screen = ""
     terminal = TmuxTerminal(
         tmux,
         [str(zulip_terminal), "--config-file", str(zuliprc), "--debug"],
@@ -270,8 +319,21 @@ def test_zulip_terminal_reads_sends_and_marks_read(
         # Its UI: the channel list and the message list with the newest message.
         terminal.wait_for_text(r"# general\b", START_TIMEOUT)
         screen = terminal.wait_for_text(_message_header(seen[-1]), START_TIMEOUT)
+        first_screen = screen
         assert not _unexpected_tracebacks(screen), screen
         demo_site.assert_request_ok("iago", "POST", "/api/v1/register", START_TIMEOUT)
+
+        # Its own ping as it starts (`active`: it counts its start as user input) was
+        # answered, the answer's `presences` replacing register's, and others see it.
+        await_condition(
+            lambda: _client_got_presence_answer(tmp_path), START_TIMEOUT, "its presence ping"
+        )
+        own = hamlet_api.ok("GET", f"/users/{iago.user_id}/presence")["presence"]
+        assert own["aggregated"]["status"] == "active", own
+        assert own["aggregated"]["timestamp"] >= int(started_at) - 1, own
+        # Its user list shows Hamlet present, Othello offline and leaves Polonius out.
+        screen = terminal.wait_for_text(rf"{ACTIVE_MARKER} King Hamlet\b", START_TIMEOUT)
+        _assert_presence_shown(screen)
 
         # A message another user sends while it runs shows up, unread.
         live_text = f"Hamlet speaks live from Elsinore {uuid.uuid4().hex[:8]}"
@@ -280,17 +342,26 @@ def test_zulip_terminal_reads_sends_and_marks_read(
             "/messages",
             {"type": "stream", "to": "general", "topic": "terminal", "content": live_text},
         )["id"]
-        terminal.wait_for_text(live_text, EVENT_TIMEOUT)
+        screen = terminal.wait_for_text(live_text, EVENT_TIMEOUT)
         assert "read" not in message_by_id(iago_api, live_id)["flags"]
+        # Its unread counts: the channel's and all messages', each 1.
+        screen = terminal.wait_for_text(UNREAD_GENERAL, EVENT_TIMEOUT)
+        assert re.search(r"# general +1 │", screen), screen
+        assert re.search(r"All messages +\[a\] +1 │", screen), screen
 
-        # `n` (next unread topic) opens its topic: reading it marks it read.
+        # `n` (next unread topic) opens its topic, general ▶ terminal, showing only that
+        # topic's messages: reading it marks it read, and both unread counts go.
         before_n = demo_site.mark()
         terminal.send_keys("n")
-        terminal.wait_for_text(r"general: topic narrow", EVENT_TIMEOUT)
+        screen = terminal.wait_for_text(r"general: topic narrow", EVENT_TIMEOUT)
+        assert re.search(r"general ▶\s+terminal", screen), screen
+        assert live_text in screen and "Welcome to the eventq demo" not in screen, screen
         demo_site.assert_request_ok(
             "iago", "POST", "/api/v1/messages/flags", EVENT_TIMEOUT, since=before_n
         )
         assert "read" in message_by_id(iago_api, live_id)["flags"]
+        terminal.wait_for_absence(UNREAD_GENERAL, EVENT_TIMEOUT)
+        terminal.wait_for_absence(UNREAD_ALL_MESSAGES, EVENT_TIMEOUT)
 
         # `r` answers it: what is typed is sent (ctrl-d) to its channel and topic.
         reply_text = f"Iago answers from the terminal {uuid.uuid4().hex[:8]}"
@@ -386,6 +457,11 @@ def test_zulip_terminal_reads_sends_and_marks_read(
         )
         answered = [m for m in newest_messages(hamlet_api) if m["content"] == answer_text]
         assert [m["type"] for m in answered] == ["private"], newest_messages(hamlet_api)
+        assert answered[0]["sender_id"] == iago.user_id
+        assert {r["id"] for r in answered[0]["display_recipient"]} == {
+            iago.user_id,
+            demo_site.people["hamlet"].user_id,
+        }
         terminal.send_keys("Escape")
         terminal.wait_for_absence(DIRECT_COMPOSE_BOX, EVENT_TIMEOUT)
         # A search applies within the current narrow: from all messages.
@@ -416,6 +492,9 @@ def test_zulip_terminal_reads_sends_and_marks_read(
         subscriptions = iago_api.ok("GET", "/users/me/subscriptions")["subscriptions"]
         assert [s["is_muted"] for s in subscriptions if s["name"] == "general"] == [True]
 
+        # Its user list still marks presence the same way, its own ping's answer applied.
+        _assert_presence_shown(terminal.screen())
+
         assert not terminal.dead(), terminal.screen(history=True)
         screen = terminal.screen(history=True)
         assert "has crashed" not in screen, screen
@@ -423,6 +502,15 @@ def test_zulip_terminal_reads_sends_and_marks_read(
     except AssertionError as error:
         raise AssertionError(f"{error}\n{_terminal_context(demo_site, tmp_path)}") from None
     finally:
+        # Its first screen (once started) and its last, as evidence of the run.
+        write_evidence(
+            tmp_path,
+            "zulip-terminal",
+            request.node.name,
+            first_screen or "(it never showed its first screen)",
+            terminal.screen(history=terminal.dead()),
+            "screen",
+        )
         terminal.close()
     # Its crash log, and the log of exceptions its event handlers raised (it shows those
     # in a popup and carries on: an event of a shape it cannot handle lands there).
@@ -446,6 +534,35 @@ def _terminal_context(site: DemoSite, directory: Path) -> str:
             parts.append(f"-- {name} --\n" + "\n".join(path.read_text().splitlines()[-30:]))
     parts.append("-- server log --\n" + "\n".join(site.server.lines[-30:]))
     return "\n".join(parts)
+
+
+def _client_got_presence_answer(directory: Path) -> bool:
+    """zulip-terminal logged a 200 answer to its `POST /users/me/presence` (its
+    `--debug` log of requests, in its working directory)."""
+    log = directory / "zulip-terminal-API-requests.log"
+    return log.exists() and '"POST /api/v1/users/me/presence HTTP/1.1" 200' in log.read_text()
+
+
+def _user_list(screen: str) -> dict[str, str]:
+    """zulip-terminal's user list (its right-hand panel): each name and its marker."""
+    users = {}
+    for line in screen.splitlines():
+        columns = line.split("│")
+        if len(columns) < 3:
+            continue
+        found = re.match(r"\s*(\S)\s+(.+?)\s*(\(you\))?\s*$", columns[-1])
+        if found is not None:
+            users[found.group(2)] = found.group(1)
+    return users
+
+
+def _assert_presence_shown(screen: str) -> None:
+    """Hamlet (pinged just now) present, Othello (ten minutes ago) offline, Polonius
+    (never) not listed."""
+    users = _user_list(screen)
+    assert users.get("King Hamlet") == ACTIVE_MARKER, (users, screen)
+    assert users.get("Othello") == OFFLINE_MARKER, (users, screen)
+    assert "Polonius" not in users, (users, screen)
 
 
 def _narrow(terminal: TmuxTerminal, key: str, title: str, expected: str) -> str:
@@ -496,7 +613,7 @@ def zulip_run_bot() -> Path:
 
 @pytest.fixture
 def hello_bot(
-    demo_site: DemoSite, zulip_run_bot: Path, tmp_path: Path
+    demo_site: DemoSite, zulip_run_bot: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Person, LineProcess]]:
     """helloworld running as "Hello Bot" (subscribed to general), once it has a queue."""
     bot = demo_site.create_bot("Hello Bot", "hello-bot@demo.example.com", ["general"])
@@ -509,6 +626,9 @@ def hello_bot(
         yield bot, runner
     finally:
         runner.stop()
+        # Its first and last lines of output (both streams), as evidence of the run.
+        first, last = first_and_last_lines(runner.lines)
+        write_evidence(tmp_path, "helloworld-bot", request.node.name, first, last, "log lines")
 
 
 def assert_bot_ran_cleanly(site: DemoSite, runner: LineProcess) -> None:
@@ -627,7 +747,12 @@ def zulip_js() -> tuple[str, Path]:
 
 
 @pytest.fixture
-def js_iago(demo_site: DemoSite, zulip_js: tuple[str, Path]) -> Iterator[JsDriver]:
+def js_iago(
+    demo_site: DemoSite,
+    zulip_js: tuple[str, Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[JsDriver]:
     """zulip-js connected as iago."""
     node, modules = zulip_js
     iago = demo_site.people["iago"]
@@ -636,6 +761,9 @@ def js_iago(demo_site: DemoSite, zulip_js: tuple[str, Path]) -> Iterator[JsDrive
         yield driver
     finally:
         driver.stop()
+        # The driver's first and last output lines, as evidence of the run.
+        first, last = first_and_last_lines(driver.lines)
+        write_evidence(tmp_path, "zulip-js", request.node.name, first, last, "output lines")
 
 
 def assert_js_ran_cleanly(site: DemoSite, driver: JsDriver) -> None:

@@ -6,7 +6,8 @@ zulip-terminal a terminal), building each client's environment from the pinned f
 `tests/clients/` into a cache under `var/clients/` (keyed by the pinned file's hash and
 the interpreter, so a later run reuses it and a changed pin rebuilds it), and the small
 drivers the tests use: a tmux pane read with `capture-pane`, a child process whose
-output lines are awaited, and the server's access log read per user.
+output lines are awaited, and the server's access log read per user; and the evidence
+of each client's run (its first and last screen or log lines, `write_evidence`).
 
 Nothing is installed by hand: a fresh CI machine builds every environment from the
 pinned files on its first run. A missing interpreter or tool skips the test on a
@@ -273,6 +274,61 @@ def zulip_js_modules(npm: str) -> Path:
     return _cached("zulip-js", _digest(package, lock), build) / "node_modules"
 
 
+# -- evidence of a run ------------------------------------------------------------------------
+
+# Where a run also leaves each client's evidence, one file per client (e.g. for an
+# issue's closing note); unset: only the test's own tmp_path gets it.
+EVIDENCE_DIR_VARIABLE = "EVENTQ_CLIENT_EVIDENCE_DIR"
+# The evidence files this process has started: its first section in each replaces what
+# an earlier run left, the later ones (other tests, the other backend) are appended.
+_evidence_started: set[Path] = set()
+_evidence_lock = threading.Lock()
+
+
+def write_evidence(
+    directory: Path, client: str, test: str, first: str, last: str, what: str
+) -> Path:
+    """`first` and `last` (a screen, or log lines: `what` says which) of `client` in
+    `test`, written to `directory/CLIENT-evidence.txt`, and appended to
+    `$EVENTQ_CLIENT_EVIDENCE_DIR/CLIENT.txt` when that variable is set."""
+    section = (
+        f"===== {client} in {test} =====\n"
+        f"----- first {what} -----\n{first.rstrip()}\n"
+        f"----- last {what} -----\n{last.rstrip()}\n"
+    )
+    own = directory / f"{client}-evidence.txt"
+    own.write_text(section)
+    shared_dir = os.environ.get(EVIDENCE_DIR_VARIABLE)
+    if shared_dir:
+        shared = Path(shared_dir) / f"{client}.txt"
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        with _evidence_lock:
+            mode = "a" if shared in _evidence_started else "w"
+            _evidence_started.add(shared)
+            with open(shared, mode) as sink:
+                sink.write(section + "\n")
+    return own
+
+
+# A longer line (a JSON answer listing every user, say) is cut there in the evidence.
+EVIDENCE_LINE_CHARS = 400
+
+
+def first_and_last_lines(lines: Sequence[str], count: int = 6) -> tuple[str, str]:
+    """The first and the last `count` of `lines`, as two texts (long lines cut); the
+    last never repeat a first one, so a short run's last part may be empty."""
+
+    def text(part: Sequence[str]) -> str:
+        return "\n".join(
+            line if len(line) <= EVIDENCE_LINE_CHARS else line[:EVIDENCE_LINE_CHARS] + " [...]"
+            for line in part
+        )
+
+    snapshot = list(lines)
+    last = snapshot[max(count, len(snapshot) - count) :]
+    return text(snapshot[:count]), text(last) if last else "(no further lines)"
+
+
 # -- the server's side of a client's run -----------------------------------------------------
 
 _ACCESS = re.compile(
@@ -377,6 +433,8 @@ class LineProcess:
         self.command = list(command)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        # Both streams' lines in the order they came, for the evidence of a run.
+        self.lines: list[str] = []
         self._changed = threading.Condition()
         self._open_streams = 2
         self.process = subprocess.Popen(
@@ -399,6 +457,7 @@ class LineProcess:
         for line in stream:
             with self._changed:
                 sink.append(line.rstrip("\n"))
+                self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
             self._open_streams -= 1

@@ -729,6 +729,13 @@ ANSWERS: dict[tuple[str, str], Schema] = {
         {"topics": array(closed({"name": STRING, "max_id": INTEGER}, ["name", "max_id"]))},
         ["topics"],
     ),
+    # Zulip's `POST /messages/render`, `GET /realm/emoji` (custom emoji by id; eventq
+    # has none) and `GET /users/me/alert_words`.
+    ("POST", "/messages/render"): success({"rendered": STRING}, ["rendered"]),
+    ("GET", "/realm/emoji"): success(
+        {"emoji": {"type": "object", "additionalProperties": {"type": "object"}}}, ["emoji"]
+    ),
+    ("GET", "/users/me/alert_words"): success({"alert_words": array(STRING)}, ["alert_words"]),
     ("POST", "/register"): register(),
     # Each event is checked against the schema of its kind (`check_event`), which names
     # the failing field where a oneOf over every kind could not.
