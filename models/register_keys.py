@@ -5,8 +5,9 @@ documents at feature level 377, in Zulip's shapes.
 This module owns:
 
 * `KNOWN_EVENT_TYPES`, the names a register may list in `event_types` or
-  `fetch_event_types` (`check_event_types` refuses any other), and the types whose
-  state is built here (`REGISTER_KEY_EVENT_TYPES`);
+  `fetch_event_types` (`check_event_types` refuses any other): Zulip's, and eventq's
+  probe type (`PROBE_EVENT_TYPE`); and the types whose state is built here
+  (`REGISTER_KEY_EVENT_TYPES`);
 * the realm-wide keys (`realm_wide_state`): the `realm` settings and server limits,
   `user_settings` and the legacy per-setting keys, the empty lists of features eventq
   does not have, and `realm_user_groups` with Zulip's eight system groups, whose
@@ -139,7 +140,10 @@ FETCH_ONLY_TYPES: Final = frozenset(
         "zulip_version",
     }
 )
-KNOWN_EVENT_TYPES: Final = EVENT_TYPES | FETCH_ONLY_TYPES
+# eventq's own event type: the monitoring probe's round trip (`server.ops.probe`), which
+# only the probe bot's queue asks for.
+PROBE_EVENT_TYPE: Final = "eventq_probe"
+KNOWN_EVENT_TYPES: Final = EVENT_TYPES | FETCH_ONLY_TYPES | {PROBE_EVENT_TYPE}
 
 USER_GROUPS_TYPE: Final = "realm_user_groups"
 # The per-user message keys of this module (`own_message_keys`).

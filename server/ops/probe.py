@@ -43,6 +43,7 @@ from actions.users import do_create_user
 from models.database import Database
 from models.outbox import PendingEvent, append_events, lock_realm
 from models.queries import get_realm, get_user_by_email
+from models.register_keys import PROBE_EVENT_TYPE
 from models.tables import Role
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -50,8 +51,6 @@ STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UN
 # The page's promise is a second; five means something is badly wrong.
 DEFAULT_WARN_MS = 1000.0
 DEFAULT_CRIT_MS = 5000.0
-# The event type of probe events; only the probe bot's probe queue asks for it.
-PROBE_EVENT_TYPE = "eventq_probe"
 PROBE_BOT_LOCAL_PART = "eventq-probe-bot"
 PROBE_BOT_NAME = "eventq probe"
 # .invalid is reserved (RFC 2606): the bot's address can never reach a mailbox.
