@@ -75,7 +75,7 @@ from sqlalchemy.orm import Session
 
 from actions.actors import lock_realm_for_actor
 from actions.errors import ActionError, InvalidInput
-from actions.messages import normalize_content, normalize_topic
+from actions.messages import check_wildcard_mentions, normalize_content, normalize_topic
 from models.messages.access import AccessedMessage, access_message
 from models.messages.flags import (
     MENTIONED_FLAG,
@@ -238,8 +238,16 @@ def check_update_message(
         moved = _messages_to_move(session, actor, accessed, request.propagate_mode)
         _check_move_time_limit(session, actor, message, moved, topic_changes, new_stream, now)
     rendered: RenderedMessage | None = None
+    # Who gets the topic wildcard bit, when the new content has `@**topic**`.
+    participants: frozenset[int] = frozenset()
     if content_changes:
         rendered = render_message_content(session, realm_id, request.content or "")
+        if accessed.stream is not None:
+            # Zulip's wildcard rule applies to an edit as to a send.
+            subscribers = active_subscribers(session, [accessed.stream.id])[accessed.stream.id]
+            participants = check_wildcard_mentions(
+                session, actor, rendered, message.recipient_id, message.subject, len(subscribers)
+            )
     return _write_update(
         session,
         realm_id,
@@ -251,6 +259,7 @@ def check_update_message(
         new_stream,
         topic_changes and not resolving,
         now,
+        participants,
     )
 
 
@@ -371,6 +380,7 @@ def _write_update(
     new_stream: Stream | None,
     counts_as_move: bool,
     now: datetime,
+    topic_participants: frozenset[int],
 ) -> dict[str, Any]:
     message = accessed.message
     orig_content, orig_rendered = message.content, message.rendered_content
@@ -389,7 +399,7 @@ def _write_update(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        _update_mention_flags(session, message, rendered)
+        _update_mention_flags(session, message, rendered, topic_participants)
     new_recipient_id: int | None = None
     if moved is not None:
         new_topic = request.topic if request.topic is not None else moved.topic
@@ -447,10 +457,16 @@ def _stream_recipient_id(session: Session, realm_id: int, stream_id: int) -> int
     )
 
 
-def _update_mention_flags(session: Session, message: Message, rendered: RenderedMessage) -> None:
+def _update_mention_flags(
+    session: Session,
+    message: Message,
+    rendered: RenderedMessage,
+    topic_participants: frozenset[int],
+) -> None:
     """Set each holder's mention bits as the new content's mentions make them (Zulip's
     rules at send, `actions.messages`): `mentioned` for the users named, the channel
-    wildcard bit for everyone, the topic wildcard bit for the topic's participants."""
+    wildcard bit for everyone, the topic wildcard bit for the topic's participants
+    (`actions.messages.check_wildcard_mentions`, empty without `@**topic**`)."""
     flags = UserMessage.flags.op("&")(~_MENTION_BITS)
     if rendered.stream_wildcard:
         flags = flags.op("|")(STREAM_WILDCARD_MENTIONED_FLAG)
@@ -464,35 +480,17 @@ def _update_mention_flags(session: Session, message: Message, rendered: Rendered
         )
         statement = statement.where(UserMessage.user_profile_id.not_in(select(named.c.value)))
     session.execute(statement.values(flags=flags).execution_options(synchronize_session=False))
-    if rendered.topic_wildcard and message.subject:
-        participants = _topic_participants(session, message)
-        if participants:
-            people = values_as_table(session, "participants", sorted(participants), Integer)
-            session.execute(
-                update(UserMessage)
-                .where(
-                    UserMessage.message_id == message.id,
-                    UserMessage.user_profile_id.in_(select(people.c.value)),
-                )
-                .values(flags=UserMessage.flags.op("|")(TOPIC_WILDCARD_MENTIONED_FLAG))
-                .execution_options(synchronize_session=False)
+    if topic_participants:
+        people = values_as_table(session, "participants", sorted(topic_participants), Integer)
+        session.execute(
+            update(UserMessage)
+            .where(
+                UserMessage.message_id == message.id,
+                UserMessage.user_profile_id.in_(select(people.c.value)),
             )
-
-
-def _topic_participants(session: Session, message: Message) -> set[int]:
-    """Zulip's topic participants: the topic's senders and reactors."""
-    in_topic = (Message.recipient_id == message.recipient_id) & (
-        func.lower(Message.subject) == message.subject.lower()
-    )
-    senders = set(session.scalars(select(Message.sender_id).where(in_topic)))
-    reactors = set(
-        session.scalars(
-            select(Reaction.user_profile_id)
-            .join(Message, Message.id == Reaction.message_id)
-            .where(in_topic)
+            .values(flags=UserMessage.flags.op("|")(TOPIC_WILDCARD_MENTIONED_FLAG))
+            .execution_options(synchronize_session=False)
         )
-    )
-    return {int(user_id) for user_id in senders | reactors}
 
 
 def _insert_edits(

@@ -256,8 +256,8 @@ def _send_to_channel(session: Session, draft: _Draft, channel: int | str) -> int
         select(Recipient.id).where(Recipient.stream_id == stream.id),
         {"realm_id": sender.realm_id, "type": RECIPIENT_STREAM, "stream_id": stream.id},
     )
-    topic_participants = _check_wildcard_mentions(
-        session, draft, int(recipient_id), len(subscribers)
+    topic_participants = check_wildcard_mentions(
+        session, draft.sender, draft.mentions, int(recipient_id), draft.subject, len(subscribers)
     )
     # The sender receives their own message even when not subscribed (a member posting to
     # a public channel), so their clients show what they sent.
@@ -272,16 +272,21 @@ def _send_to_channel(session: Session, draft: _Draft, channel: int | str) -> int
     )
 
 
-def _check_wildcard_mentions(
-    session: Session, draft: _Draft, recipient_id: int, subscriber_count: int
+def check_wildcard_mentions(
+    session: Session,
+    sender: UserProfile,
+    mentions: RenderedMessage,
+    recipient_id: int,
+    topic: str,
+    subscriber_count: int,
 ) -> frozenset[int]:
-    """Zulip's rule for wildcards in a channel message: in a channel of more than
-    `WILDCARD_MENTION_THRESHOLD` active subscribers (or a topic of more participants) only
-    the realm's `can_mention_many_users_group`, administrators at Zulip's default, may use
-    them. Returns the topic's participants when the content has `@**topic**` (they get
-    the topic wildcard flag), else nothing; content without wildcards reads nothing."""
-    mentions = draft.mentions
-    may_mention_many = draft.sender.role <= Role.ADMINISTRATOR
+    """Zulip's rule for wildcards in a channel message, sent or edited: in a channel of
+    more than `WILDCARD_MENTION_THRESHOLD` active subscribers (or a topic of more
+    participants) only the realm's `can_mention_many_users_group`, administrators at
+    Zulip's default, may use them. Returns the topic's participants when the content has
+    `@**topic**` (they get the topic wildcard flag), else nothing; content without
+    wildcards reads nothing."""
+    may_mention_many = sender.role <= Role.ADMINISTRATOR
     if (
         mentions.stream_wildcard
         and subscriber_count > WILDCARD_MENTION_THRESHOLD
@@ -290,13 +295,13 @@ def _check_wildcard_mentions(
         raise StreamWildcardMentionNotAllowed()
     if not mentions.topic_wildcard:
         return frozenset()
-    participants = _topic_participants(session, recipient_id, draft.subject) | {draft.sender.id}
+    participants = topic_participants(session, recipient_id, topic) | {sender.id}
     if len(participants) > WILDCARD_MENTION_THRESHOLD and not may_mention_many:
         raise TopicWildcardMentionNotAllowed()
     return frozenset(participants)
 
 
-def _topic_participants(session: Session, recipient_id: int, topic: str) -> set[int]:
+def topic_participants(session: Session, recipient_id: int, topic: str) -> set[int]:
     """Zulip's topic participants: whoever sent a message to the topic or reacted to one
     (topics compare case-insensitively), in one statement through the channel's history
     index."""

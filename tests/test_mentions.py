@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from actions.errors import ActionError
+from actions.message_edits import MessageUpdate, check_update_message
 from actions.message_flags import check_update_message_flags
 from actions.messages import (
     WILDCARD_MENTION_THRESHOLD,
@@ -621,6 +622,42 @@ def test_channel_wildcards_in_a_large_channel_are_for_administrators(
         db, realm.realm_id, sending(realm, "admin", ChannelTarget(stream_id), "@**everyone**")
     )
     assert all("stream_wildcard_mentioned" in f for f in flags_by_user(verified).values())
+
+
+def test_an_edit_follows_the_wildcard_rule_of_a_send(db: Database, realm: SampleRealm) -> None:
+    """Adding `@**all**` by an edit in a large channel is for administrators, as sending it
+    is; a refused edit writes nothing, an allowed one flags every recipient."""
+    stream_id = _large_channel(db, realm)
+    by_member = send(db, realm, "member", ChannelTarget(stream_id), "hello")
+    by_admin = send(db, realm, "admin", ChannelTarget(stream_id), "hello")
+    with db.snapshot() as session:
+        before = outbox_count(session, realm.realm_id)
+    with pytest.raises(StreamWildcardMentionNotAllowed), db.write() as session:
+        check_update_message(
+            session,
+            realm.realm_id,
+            realm.users["member"],
+            by_member,
+            MessageUpdate(content="hello @**all**"),
+        )
+    with db.snapshot() as session:
+        assert outbox_count(session, realm.realm_id) == before
+        content = session.scalar(select(Message.content).where(Message.id == by_member))
+        assert content == "hello"
+
+    def edit(session: Session) -> dict[str, Any]:
+        return check_update_message(
+            session,
+            realm.realm_id,
+            realm.users["admin"],
+            by_admin,
+            MessageUpdate(content="hello @**all**"),
+        )
+
+    verify_action(db, realm.realm_id, edit)
+    with db.snapshot() as session:
+        flags = session.scalars(select(UserMessage.flags).where(UserMessage.message_id == by_admin))
+        assert all(bit & STREAM_WILDCARD_MENTIONED_FLAG for bit in flags)
 
 
 def test_the_topic_wildcard_in_a_large_topic_is_for_administrators(
