@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from models import realm_settings
 from models.messages.recipients import RECIPIENT_DIRECT
+from models.messages.unreads import AnySelect, newest_rows_per_user
 from models.presence import OFFLINE_THRESHOLD_SECS, PRESENCE_PING_INTERVAL_SECS
 from models.tables import (
     MAX_MESSAGE_LENGTH,
@@ -703,38 +704,72 @@ def wants_own_message_keys(fetch: Collection[str]) -> bool:
 def own_message_keys(session: Session, user_id: int, fetch: Collection[str]) -> dict[str, Any]:
     """`max_message_id` (with `message`) and `recent_private_conversations`, read in the
     caller's snapshot for this user; empty when neither is asked for."""
-    state: dict[str, Any] = {}
+    return own_message_keys_of(session, [user_id], fetch)[user_id]
+
+
+def own_message_keys_of(
+    session: Session, user_ids: Collection[int], fetch: Collection[str]
+) -> dict[int, dict[str, Any]]:
+    """`own_message_keys` of each of `user_ids`, in the same statements whatever their
+    number (registers arriving together share them: `server.engine.registration`)."""
+    states: dict[int, dict[str, Any]] = {user_id: {} for user_id in user_ids}
+    if not states:
+        return states
     if "message" in fetch:
-        newest = session.scalar(
-            select(func.max(UserMessage.message_id)).where(UserMessage.user_profile_id == user_id)
-        )
-        # Zulip's value for a user who has received no message.
-        state["max_message_id"] = int(newest) if newest is not None else -1
+        newest = {
+            int(user_id): int(message_id)
+            for user_id, message_id in session.execute(
+                select(UserMessage.user_profile_id, func.max(UserMessage.message_id))
+                .where(UserMessage.user_profile_id.in_(sorted(states)))
+                .group_by(UserMessage.user_profile_id)
+            )
+        }
+        for user_id, state in states.items():
+            # -1: Zulip's value for a user who has received no message.
+            state["max_message_id"] = int(newest.get(user_id, -1))
     if "recent_private_conversations" in fetch:
-        state["recent_private_conversations"] = recent_private_conversations(session, user_id)
-    return state
+        for user_id, conversations in recent_private_conversations_of(session, states).items():
+            states[user_id]["recent_private_conversations"] = conversations
+    return states
 
 
 def recent_private_conversations(session: Session, user_id: int) -> list[dict[str, Any]]:
     """Each direct-message conversation among the user's newest
     `MAX_RECENT_DIRECT_MESSAGES` direct messages: its newest message id and the other
-    participants (none for the conversation with oneself), newest first. One query,
-    walking the user's rows newest first through their primary key."""
-    recent = (
-        select(UserMessage.message_id, Recipient.dm_user_ids)
-        .join(Message, Message.id == UserMessage.message_id)
-        .join(Recipient, Recipient.id == Message.recipient_id)
-        .where(UserMessage.user_profile_id == user_id, Recipient.type == RECIPIENT_DIRECT)
-        .order_by(UserMessage.message_id.desc())
-        .limit(MAX_RECENT_DIRECT_MESSAGES)
-    )
-    newest: dict[str, int] = {}
-    for message_id, dm_user_ids in session.execute(recent):
-        key = dm_user_ids or "[]"
-        if key not in newest:
-            newest[key] = int(message_id)
-    conversations = []
-    for key, message_id in newest.items():
-        others = sorted(int(u) for u in json.loads(key) if int(u) != user_id)
-        conversations.append({"max_message_id": message_id, "user_ids": others})
-    return conversations
+    participants (none for the conversation with oneself), newest first."""
+    return recent_private_conversations_of(session, [user_id])[user_id]
+
+
+def recent_private_conversations_of(
+    session: Session, user_ids: Collection[int]
+) -> dict[int, list[dict[str, Any]]]:
+    """`recent_private_conversations` of each user, in one query that walks each user's
+    rows newest first through their primary key."""
+
+    def newest_direct(user_id: int) -> AnySelect:
+        return (
+            select(UserMessage.user_profile_id, UserMessage.message_id, Recipient.dm_user_ids)
+            .join(Message, Message.id == UserMessage.message_id)
+            .join(Recipient, Recipient.id == Message.recipient_id)
+            .where(UserMessage.user_profile_id == user_id, Recipient.type == RECIPIENT_DIRECT)
+            .order_by(UserMessage.message_id.desc())
+        )
+
+    rows: dict[int, list[tuple[int, str | None]]] = {user_id: [] for user_id in user_ids}
+    query = newest_rows_per_user(user_ids, newest_direct, MAX_RECENT_DIRECT_MESSAGES)
+    for user_id, message_id, dm_user_ids in session.execute(query):
+        rows[int(user_id)].append((int(message_id), dm_user_ids))
+    answers: dict[int, list[dict[str, Any]]] = {}
+    for user_id, found in rows.items():
+        found.sort(key=lambda row: -row[0])  # a UNION ALL keeps no order
+        newest: dict[str, int] = {}
+        for message_id, dm_user_ids in found:
+            newest.setdefault(dm_user_ids or "[]", message_id)
+        answers[user_id] = [
+            {
+                "max_message_id": message_id,
+                "user_ids": sorted(int(u) for u in json.loads(key) if int(u) != user_id),
+            }
+            for key, message_id in newest.items()
+        ]
+    return answers

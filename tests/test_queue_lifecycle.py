@@ -691,3 +691,86 @@ async def test_a_request_that_arrives_while_the_server_stops_gets_a_503(
     with pytest.raises(ShuttingDown) as refused:
         await service.register(owner(realm), request())
     assert refused.value.status == 503
+
+
+async def test_registers_of_a_moment_share_their_users_message_state_reads(
+    db: Database, realm: SampleRealm
+) -> None:
+    """Registers asking for their users' own message state at the same moment share one
+    snapshot and its statements, and each still gets exactly its own user's state."""
+    from actions.message_flags import check_update_message_flags
+    from actions.messages import ChannelTarget, DirectTarget, check_send_message
+    from models.messages.unreads import user_state
+    from models.register_keys import own_message_keys
+    from queues.types import Capabilities
+    from server.engine.registration import RegisterRequest
+
+    names = ("owner", "admin", "member", "loner", "guest")
+    with db.write() as session:
+        channel = check_send_message(
+            session, realm.realm_id, realm.users["owner"], ChannelTarget("public"), "t", "hi", "x"
+        )
+    with db.write() as session:
+        check_send_message(
+            session,
+            realm.realm_id,
+            realm.users["member"],
+            DirectTarget(user_ids=(realm.users["loner"],)),
+            None,
+            "psst",
+            "x",
+        )
+    with db.write() as session:
+        check_update_message_flags(
+            session, realm.realm_id, realm.users["member"], "add", "starred", [channel]
+        )
+    fetch = frozenset(
+        {"message", "update_message_flags", "starred_messages", "recent_private_conversations"}
+    )
+    with db.snapshot() as session:
+        expected = {
+            name: {
+                **user_state(session, realm.users[name], fetch),
+                **own_message_keys(session, realm.users[name], fetch),
+            }
+            for name in names
+        }
+    # Each user's state differs from the others' (else the check below proves little).
+    assert len({json.dumps(state, sort_keys=True) for state in expected.values()}) >= 3
+
+    def registering(name: str) -> RegisterRequest:
+        return RegisterRequest(
+            event_types=None,
+            fetch_event_types=fetch,
+            capabilities=Capabilities(deactivation_peer_events=True),
+            include_subscribers=False,
+            queue_lifespan_secs=None,
+            user_agent=None,
+        )
+
+    roles = {"owner": 100, "admin": 200, "member": 400, "loner": 400, "guest": 600}
+    service = EventService(db)
+    await service.start()
+    try:
+        with count_statements(db.engine) as statements:
+            answers = await asyncio.gather(
+                *(
+                    service.register(
+                        AuthenticatedUser(
+                            realm.users[name], realm.realm_id, realm.emails[name], roles[name]
+                        ),
+                        registering(name),
+                    )
+                    for name in names
+                    for _ in range(4)
+                )
+            )
+        for index, answer in enumerate(answers):
+            name = names[index // 4]
+            assert {key: answer[key] for key in expected[name]} == expected[name], name
+        newest_reads = [s for s in statements.statements if "max(user_message.message_id)" in s]
+        # 20 registers: the first read runs; every register that arrived meanwhile joins
+        # the next one.
+        assert 1 <= len(newest_reads) <= 2, newest_reads
+    finally:
+        await service.stop()

@@ -23,11 +23,11 @@ wildcard), as Zulip's does; eventq has no muting, so a wildcard mention always c
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Select, select, union_all
 from sqlalchemy.orm import Session
 
 from models.messages.flags import MENTION_FLAGS, READ_FLAG, STARRED_FLAG
@@ -41,6 +41,8 @@ MAX_UNREAD_MESSAGES = 50_000
 UNREAD_EVENT_TYPES = frozenset({"message", "update_message_flags"})
 STARRED_EVENT_TYPE = "starred_messages"
 USER_STATE_EVENT_TYPES = UNREAD_EVENT_TYPES | {STARRED_EVENT_TYPE}
+# A select of any columns (one user's rows, for `newest_rows_per_user`).
+AnySelect = Select[*tuple[Any, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,46 +76,88 @@ def user_state(
 ) -> dict[str, Any]:
     """The per-user keys of a `register` answer for these fetch types (see the module),
     read in the caller's snapshot; empty when none is asked for."""
+    return users_state(session, [user_id], fetch_event_types)[user_id]
+
+
+def users_state(
+    session: Session, user_ids: Collection[int], fetch_event_types: Collection[str]
+) -> dict[int, dict[str, Any]]:
+    """`user_state` of each of `user_ids`, in the same statements whatever their number
+    (registers arriving together share them: `server.engine.registration`)."""
     fetched = set(fetch_event_types)
-    state: dict[str, Any] = {}
+    states: dict[int, dict[str, Any]] = {user_id: {} for user_id in user_ids}
+    if not states:
+        return states
     if UNREAD_EVENT_TYPES <= fetched:
-        state["unread_msgs"] = unread_msgs(session, user_id)
+        for user_id, unread in unread_msgs_of(session, states).items():
+            states[user_id]["unread_msgs"] = unread
     if STARRED_EVENT_TYPE in fetched:
-        state["starred_messages"] = starred_message_ids(session, user_id)
-    return state
+        for user_id, starred in starred_message_ids_of(session, states).items():
+            states[user_id]["starred_messages"] = starred
+    return states
+
+
+def newest_rows_per_user(
+    user_ids: Collection[int], newest_first: Callable[[int], AnySelect], limit: int
+) -> AnySelect:
+    """One statement for the `limit` first rows of `newest_first(user_id)` of each user: a
+    `UNION ALL` of one limited select per user, so each still stops at its limit through
+    the user's index, as it would alone."""
+    parts = [newest_first(user_id).limit(limit).subquery() for user_id in sorted(user_ids)]
+    selects = [select(*part.c) for part in parts]
+    if len(selects) == 1:
+        return selects[0]
+    return cast(AnySelect, union_all(*selects))
 
 
 def unread_msgs(session: Session, user_id: int) -> dict[str, Any]:
     """Zulip's `unread_msgs` for the user: their newest `MAX_UNREAD_MESSAGES` unread
     messages by conversation, in one query."""
-    rows = session.execute(
-        select(
-            UserMessage.message_id,
-            Recipient.type,
-            Recipient.stream_id,
-            Message.subject,
-            Recipient.dm_user_ids,
-            UserMessage.flags,
+    return unread_msgs_of(session, [user_id])[user_id]
+
+
+def unread_msgs_of(session: Session, user_ids: Collection[int]) -> dict[int, dict[str, Any]]:
+    """`unread_msgs` of each user, in one query."""
+
+    def newest_unread(user_id: int) -> AnySelect:
+        return (
+            select(
+                UserMessage.user_profile_id,
+                UserMessage.message_id,
+                Recipient.type,
+                Recipient.stream_id,
+                Message.subject,
+                Recipient.dm_user_ids,
+                UserMessage.flags,
+            )
+            .join(Message, Message.id == UserMessage.message_id)
+            .join(Recipient, Recipient.id == Message.recipient_id)
+            .where(
+                UserMessage.user_profile_id == user_id,
+                UserMessage.flags.op("&")(READ_FLAG) == 0,
+            )
+            .order_by(UserMessage.message_id.desc())
         )
-        .join(Message, Message.id == UserMessage.message_id)
-        .join(Recipient, Recipient.id == Message.recipient_id)
-        .where(
-            UserMessage.user_profile_id == user_id,
-            UserMessage.flags.op("&")(READ_FLAG) == 0,
+
+    rows: dict[int, list[Any]] = {user_id: [] for user_id in user_ids}
+    for row in session.execute(
+        newest_rows_per_user(user_ids, newest_unread, MAX_UNREAD_MESSAGES + 1)
+    ):
+        rows[int(row[0])].append(row[1:])
+    answers: dict[int, dict[str, Any]] = {}
+    for user_id, found in rows.items():
+        found.sort(key=lambda row: -int(row[0]))  # a UNION ALL keeps no order
+        kept = found[:MAX_UNREAD_MESSAGES]
+        answers[user_id] = group_unreads(
+            user_id,
+            (
+                (int(message_id), Conversation.of(int(kind), stream_id, subject, dm_user_ids))
+                for message_id, kind, stream_id, subject, dm_user_ids, _ in kept
+            ),
+            old_unreads_missing=len(found) > MAX_UNREAD_MESSAGES,
+            mentions=[int(row[0]) for row in kept if int(row[5]) & MENTION_FLAGS],
         )
-        .order_by(UserMessage.message_id.desc())
-        .limit(MAX_UNREAD_MESSAGES + 1)
-    ).all()
-    kept = rows[:MAX_UNREAD_MESSAGES]
-    return group_unreads(
-        user_id,
-        (
-            (int(message_id), Conversation.of(int(kind), stream_id, subject, dm_user_ids))
-            for message_id, kind, stream_id, subject, dm_user_ids, _ in kept
-        ),
-        old_unreads_missing=len(rows) > MAX_UNREAD_MESSAGES,
-        mentions=[int(row[0]) for row in kept if int(row[5]) & MENTION_FLAGS],
-    )
+    return answers
 
 
 def group_unreads(
@@ -203,14 +247,19 @@ def message_details(
 
 def starred_message_ids(session: Session, user_id: int) -> list[int]:
     """Zulip's `starred_messages`: the ids of every message the user starred, ascending."""
-    return [
-        int(message_id)
-        for message_id in session.scalars(
-            select(UserMessage.message_id)
-            .where(
-                UserMessage.user_profile_id == user_id,
-                UserMessage.flags.op("&")(STARRED_FLAG) != 0,
-            )
-            .order_by(UserMessage.message_id)
+    return starred_message_ids_of(session, [user_id])[user_id]
+
+
+def starred_message_ids_of(session: Session, user_ids: Collection[int]) -> dict[int, list[int]]:
+    """`starred_messages` of each user, in one query."""
+    starred: dict[int, list[int]] = {user_id: [] for user_id in user_ids}
+    for user_id, message_id in session.execute(
+        select(UserMessage.user_profile_id, UserMessage.message_id)
+        .where(
+            UserMessage.user_profile_id.in_(sorted(starred)),
+            UserMessage.flags.op("&")(STARRED_FLAG) != 0,
         )
-    ]
+        .order_by(UserMessage.user_profile_id, UserMessage.message_id)
+    ):
+        starred[int(user_id)].append(int(message_id))
+    return starred

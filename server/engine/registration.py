@@ -22,10 +22,13 @@ position of the outbox: every event after the snapshot in the queue, none before
 * A register needing a fresh read joins only one that has not started yet: a read that
   started before its claim could miss a deactivation committed in between.
 * A register that fetches the user's own message state (`unread_msgs`,
-  `starred_messages`: `models.messages.unreads`) reads it for itself, never from the
+  `starred_messages`: `models.messages.unreads`) reads it for its user, never from the
   kept state, since `message` events change it without moving `realm.state_seq`; the
   queue starts where that read was taken, once the kept realm state is shown to hold
-  there too (`_read_with_user_state`).
+  there too (`_read_with_user_state`). Registers asking for the same types at the same
+  moment share that read (`SharedReads`): each joins the next one that has not started,
+  which reads every joiner's rows in one snapshot with the same statements as for one
+  user, so a reconnect storm costs a few statements per batch, not per register.
 * The other keys (`models.register_keys`) are the realm's constants, its name (read
   once per process: eventq never renames a realm), the system groups (built from the
   kept state's users, once per kept state) and the user's own `max_message_id` and
@@ -33,7 +36,7 @@ position of the outbox: every event after the snapshot in the queue, none before
 * Presence (`presences`) is not versioned by the outbox at all: pings change it without
   any event (always in realms over 100 active users, and on every ping's refreshed
   times in the others), so no kept read can be checked against `realm.state_seq`. It
-  is read again for the registers of each moment (`SharedPresenceReads`): a register
+  is read again for the registers of each moment (`SharedReads`): a register
   joins the realm's next presence read that has not started yet, which starts after
   the register's queue start was fixed. So every presence change committed before
   that start is in the answer, and one committed after it may be both in the answer
@@ -55,16 +58,16 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
 from models.database import Database
 from models.descriptors import DescriptorRecord, HeldQueue
 from models.messages.narrows import NarrowTerm
-from models.messages.unreads import user_state, wants_user_state
+from models.messages.unreads import users_state, wants_user_state
 from models.outbox import state_position
 from models.presence import PRESENCE_EVENT_TYPE, RealmPresence
 from models.register_keys import (
@@ -72,6 +75,7 @@ from models.register_keys import (
     USER_GROUPS_TYPE,
     RealmFacts,
     own_message_keys,
+    own_message_keys_of,
     read_realm_facts,
     realm_wide_state,
     wants_own_message_keys,
@@ -102,6 +106,10 @@ log = logging.getLogger("eventq.service")
 # more are shed with 429 and a Retry-After instead of waiting in line, so a reconnect
 # storm degrades into retries spread over a few seconds rather than into timeouts.
 MAX_REGISTERS_IN_FLIGHT = 256
+# The most registers one read of users' own message state serves: each adds one limited
+# select per user to its `UNION ALL`s (`models.messages.unreads.newest_rows_per_user`),
+# and SQLite allows at most 500 terms in a compound select.
+USER_STATE_BATCH = 64
 # A shed register is told to come back after a random 1-3 s, so the retries spread out.
 SHED_RETRY_AFTER_SECS = (1.0, 3.0)
 
@@ -176,7 +184,14 @@ class Registrar:
         self._upcoming_state_reads: dict[int, asyncio.Future[tuple[int, RealmState]]] = {}
         self._state_read_locks = KeyedLock()
         self._state_read_tasks: set[asyncio.Task[None]] = set()
-        self._presence_reads = SharedPresenceReads(db, threads)
+        # A realm's presence, and the users' own message state of registers asking for
+        # the same types, each read once for the registers of a moment (`SharedReads`).
+        self._presence_reads: SharedReads[int, None, RealmPresence] = SharedReads(
+            threads, self._read_presence
+        )
+        self._user_state_reads: SharedReads[
+            tuple[int, frozenset[str]], int, tuple[int, int, dict[int, dict[str, Any]]]
+        ] = SharedReads(threads, self._read_users_snapshot, max_members=USER_STATE_BATCH)
         # realm id -> its name and creation time, which eventq never changes: read once.
         self._realm_facts: dict[int, RealmFacts] = {}
 
@@ -291,7 +306,7 @@ class Registrar:
             state.update(await self._realm_wide_state(user.realm_id, fetch, realm_state, request))
             if PRESENCE_EVENT_TYPE in fetch:
                 # Read now that the queue's start is fixed (see the module).
-                presence = await self._presence_reads.read(user.realm_id)
+                presence = await self._presence_reads.read(user.realm_id, None)
                 state.update(
                     presence.answer(
                         slim=request.slim_presence,
@@ -417,9 +432,8 @@ class Registrar:
         deactivation is either in the state or routed to the queue.
         """
         for attempt in range(2):
-            seq, state_seq, own = await self.threads.run(
-                self._read_user_snapshot, realm_id, user_id, fetch
-            )
+            seq, state_seq, owns = await self._user_state_reads.read((realm_id, fetch), user_id)
+            own = owns[user_id]
             kept = self._realm_states.get(realm_id)
             if kept is not None and state_seq <= kept[0] <= seq:
                 return seq, kept[1], own
@@ -429,14 +443,23 @@ class Registrar:
             self._read_both_snapshot, realm_id, user_id, fetch, include_subscribers
         )
 
-    def _read_user_snapshot(
-        self, realm_id: int, user_id: int, fetch: frozenset[str]
-    ) -> tuple[int, int, dict[str, Any]]:
+    def _read_users_snapshot(
+        self, key: tuple[int, frozenset[str]], user_ids: frozenset[int]
+    ) -> tuple[int, int, dict[int, dict[str, Any]]]:
+        realm_id, fetch = key
         with self.db.snapshot() as session:
             position = state_position(session, realm_id)
             if position is None:
                 raise UserDeactivated()  # the realm is gone
-            return position[0], position[1], _own_state(session, user_id, fetch)
+            owns = users_state(session, user_ids, fetch)
+            for user_id, keys in own_message_keys_of(session, user_ids, fetch).items():
+                owns[user_id].update(keys)
+            return position[0], position[1], owns
+
+    def _read_presence(self, realm_id: int, _: frozenset[None]) -> RealmPresence:
+        with self.db.snapshot() as session:
+            # Wall time: `server_timestamp` and the history limit are Unix times.
+            return RealmPresence.read(session, realm_id, now=time.time())
 
     def _read_both_snapshot(
         self, realm_id: int, user_id: int, fetch: frozenset[str], include_subscribers: bool
@@ -516,57 +539,82 @@ class Registrar:
 def _own_state(session: Session, user_id: int, fetch: frozenset[str]) -> dict[str, Any]:
     """The user's own message keys (`unread_msgs`, `starred_messages`, `max_message_id`,
     `recent_private_conversations`), read in the caller's snapshot."""
-    return {**user_state(session, user_id, fetch), **own_message_keys(session, user_id, fetch)}
+    return {
+        **users_state(session, [user_id], fetch)[user_id],
+        **own_message_keys(session, user_id, fetch),
+    }
 
 
-class SharedPresenceReads:
-    """A realm's presence read once for the registers that need it at the same moment.
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M", bound=Hashable)
+R = TypeVar("R")
 
-    A reconnect storm into a realm of 10,000 users must not read its 10,000 presence
-    rows once per register. Each caller joins the realm's next read that has not
-    started yet (one that started earlier could miss a change committed before the
-    caller's queue start) and a realm has one read running at a time, as with the
-    realm's state (`Registrar._read_realm_state`); nothing is kept once the joiners
-    have it. The answers a read builds are shared, read-only (`RealmPresence`).
+
+@dataclass
+class _Batch(Generic[M, R]):
+    """The callers of one shared read that has not started: their members, and the
+    future of the read's result."""
+
+    members: set[M]
+    result: asyncio.Future[R]
+
+
+class SharedReads(Generic[K, M, R]):
+    """One read on a database thread for the registers that need it at the same moment.
+
+    A reconnect storm into a realm must not read its 10,000 presence rows once per
+    register, nor run one snapshot per register for its user's unread messages. Each
+    caller joins, with its member (a user id, or None when the read is the realm's), the
+    next read of its key that has not started yet (one that started earlier could miss a
+    change committed before the caller's queue start), and a key has one read running
+    at a time, as with the realm's state (`Registrar._read_realm_state`). The read
+    (`read(key, members)`) runs on a database thread and its result goes to every
+    joiner, shared and read-only; nothing is kept once they have it. A batch of
+    `max_members` members starts a new one, so one read's statements stay bounded.
     """
 
-    def __init__(self, db: Database, threads: DatabaseThreads) -> None:
-        self.db = db
+    def __init__(
+        self,
+        threads: DatabaseThreads,
+        read: Callable[[K, frozenset[M]], R],
+        *,
+        max_members: int | None = None,
+    ) -> None:
         self.threads = threads
-        self._upcoming: dict[int, asyncio.Future[RealmPresence]] = {}
+        self._read = read
+        self._max_members = max_members
+        self._upcoming: dict[K, _Batch[M, R]] = {}
         self._locks = KeyedLock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def read(self, realm_id: int) -> RealmPresence:
-        """The realm's presence, read by a read that starts after this call."""
-        upcoming = self._upcoming.get(realm_id)
-        if upcoming is None:
+    async def read(self, key: K, member: M) -> R:
+        """The result of a read of `key` that starts after this call and covers `member`."""
+        batch = self._upcoming.get(key)
+        if batch is None:
             loop = asyncio.get_running_loop()
-            upcoming = self._upcoming[realm_id] = loop.create_future()
-            task = loop.create_task(self._run(realm_id, upcoming))
+            batch = self._upcoming[key] = _Batch(set(), loop.create_future())
+            task = loop.create_task(self._run(key, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(upcoming)
+        batch.members.add(member)
+        if self._max_members is not None and len(batch.members) >= self._max_members:
+            del self._upcoming[key]  # full: later callers start the next batch
+        return await asyncio.shield(batch.result)
 
-    async def _run(self, realm_id: int, upcoming: asyncio.Future[RealmPresence]) -> None:
+    async def _run(self, key: K, batch: _Batch[M, R]) -> None:
         try:
-            async with self._locks.hold(realm_id):
+            async with self._locks.hold(key):
                 # Started now: later callers need a read that starts after them.
-                if self._upcoming.get(realm_id) is upcoming:
-                    del self._upcoming[realm_id]
-                presence = await self.threads.run(self._read, realm_id)
+                if self._upcoming.get(key) is batch:
+                    del self._upcoming[key]
+                result = await self.threads.run(self._read, key, frozenset(batch.members))
         except Exception as error:
-            upcoming.set_exception(error)
+            batch.result.set_exception(error)
             return
         except BaseException:
-            upcoming.cancel()  # the process is stopping
+            batch.result.cancel()  # the process is stopping
             raise
         finally:
-            if self._upcoming.get(realm_id) is upcoming:
-                del self._upcoming[realm_id]
-        upcoming.set_result(presence)
-
-    def _read(self, realm_id: int) -> RealmPresence:
-        with self.db.snapshot() as session:
-            # Wall time: `server_timestamp` and the history limit are Unix times.
-            return RealmPresence.read(session, realm_id, now=time.time())
+            if self._upcoming.get(key) is batch:
+                del self._upcoming[key]
+        batch.result.set_result(result)
