@@ -59,10 +59,10 @@ from tests.helpers.databases import BACKENDS, database_url_for
 from tests.helpers.real_clients import (
     JsDriver,
     LineProcess,
+    PipedLog,
     TmuxTerminal,
     access_lines,
     assert_request_ok,
-    await_condition,
     first_and_last_lines,
     python_client_venv,
     refused_requests,
@@ -88,6 +88,9 @@ DIRECT_COMPOSE_BOX = r"To: King Hamlet <hamlet@demo\.example\.com>"
 # at all is `inactive` and left out of the list (its user search shows them, as `•`).
 ACTIVE_MARKER = "●"
 OFFLINE_MARKER = "○"
+# zulip-terminal's `--debug` log of its requests, in its working directory: a named pipe
+# the test reads (`PipedLog`).
+API_REQUESTS_LOG = "zulip-terminal-API-requests.log"
 # A channel's or a view's unread count, right-aligned at the left panel's edge.
 UNREAD_GENERAL = r"# general +\d+ │"
 UNREAD_ALL_MESSAGES = r"All messages +\[a\] +\d+ │"
@@ -309,6 +312,7 @@ def test_zulip_terminal_reads_sends_and_marks_read(
 
     started_at = time.time()
     first_screen = ""
+    requests_log = PipedLog(tmp_path / API_REQUESTS_LOG)
     terminal = TmuxTerminal(
         tmux,
         [str(zulip_terminal), "--config-file", str(zuliprc), "--debug"],
@@ -325,9 +329,7 @@ def test_zulip_terminal_reads_sends_and_marks_read(
 
         # Its own ping as it starts (`active`: it counts its start as user input) was
         # answered, the answer's `presences` replacing register's, and others see it.
-        await_condition(
-            lambda: _client_got_presence_answer(tmp_path), START_TIMEOUT, "its presence ping"
-        )
+        requests_log.wait_for_line('"POST /api/v1/users/me/presence HTTP/1.1" 200', START_TIMEOUT)
         own = hamlet_api.ok("GET", f"/users/{iago.user_id}/presence")["presence"]
         assert own["aggregated"]["status"] == "active", own
         assert own["aggregated"]["timestamp"] >= int(started_at) - 1, own
@@ -500,7 +502,9 @@ def test_zulip_terminal_reads_sends_and_marks_read(
         assert "has crashed" not in screen, screen
         assert not _unexpected_tracebacks(screen), screen
     except AssertionError as error:
-        raise AssertionError(f"{error}\n{_terminal_context(demo_site, tmp_path)}") from None
+        raise AssertionError(
+            f"{error}\n{_terminal_context(demo_site, tmp_path, requests_log)}"
+        ) from None
     finally:
         # Its first screen (once started) and its last, as evidence of the run.
         write_evidence(
@@ -521,26 +525,16 @@ def test_zulip_terminal_reads_sends_and_marks_read(
     demo_site.assert_no_server_errors()
 
 
-def _terminal_context(site: DemoSite, directory: Path) -> str:
+def _terminal_context(site: DemoSite, directory: Path, requests_log: PipedLog) -> str:
     """What explains a failure: zulip-terminal's own logs and the server's last lines."""
     parts = []
-    for name in (
-        "zulip-terminal-tracebacks.log",
-        "zulip-terminal-thread-exceptions.log",
-        "zulip-terminal-API-requests.log",
-    ):
+    for name in ("zulip-terminal-tracebacks.log", "zulip-terminal-thread-exceptions.log"):
         path = directory / name
         if path.exists():
             parts.append(f"-- {name} --\n" + "\n".join(path.read_text().splitlines()[-30:]))
+    parts.append(f"-- {API_REQUESTS_LOG} --\n" + "\n".join(requests_log.lines[-30:]))
     parts.append("-- server log --\n" + "\n".join(site.server.lines[-30:]))
     return "\n".join(parts)
-
-
-def _client_got_presence_answer(directory: Path) -> bool:
-    """zulip-terminal logged a 200 answer to its `POST /users/me/presence` (its
-    `--debug` log of requests, in its working directory)."""
-    log = directory / "zulip-terminal-API-requests.log"
-    return log.exists() and '"POST /api/v1/users/me/presence HTTP/1.1" 200' in log.read_text()
 
 
 def _user_list(screen: str) -> dict[str, str]:
@@ -723,7 +717,7 @@ def _await_reply(
     """The bot's "beep boop" to message `after`, sent when the bot had sent `sends`."""
     # The bot's send shows in the server's log; the message is committed by then.
     try:
-        await_condition(
+        site.server.wait_until(
             lambda: bot_sends(site, bot) > sends, EVENT_TIMEOUT, f"the bot's answer to {after}"
         )
     except AssertionError as error:

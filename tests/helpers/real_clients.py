@@ -5,8 +5,9 @@ zulip-terminal, Python 3.11 for zulip_bots, node 20 and npm for zulip-js, tmux t
 zulip-terminal a terminal), building each client's environment from the pinned files in
 `tests/clients/` into a cache under `var/clients/` (keyed by the pinned file's hash and
 the interpreter, so a later run reuses it and a changed pin rebuilds it), and the small
-drivers the tests use: a tmux pane read with `capture-pane`, a child process whose
-output lines are awaited, and the server's access log read per user; and the evidence
+drivers the tests use: a tmux pane read with `capture-pane` each time its output, piped
+to the test, wakes a wait; a child process whose output lines are awaited; a log file
+made a named pipe (`PipedLog`); and the server's access log read per user; and the evidence
 of each client's run (its first and last screen or log lines, `write_evidence`).
 
 Nothing is installed by hand: a fresh CI machine builds every environment from the
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import threading
@@ -41,8 +43,6 @@ PINNED = REPO / "tests" / "clients"
 CACHE = REPO / "var" / "clients"
 # Building an environment downloads and compiles; generous for a slow CI machine.
 BUILD_TIMEOUT_SECS = 600.0
-# How often a screen or a log is looked at again while awaiting text in it.
-RECHECK_SECS = 0.1
 
 
 # -- interpreters and tools ------------------------------------------------------------------
@@ -375,19 +375,6 @@ def server_tracebacks(server: LiveServer, since: int = 0) -> list[str]:
     return [line for line in list(server.lines)[since:] if "Traceback" in line or " ERROR " in line]
 
 
-def await_condition(found: Callable[[], Any], timeout: float, what: str) -> Any:
-    """The first truthy `found()`, looked at again every RECHECK_SECS; fails after
-    `timeout`. For what no one notifies about (say, lines another thread appends)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = found()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {timeout}s")
-        time.sleep(RECHECK_SECS)
-
-
 def await_request(
     server: LiveServer, user_id: int, method: str, path: str, timeout: float, since: int = 0
 ) -> int:
@@ -405,8 +392,7 @@ def await_request(
         return None
 
     try:
-        # The server's log is read by LiveServer's own thread: look again shortly.
-        return int(await_condition(status, timeout, f"{method} {path} of user {user_id}"))
+        return int(server.wait_until(status, timeout, f"{method} {path} of user {user_id}"))
     except AssertionError as error:
         raise AssertionError(f"{error}:\n" + "\n".join(server.lines[-20:])) from None
 
@@ -560,6 +546,39 @@ class JsDriver(LineProcess):
 # -- a terminal: tmux --------------------------------------------------------------------------
 
 
+class PipedLog:
+    """A log file a client opens by name, made a named pipe at `path` before it starts:
+    a thread reads its lines as they are written, so a wait wakes when a line arrives.
+    (A regular file gives no notice of growth; the pipe does.)"""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        # Blocks until the client opens its end; ends when the client closes it.
+        with open(self.path, encoding="utf-8", errors="replace") as pipe:
+            for line in pipe:
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+
+    def wait_for_line(self, pattern: str, timeout: float) -> str:
+        """The first line containing `pattern` (plain text); fails after `timeout`."""
+
+        def found() -> str | None:
+            return next((line for line in self.lines if pattern in line), None)
+
+        with self._changed:
+            line = self._changed.wait_for(found, timeout)
+        if line is None:
+            raise AssertionError(f"no line {pattern!r} in {self.path.name} within {timeout}s")
+        return line
+
+
 class TmuxTerminal:
     """One program in a detached tmux session on a private socket, read with capture-pane.
 
@@ -577,8 +596,18 @@ class TmuxTerminal:
     ) -> None:
         self.tmux = tmux
         self.socket = f"eventq-test-{uuid.uuid4().hex[:10]}"
+        # Everything the program writes to its terminal is copied here (`pipe-pane`), and
+        # its death writes a byte too (the `pane-died` hook): a wait blocks reading this
+        # pipe until the screen may have changed. Opened read-write so that it never
+        # reads as closed between writers.
+        fifo = cwd / "tmux-output.fifo"
+        os.mkfifo(fifo)
+        self._output = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
         config = cwd / "tmux.conf"
-        config.write_text("set -g remain-on-exit on\nset -g history-limit 5000\n")
+        config.write_text(
+            "set -g remain-on-exit on\nset -g history-limit 5000\n"
+            f"set-hook -g pane-died \"run-shell 'printf x >> {fifo}'\"\n"
+        )
         width, height = size.split("x")
         self._env = _clean_env(env)
         self._tmux(
@@ -596,6 +625,7 @@ class TmuxTerminal:
             str(cwd),
             " ".join(_shell_quote(part) for part in command),
         )
+        self._tmux("pipe-pane", "-o", "-t", "client", f"cat >> {_shell_quote(str(fifo))}")
 
     def _tmux(self, *args: str) -> str:
         completed = subprocess.run(
@@ -626,22 +656,13 @@ class TmuxTerminal:
         """The screen once `pattern` (a regex) shows on it; fails after `timeout` or when
         the program exited without showing it."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            # Dead first, then the screen: a program that printed the text and exited
-            # in between still counts as having shown it.
-            dead = self.dead()
-            # A dead pane's last screen may have moved into its history.
-            screen = self.screen(history=dead)
-            if regex.search(screen):
-                return screen
-            if dead or time.monotonic() > deadline:
-                state = "the program exited" if dead else f"not within {timeout}s"
-                raise AssertionError(
-                    f"{pattern!r} never showed ({state}); the screen:\n{self.screen(history=True)}"
-                )
-            # capture-pane cannot block until text appears: look again shortly.
-            time.sleep(RECHECK_SECS)
+        screen, dead = self._await_screen(lambda text: bool(regex.search(text)), timeout)
+        if screen is None:
+            state = "the program exited" if dead else f"not within {timeout}s"
+            raise AssertionError(
+                f"{pattern!r} never showed ({state}); the screen:\n{self.screen(history=True)}"
+            )
+        return screen
 
     def wait_for_absence(self, pattern: str, timeout: float) -> str:
         """The screen once `pattern` no longer shows on it (a box closed, say).
@@ -650,18 +671,49 @@ class TmuxTerminal:
         Escape followed at once by another key as one Alt-key.
         """
         regex = re.compile(pattern)
+        screen, _ = self._await_screen(lambda text: not regex.search(text), timeout)
+        if screen is None:
+            raise AssertionError(
+                f"{pattern!r} still shows after {timeout}s; the screen:\n{self.screen()}"
+            )
+        return screen
+
+    def _await_screen(
+        self, wanted: Callable[[str], bool], timeout: float
+    ) -> tuple[str | None, bool]:
+        """(the screen once `wanted(screen)`, whether the program is dead); (None, dead)
+        once the program died or `timeout` passed without it.
+
+        The pipe is emptied before each look, so whatever the program writes after the
+        look wakes the next wait. tmux parses the program's output into the screen
+        before it copies it to the pipe, so a look after a wake sees that output.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            screen = self.screen()
-            if not regex.search(screen):
-                return screen
-            if self.dead() or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{pattern!r} still shows after {timeout}s; the screen:\n{screen}"
-                )
-            time.sleep(RECHECK_SECS)
+            self._drain_output()
+            # Dead first, then the screen: a program that printed the text and exited
+            # in between still counts as having shown it. A dead pane's last screen may
+            # have moved into its history.
+            dead = self.dead()
+            screen = self.screen(history=dead)
+            if wanted(screen):
+                return screen, dead
+            remaining = deadline - time.monotonic()
+            if dead or remaining <= 0:
+                return None, dead
+            select.select([self._output], [], [], remaining)
+
+    def _drain_output(self) -> None:
+        try:
+            while os.read(self._output, 65536):
+                pass
+        except BlockingIOError:
+            pass  # nothing more written yet
 
     def close(self) -> None:
+        if self._output >= 0:
+            os.close(self._output)
+            self._output = -1
         subprocess.run(
             [self.tmux, "-L", self.socket, "kill-server"],
             capture_output=True,

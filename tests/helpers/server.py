@@ -11,10 +11,13 @@ import re
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 from tests.helpers.cli import EVENTQ
+
+T = TypeVar("T")
 
 _LISTENING = re.compile(r"eventq listening on http://[\d.]+:(\d+)")
 START_TIMEOUT_SECS = 30.0
@@ -105,12 +108,15 @@ class LiveServer:
                 )
             return None
 
+        return self.wait_until(found, timeout, f"no log line {regex.pattern!r}")
+
+    def wait_until(self, found: Callable[[], T | None], timeout: float, what: str) -> T:
+        """The first truthy `found()`, asked again each time the server logs a line;
+        fails after `timeout` with `what` and the last lines of the log."""
         with self._changed:
             result = self._changed.wait_for(found, timeout)
-        if result is None:
-            raise AssertionError(
-                f"no log line {regex.pattern!r} within {timeout}s:\n" + "\n".join(self.lines[-30:])
-            )
+        if not result:
+            raise AssertionError(f"{what} within {timeout}s:\n" + "\n".join(self.lines[-30:]))
         return result
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
