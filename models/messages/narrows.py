@@ -433,9 +433,12 @@ class EventNarrow:
     prepared: tuple[PreparedTerm, ...] = field(
         init=False, default=(), repr=False, compare=False, hash=False
     )
+    # Whether a term reads the event's flags (`is:`): only then are they collected.
+    reads_flags: bool = field(init=False, default=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prepared", tuple(prepare_term(t) for t in self.terms))
+        object.__setattr__(self, "reads_flags", any(t.operator == "is" for t in self.terms))
 
     def __call__(self, event: dict[str, Any]) -> bool:
         message = event.get("message")
@@ -443,7 +446,7 @@ class EventNarrow:
             return False
         participants = message.get("display_recipient")
         conversation = _Conversation(participants) if isinstance(participants, list) else None
-        raw_flags = event.get("flags")
+        raw_flags = event.get("flags") if self.reads_flags else None
         flags = (
             frozenset(f for f in raw_flags if isinstance(f, str))
             if isinstance(raw_flags, list)
